@@ -1,0 +1,38 @@
+"""DeepSeek Inspector: probes for PyTorch training and inference, a run store, and two front ends.
+
+Public entry points:
+- `inspector.watch(model, run_dir, ...)`: attach to a model; returns a `Watch` with `.step()`/`.close()`.
+- `inspector.log_scalar(name, value)`: record your own metric into the active run.
+- `inspector.Recorder(run_dir)`: the low-level recording API (bounded queue + writer thread).
+- `inspector.open_run(path)`: the reader over a live or finished run.
+
+Attributes are imported lazily, so `import inspector.views` (the UIs) never imports torch.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "Recorder": ("inspector.store.recorder", "Recorder"),
+    "open_run": ("inspector.store.reader", "open_run"),
+    "RunReader": ("inspector.store.reader", "RunReader"),
+    "RunError": ("inspector.store.errors", "RunError"),
+    "watch": ("inspector.watch", "watch"),
+    "Watch": ("inspector.watch", "Watch"),
+    "log_scalar": ("inspector.watch", "log_scalar"),
+}
+
+__all__ = ["__version__", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        module, attr = _LAZY[name]
+        value = getattr(importlib.import_module(module), attr)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'inspector' has no attribute {name!r}")

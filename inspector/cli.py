@@ -1,0 +1,170 @@
+"""The `inspector` command: the one place that wires the layers together.
+
+Subcommands: `ls`, `info`, `export`, `demo`. Errors about runs are one line on stderr and exit 2.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+from inspector import __version__
+from inspector.cli_format import human_bytes, human_age, parse_steps
+from inspector.store.errors import RunError
+
+
+def _cmd_ls(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from inspector.store.discovery import find_runs
+    from inspector.store.reader import RunReader
+
+    root = Path(args.root)
+    if not root.exists():
+        raise RunError(f"{root}: no such directory")
+    runs = find_runs(root)
+    table = Table(title=f"runs under {root}", title_justify="left")
+    for col, justify in [("run", "left"), ("name", "left"), ("status", "left"), ("step", "right"),
+                         ("ranks", "right"), ("size", "right"), ("updated", "right")]:
+        table.add_column(col, justify=justify)
+    colours = {"live": "green", "finished": "blue", "crashed": "red", "empty": "yellow"}
+    for path in runs:
+        rel = str(path.relative_to(root)) if path != root else str(path)
+        try:
+            with _quiet_warnings():
+                reader = RunReader(path)
+            status = reader.status()
+            updated = max((reader.last_update(r) for r in reader.ranks), default=0.0)
+            table.add_row(rel, reader.meta.name, f"[{colours.get(status, 'white')}]{status}[/]",
+                          str(max(reader.last_step(), 0)), f"{len(reader.ranks)}/{reader.meta.world_size}",
+                          human_bytes(reader.size_bytes()), human_age(time.time() - updated) if updated else "-")
+            reader.close()
+        except RunError as exc:
+            table.add_row(rel, "-", "[red]unreadable[/]", "-", "-", "-", str(exc).split(": ", 1)[-1][:40])
+    Console().print(table if runs else f"no runs under {root}")
+    return 0
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from inspector.store.reader import RunReader
+
+    with _quiet_warnings():
+        reader = RunReader(args.run)
+    meta, con = reader.meta, Console()
+    con.print(f"[bold]{meta.name}[/]  {reader.path}")
+    con.print(f"status {reader.status()} · format v{meta.format_version} · world size {meta.world_size} · "
+              f"created {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(meta.created))} · "
+              f"{human_bytes(reader.size_bytes())}")
+    if meta.model:
+        con.print(f"model {meta.model.get('class', '?')} · {meta.model.get('parameters', '?'):,} parameters")
+    ranks = Table(title="ranks", title_justify="left")
+    for col in ("rank", "host", "status", "last step", "dropped"):
+        ranks.add_column(col)
+    for r in reader.ranks:
+        info, closed = reader.rank_info(r), reader.closed_info(r)
+        ranks.add_row(str(r), str(info.get("host", "?")), reader.rank_status(r), str(reader.last_step(r)),
+                      str(closed.get("dropped", "?")) if closed else "-")
+    con.print(ranks)
+    kinds = Table(title="record kinds", title_justify="left")
+    for col in ("kind", "frames", "first step", "last step"):
+        kinds.add_column(col)
+    for name, d in sorted(reader.kinds().items()):
+        kinds.add_row(name, str(d["frames"]), str(d["step_min"]), str(d["step_max"]))
+    con.print(kinds)
+    for problem in reader.problems:
+        con.print(f"[yellow]warning:[/] {problem}")
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from inspector.store.export import export_run
+    from inspector.store.reader import RunReader
+
+    with _quiet_warnings():
+        reader = RunReader(args.run)
+    files = export_run(reader, args.out, args.format, kinds=args.kind, steps=parse_steps(args.steps))
+    for f in files:
+        print(f)
+    for problem in reader.problems:
+        print(f"warning: {problem}", file=sys.stderr)
+    if not files:
+        print(f"{args.run}: nothing to export", file=sys.stderr)
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from inspector.demo import run_demo
+
+    return run_demo(config=args.config, steps=args.steps, out=args.out, seed=args.seed)
+
+
+class _quiet_warnings:
+    """Run warnings are shown by the commands themselves, as one line each."""
+
+    def __enter__(self) -> None:
+        import warnings
+
+        self._ctx = warnings.catch_warnings()
+        self._ctx.__enter__()
+        warnings.simplefilter("ignore")
+
+    def __exit__(self, *exc: object) -> None:
+        self._ctx.__exit__(*exc)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the `inspector` command."""
+    p = argparse.ArgumentParser(prog="inspector", description="DeepSeek Inspector: record, inspect and replay "
+                                "PyTorch training runs.")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    ls = sub.add_parser("ls", help="list the runs under a directory")
+    ls.add_argument("root", nargs="?", default="runs", help="directory to search (default: runs)")
+    ls.set_defaults(func=_cmd_ls)
+
+    info = sub.add_parser("info", help="show one run: metadata, ranks, record kinds, problems")
+    info.add_argument("run")
+    info.set_defaults(func=_cmd_info)
+
+    ex = sub.add_parser("export", help="export a run's records as Parquet or CSV, one file per kind")
+    ex.add_argument("run")
+    ex.add_argument("--format", choices=["parquet", "csv"], default="parquet")
+    ex.add_argument("--out", required=True, help="output directory")
+    ex.add_argument("--kind", action="append", help="only this record kind (repeatable)")
+    ex.add_argument("--steps", help="step range FIRST:LAST (either may be empty)")
+    ex.set_defaults(func=_cmd_export)
+
+    demo = sub.add_parser("demo", help="train the built-in DeepSeek-style engine with the recorder on")
+    demo.add_argument("--config", default="tiny", help="engine config (debug, tiny, small)")
+    demo.add_argument("--steps", type=int, default=300)
+    demo.add_argument("--out", default=None, help="run directory (default: runs/demo-<time>)")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.set_defaults(func=_cmd_demo)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `inspector` console script."""
+    args = build_parser().parse_args(argv)
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except RunError as exc:
+        print(f"inspector: error: {exc}", file=sys.stderr)
+        return 2
+    except ValueError as exc:
+        print(f"inspector: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

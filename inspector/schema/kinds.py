@@ -1,0 +1,166 @@
+"""The registry of record kinds.
+
+A kind is a named, versioned Arrow schema. Every row of every kind carries `step` (int64) and
+`wall_time` (float64, seconds since the epoch); the rank is implied by the rank directory and
+added as a column by the reader. Kinds whose payload is a large tensor (attention maps) are
+*blob kinds*: their rows are an index into the rank's blob files (see `BLOB_INDEX_FIELDS`).
+
+Kind ids are derived from the name (`crc32(name) & 0xFFFF`), so a plugin's kind gets a stable id
+in every process without central numbering; a collision is refused at registration.
+"""
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+
+_COMMON = [pa.field("step", pa.int64()), pa.field("wall_time", pa.float64())]
+_NAME = pa.field("name", pa.dictionary(pa.int32(), pa.string()))
+
+BLOB_INDEX_FIELDS: list[pa.Field] = [
+    pa.field("shape", pa.list_(pa.int32())),
+    pa.field("dtype", pa.string()),
+    pa.field("codec", pa.string()),
+    pa.field("blob_file", pa.int32()),
+    pa.field("offset", pa.int64()),
+    pa.field("length", pa.int64()),
+    pa.field("crc32", pa.uint32()),
+]
+"""Columns every blob kind ends with: where the tensor's bytes lie and how to check them."""
+
+
+@dataclass(frozen=True)
+class KindSpec:
+    """One record kind: a unique name, a schema version and the Arrow schema of its rows."""
+
+    name: str
+    version: int
+    fields: tuple[pa.Field, ...]
+    blob: bool = False
+    description: str = ""
+    schema: pa.Schema = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        cols = list(_COMMON) + list(self.fields) + (BLOB_INDEX_FIELDS if self.blob else [])
+        meta = {"inspector.kind": self.name, "inspector.kind_version": str(self.version)}
+        object.__setattr__(self, "schema", pa.schema(cols, metadata=meta))
+
+    @property
+    def id(self) -> int:
+        """The 16-bit id written in frame headers."""
+        return kind_id(self.name)
+
+    @property
+    def column_names(self) -> list[str]:
+        """All column names in schema order."""
+        return self.schema.names
+
+
+def kind_id(name: str) -> int:
+    """Stable 16-bit id of a kind name (never 0)."""
+    return (zlib.crc32(name.encode()) & 0xFFFF) or 1
+
+
+_REGISTRY: dict[str, KindSpec] = {}
+_BY_ID: dict[int, KindSpec] = {}
+
+
+def register_kind(spec: KindSpec) -> KindSpec:
+    """Add a kind to the registry; re-registering the identical spec is a no-op."""
+    old = _REGISTRY.get(spec.name)
+    if old is not None:
+        if old.version == spec.version and old.schema.equals(spec.schema):
+            return old
+        raise ValueError(f"record kind {spec.name!r} is already registered with another schema")
+    clash = _BY_ID.get(spec.id)
+    if clash is not None:
+        raise ValueError(f"record kind {spec.name!r} collides with {clash.name!r} (id {spec.id}); rename it")
+    _REGISTRY[spec.name] = spec
+    _BY_ID[spec.id] = spec
+    return spec
+
+
+def get_kind(name: str) -> KindSpec:
+    """The registered kind called `name` (KeyError with the known names otherwise)."""
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise KeyError(f"unknown record kind {name!r}; known: {', '.join(sorted(_REGISTRY))}") from None
+
+
+def kind_for_id(kid: int) -> KindSpec | None:
+    """The registered kind with this id, or None."""
+    return _BY_ID.get(kid)
+
+
+def all_kinds() -> list[KindSpec]:
+    """Every registered kind, built-in ones first."""
+    return list(_REGISTRY.values())
+
+
+def _f(name: str, typ: pa.DataType) -> pa.Field:
+    return pa.field(name, typ)
+
+
+f64, f32, i64, i32 = pa.float64(), pa.float32(), pa.int64(), pa.int32()
+
+SCALAR = register_kind(KindSpec(
+    "scalar", 1, (_NAME, _f("value", f64)),
+    description="one named number per step: loss, lr, users' own metrics"))
+
+HISTOGRAM = register_kind(KindSpec(
+    "histogram", 1,
+    (_NAME, _f("lo", f64), _f("hi", f64), _f("counts", pa.list_(i64)),
+     _f("underflow", i64), _f("overflow", i64)),
+    description="fixed equal-width bins over [lo, hi) plus out-of-range counts"))
+
+ATTENTION_MAP = register_kind(KindSpec(
+    "attention_map", 1,
+    (_NAME, _f("layer", i32), _f("heads", pa.list_(i32)), _f("row_stride", i32),
+     _f("tokens", pa.list_(pa.string()))),
+    blob=True,
+    description="attention probabilities [heads, query rows, keys] (fp16) of one layer; "
+                "row_stride > 1 means every row_stride-th query row was kept"))
+
+ATTENTION_STATS = register_kind(KindSpec(
+    "attention_stats", 1,
+    (_NAME, _f("layer", i32), _f("head", i32), _f("entropy", f64), _f("max_weight", f64),
+     _f("collapsed", pa.bool_())),
+    description="per-head mean row entropy (nats), mean max weight and a collapse flag"))
+
+GRAD_STATS = register_kind(KindSpec(
+    "grad_stats", 1,
+    (_NAME, _f("norm", f64), _f("mean", f64), _f("var", f64), _f("max_abs", f64),
+     _f("zero_frac", f64), _f("update_ratio", f64), _f("var_over_steps", f64)),
+    description="gradient statistics per parameter group; update_ratio is |Δw|/|w|"))
+
+ACTIVATION_STATS = register_kind(KindSpec(
+    "activation_stats", 1,
+    (_NAME, _f("mean", f64), _f("std", f64), _f("min", f64), _f("max", f64),
+     _f("dead_frac", f64), _f("saturated_frac", f64), _f("nonfinite", i64)),
+    description="per-module output statistics"))
+
+EXPERT_LOAD = register_kind(KindSpec(
+    "expert_load", 1,
+    (_NAME, _f("layer", i32), _f("counts", pa.list_(i64)), _f("imbalance", f64), _f("cv", f64),
+     _f("router_entropy", f64), _f("dropped", i64), _f("aux_loss", f64), _f("bias", pa.list_(f32))),
+    description="tokens per expert of one MoE layer, imbalance = max/mean, cv = std/mean"))
+
+TIMING = register_kind(KindSpec(
+    "timing", 1,
+    (_NAME, _f("phase", pa.dictionary(pa.int32(), pa.string())), _f("ms", f64)),
+    description="milliseconds per module and phase (forward/backward/optimizer/data/other/total)"))
+
+SYSTEM = register_kind(KindSpec(
+    "system", 1,
+    (_f("device", pa.string()), _f("gpu_util", f64), _f("mem_used", f64), _f("mem_total", f64),
+     _f("power_w", f64), _f("temp_c", f64), _f("sm_clock_mhz", f64), _f("torch_allocated", f64),
+     _f("torch_reserved", f64), _f("torch_peak", f64), _f("cpu_percent", f64), _f("rss", f64)),
+    description="one sample of a GPU or of the host; nulls mean N/A; memory in bytes"))
+
+ANOMALY = register_kind(KindSpec(
+    "anomaly", 1,
+    (_f("kind", pa.string()), _f("module", pa.string()), _f("severity", pa.string()),
+     _f("value", f64), _f("message", pa.string())),
+    description="something a person should look at, with the module that caused it"))

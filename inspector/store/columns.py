@@ -1,0 +1,123 @@
+"""Turning submitted chunks of columns into one Arrow record batch of a kind's schema.
+
+A chunk is a dict of column name to value plus its row count. A value may be a scalar (repeated
+for every row), a sequence or numpy array of one value per row, a 2-D array (for list columns:
+one row per line), None (nulls), or a *deferred* value: any object with a `resolve()` method
+returning one of those, resolved here on the writer thread (this is how a probe hands over a
+device-to-host copy that is still in flight without waiting for it on the training thread).
+"""
+from __future__ import annotations
+
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+import pyarrow as pa
+
+Chunk = tuple[Mapping[str, Any], int]
+
+
+def resolve(value: Any) -> Any:
+    """Resolve a deferred value (an object with `resolve()`), or return the value unchanged."""
+    res = getattr(value, "resolve", None)
+    return res() if callable(res) else value
+
+
+def build_batch(schema: pa.Schema, chunks: Iterable[Chunk]) -> pa.RecordBatch:
+    """One record batch of `schema` from chunks; unknown column names are an error."""
+    chunks = [(dict(cols), n) for cols, n in chunks]
+    known = set(schema.names)
+    for cols, _ in chunks:
+        extra = set(cols) - known
+        if extra:
+            raise ValueError(f"unknown column(s) {sorted(extra)}; schema has {schema.names}")
+    total = sum(n for _, n in chunks)
+    arrays = [_column(f, [(resolve(cols.get(f.name)), n) for cols, n in chunks], total) for f in schema]
+    return pa.RecordBatch.from_arrays(arrays, schema=schema)
+
+
+def _column(field: pa.Field, parts: list[tuple[Any, int]], total: int) -> pa.Array:
+    typ = field.type
+    if pa.types.is_list(typ):
+        return _list_column(typ, parts, total)
+    if pa.types.is_dictionary(typ):
+        return pa.array(_object_values(parts), type=pa.string()).dictionary_encode().cast(typ)
+    if pa.types.is_string(typ):
+        return pa.array(_object_values(parts), type=typ)
+    if all(v is None for v, _ in parts):
+        return pa.nulls(total, type=typ)
+    if any(v is None or _has_none(v) for v, _ in parts):
+        return pa.array(_object_values(parts), type=typ, from_pandas=False)
+    pieces = [np.broadcast_to(np.asarray(v), (n,)) if np.ndim(v) == 0 else np.asarray(v).reshape(-1)
+              for v, n in parts]
+    for (v, n), p in zip(parts, pieces):
+        if len(p) != n:
+            raise ValueError(f"column {field.name!r}: got {len(p)} values for {n} rows")
+    flat = np.concatenate(pieces) if len(pieces) != 1 else pieces[0]
+    return pa.array(flat, type=typ)
+
+
+def _has_none(value: Any) -> bool:
+    return isinstance(value, (list, tuple)) and any(x is None for x in value)
+
+
+def _object_values(parts: list[tuple[Any, int]]) -> list[Any]:
+    out: list[Any] = []
+    for v, n in parts:
+        if v is None or isinstance(v, (str, bytes, int, float, bool)) or np.ndim(v) == 0:
+            out.extend([_plain(v)] * n)
+        else:
+            vals = [_plain(x) for x in (v.tolist() if isinstance(v, np.ndarray) else v)]
+            if len(vals) != n:
+                raise ValueError(f"got {len(vals)} values for {n} rows")
+            out.extend(vals)
+    return out
+
+
+def _plain(x: Any) -> Any:
+    if isinstance(x, np.generic):
+        return x.item()
+    if isinstance(x, (str, bytes, int, float, bool)) or x is None:
+        return x
+    if hasattr(x, "__float__") and np.ndim(x) == 0:
+        return float(x)
+    return x
+
+
+def _list_column(typ: pa.ListType, parts: list[tuple[Any, int]], total: int) -> pa.Array:
+    value_type = typ.value_type
+    np_type = None if pa.types.is_string(value_type) else value_type.to_pandas_dtype()
+    if np_type is not None and all(v is not None for v, _ in parts):
+        rows: list[np.ndarray] = []
+        for v, n in parts:
+            arr = np.asarray(v, dtype=np_type) if not isinstance(v, list) or _rectangular(v) else None
+            if arr is not None and arr.ndim == 1 and n == 1:
+                arr = arr[None, :]
+            if arr is not None and arr.ndim == 2 and arr.shape[0] == n:
+                rows.append(arr)
+            else:
+                rows = []
+                break
+        if rows and len({r.shape[1] for r in rows}) == 1:
+            width = rows[0].shape[1]
+            flat = np.concatenate(rows).reshape(-1) if len(rows) > 1 else rows[0].reshape(-1)
+            offsets = np.arange(0, total * width + 1, width, dtype=np.int32)
+            return pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat, type=value_type))
+    values: list[Any] = []
+    for v, n in parts:
+        if v is None:
+            values.extend([None] * n)
+        elif n == 1 and (np.ndim(v) == 1 or (isinstance(v, (list, tuple)) and not any(
+                isinstance(x, (list, tuple, np.ndarray)) for x in v))):
+            values.append(np.asarray(v).tolist() if isinstance(v, np.ndarray) else list(v))
+        else:
+            seq = list(v)
+            if len(seq) != n:
+                raise ValueError(f"got {len(seq)} lists for {n} rows")
+            values.extend(None if x is None else (x.tolist() if isinstance(x, np.ndarray) else list(x))
+                          for x in seq)
+    return pa.array(values, type=typ)
+
+
+def _rectangular(v: list) -> bool:
+    return bool(v) and all(isinstance(x, (list, tuple, np.ndarray)) for x in v) and \
+        len({len(x) for x in v}) == 1
