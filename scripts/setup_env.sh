@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Create .venv (if missing) and install the project with the given extras; idempotent and quick
-# when nothing changed. Usage: scripts/setup_env.sh [EXTRAS]   e.g. scripts/setup_env.sh dev
+# Create .venv (if missing) and install the project with the given extras; idempotent, and quick
+# when pyproject.toml has not changed. Usage: scripts/setup_env.sh [EXTRAS]   e.g. scripts/setup_env.sh dev
 set -euo pipefail
 cd "$(dirname "$0")/.."
 extras=${1:-}
@@ -11,8 +11,13 @@ if [ ! -x .venv/bin/python ]; then
 fi
 stamp=.venv/.installed-${extras:-base}
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-  echo "[setup] installing deepseek-inspector${extras:+[$extras]} into .venv"
-  .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -e ".${extras:+[$extras]}"
+  echo "[setup] installing deepseek-inspector${extras:+[$extras]} into .venv (first time: a minute or two)"
+  pip_quiet() {
+    # pip warns about every configured local index that lacks a package; those lines are noise.
+    .venv/bin/python -m pip "$@" 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }
+    return "${PIPESTATUS[0]}"
+  }
+  pip_quiet install -q --upgrade pip
+  pip_quiet install -q -e ".${extras:+[$extras]}"
   touch "$stamp"
 fi

@@ -229,7 +229,8 @@ class Recorder:
         self._finish()
 
     def _stats_columns(self) -> dict[str, Any]:
-        return {"step": max(self.step, self._max_step, 0), "wall_time": time.time(),
+        step = self._max_step if self._max_step >= 0 else self.step  # never ahead of the data
+        return {"step": step, "wall_time": time.time(),
                 "name": ["inspector/dropped_records", "inspector/queue_depth", "inspector/bytes_written"],
                 "value": [float(self.dropped), float(self._queue.qsize()), float(self._writer.bytes_written)]}
 

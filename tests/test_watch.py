@@ -1,0 +1,81 @@
+"""`inspector.watch` on plain torch models: steps, scalars, optimizer hook, clean close."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+import inspector
+
+
+def _mlp() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1))
+
+
+def test_step_records_scalars_and_model_summary(tmp_path: Path) -> None:
+    model = _mlp()
+    w = inspector.watch(model, tmp_path / "run", name="mlp-run")
+    for i in range(5):
+        loss = model(torch.ones(2, 4)).pow(2).mean()
+        assert w.step(loss=loss, lr=0.1) == i
+    inspector.log_scalar("custom", 7.0)
+    w.close()
+    r = inspector.open_run(tmp_path / "run")
+    df = r.to_pandas("scalar", names=["loss"])
+    assert df["step"].tolist() == [0, 1, 2, 3, 4]
+    assert r.to_pandas("scalar", names=["custom"])["step"].tolist() == [5]
+    assert r.meta.name == "mlp-run"
+    assert r.meta.model["parameters"] == sum(p.numel() for p in model.parameters())
+    assert r.meta.model["class"].endswith("Sequential")
+
+
+def test_optimizer_hook_advances_steps_and_is_removed_on_close(tmp_path: Path) -> None:
+    model = _mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    w = inspector.watch(model, tmp_path / "run", optimizer=opt)
+    for _ in range(3):
+        opt.zero_grad()
+        loss = model(torch.ones(2, 4)).pow(2).mean()
+        loss.backward()
+        opt.step()
+        w.step(loss=loss)
+    assert w.global_step == 3
+    w.close()
+    assert not opt._optimizer_step_post_hooks  # noqa: SLF001 — the only way to see torch's hooks
+    r = inspector.open_run(tmp_path / "run")
+    assert r.to_pandas("scalar", names=["loss"])["step"].tolist() == [0, 1, 2]
+
+
+def test_outputs_are_bit_identical_after_close(tmp_path: Path) -> None:
+    model = _mlp()
+    x = torch.randn(3, 4)
+    before = model(x)
+    inspector.watch(model, tmp_path / "run").close()
+    assert torch.equal(model(x), before)
+    assert not model._forward_hooks and not model._forward_pre_hooks  # noqa: SLF001
+
+
+def test_log_scalar_without_a_run_is_a_clear_error() -> None:
+    with pytest.raises(RuntimeError, match="no active run"):
+        inspector.log_scalar("x", 1.0)
+
+
+def test_unknown_probe_set_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="probes must be one of"):
+        inspector.watch(_mlp(), tmp_path / "run", probes="everything")
+
+
+def test_ranks_come_from_torchrun_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RANK", "3")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    with inspector.watch(_mlp(), tmp_path / "run") as w:
+        w.step(loss=1.0)
+    assert (tmp_path / "run" / "rank-00003").is_dir()
+    assert not (tmp_path / "run" / "run.json").exists()  # only rank 0 writes run metadata
+    import json
+    info = json.loads((tmp_path / "run" / "rank-00003" / "rank.json").read_text())
+    assert (info["rank"], info["local_rank"], info["world_size"]) == (3, 1, 4)
