@@ -1,11 +1,14 @@
-"""`inspector.watch`: attach the Inspector to any `torch.nn.Module` and record a run.
+"""`inspector.watch`: attach the Inspector's probes to any `torch.nn.Module` and record a run.
 
-`watch()` opens a Recorder for this rank, writes the model summary into run.json, and advances
-the step counter either from `Watch.step()` or, when an optimizer is given, from the optimizer's
-step hook. Probes (attention, gradients, activations, timing, experts, system) attach here.
+`watch()` opens a Recorder for this rank (rank and world size from torchrun's environment),
+writes the model summary and probe settings into run.json, attaches the selected probes, and
+advances the step counter from the optimizer's step hook when an optimizer is given, else from
+`Watch.step()`. `close()` removes every hook: the model then computes exactly what it did before.
 """
 from __future__ import annotations
 
+import dataclasses
+import logging
 import threading
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -13,10 +16,10 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import nn
 
+from inspector.probes import PROBES, Probe, ProbeContext, Sampling, resolve_probes
 from inspector.store.recorder import Recorder
 
-PROBE_SETS: dict[str, list[str]] = {"none": [], "default": [], "all": []}
-"""Named probe selections; the probes package registers its probes into these."""
+log = logging.getLogger("inspector")
 
 _active: list["Watch"] = []
 _active_lock = threading.Lock()
@@ -39,15 +42,26 @@ class Watch:
     """A model being recorded: call `.step(loss=...)` once per training step, `.close()` at the end."""
 
     def __init__(self, model: nn.Module, recorder: Recorder, *, optimizer: torch.optim.Optimizer | None,
-                 probes: Sequence[str]) -> None:
+                 probes: Sequence[str], sampling: Sampling) -> None:
         self.model = model
         self.recorder = recorder
-        self.probes = list(probes)
         self.global_step = 0
+        self.ctx = ProbeContext(model=model, recorder=recorder, sampling=sampling, optimizer=optimizer)
+        self.probes: dict[str, Probe] = {}
+        self.not_applicable: dict[str, str] = {}
         self._hooks: list[Any] = []
+        self._auto = optimizer is not None
+        for name in probes:
+            probe = PROBES[name]()
+            reason = probe.attach(self.ctx)
+            if reason is None:
+                self.probes[name] = probe
+            else:
+                probe.detach()
+                self.not_applicable[name] = reason
+                log.info("inspector: %s probe not applicable: %s", name, reason)
         if optimizer is not None:
             self._hooks.append(optimizer.register_step_post_hook(self._on_optimizer_step))
-        self._auto = optimizer is not None
         with _active_lock:
             _active.append(self)
 
@@ -57,22 +71,27 @@ class Watch:
         return self.recorder.run_dir
 
     def _on_optimizer_step(self, *_: Any) -> None:
+        self._end_step()
+
+    def _end_step(self) -> None:
+        for probe in self.probes.values():
+            probe.on_step_end(self.global_step)
         self.global_step += 1
         self.recorder.step = self.global_step
 
     def step(self, **scalars: Any) -> int:
         """Record `scalars` (tensors are fine: read on the writer thread) for the step just done.
 
-        Without an optimizer this also advances the step; with one, the optimizer's step did.
+        Without an optimizer this also ends the step; with one, the optimizer's step did.
         Returns the step the scalars were recorded at.
         """
-        at = self.global_step - 1 if self._auto else self.global_step
-        at = max(at, 0)
+        at = max(self.global_step - 1, 0) if self._auto else self.global_step
         if scalars:
             self.recorder.scalars({k: _detach(v) for k, v in scalars.items()}, step=at)
+            for probe in self.probes.values():
+                probe.on_scalars(at, scalars)
         if not self._auto:
-            self.global_step += 1
-            self.recorder.step = self.global_step
+            self._end_step()
         return at
 
     def log(self, name: str, value: Any, step: int | None = None) -> None:
@@ -81,6 +100,8 @@ class Watch:
 
     def close(self) -> None:
         """Remove every hook, flush and close the run."""
+        for probe in self.probes.values():
+            probe.detach()
         for h in self._hooks:
             h.remove()
         self._hooks.clear()
@@ -98,48 +119,27 @@ class Watch:
 
 def _detach(value: Any) -> Any:
     if isinstance(value, torch.Tensor):
-        value = value.detach()
-        if value.device.type != "cpu":
-            return _DeviceScalar(value)
+        from inspector.probes.host import to_host
+
+        return to_host(value.detach().float() if value.dtype != torch.float32 else value)
     return value
 
 
-class _DeviceScalar:
-    """A device tensor copied to the host without blocking; resolved on the writer thread."""
-
-    __slots__ = ("host", "event")
-
-    def __init__(self, value: torch.Tensor) -> None:
-        self.host = torch.empty(value.shape, dtype=value.dtype, pin_memory=True)
-        self.host.copy_(value, non_blocking=True)
-        self.event = torch.cuda.Event()
-        self.event.record()
-
-    def resolve(self) -> Any:
-        self.event.synchronize()
-        return self.host.float().numpy()
-
-
 def watch(model: nn.Module, run_dir: str | Path, *, probes: str | Sequence[str] = "default",
-          optimizer: torch.optim.Optimizer | None = None, name: str | None = None,
+          optimizer: torch.optim.Optimizer | None = None, every: int | Mapping[str, int] | None = None,
+          layers: Sequence[int] | None = None, heads: Sequence[int] | None = None, name: str | None = None,
           config: Mapping[str, Any] | None = None, **recorder_options: Any) -> Watch:
-    """Start recording `model` into `run_dir` (one directory per run; ranks come from torchrun)."""
-    selected = _resolve_probes(probes)
+    """Start recording `model` into `run_dir` (one directory per run; each rank writes its own part).
+
+    `probes`: "default", "all", "none" or a list of probe names. `every`: sampling period(s) in
+    steps (an int for all heavy probes, or e.g. {"attention": 50}). `layers`/`heads`: which
+    attention layers and heads to keep (default all).
+    """
+    selected = resolve_probes(probes)
+    sampling = Sampling.build(every, layers=layers, heads=heads)
     recorder = Recorder(run_dir, name=name, config=config, model=model_summary(model),
-                        probes={"selected": selected}, **recorder_options)
-    return Watch(model, recorder, optimizer=optimizer, probes=selected)
-
-
-def _resolve_probes(probes: str | Sequence[str]) -> list[str]:
-    if isinstance(probes, str):
-        if probes not in PROBE_SETS:
-            raise ValueError(f"probes must be one of {sorted(PROBE_SETS)} or a list of probe names, not {probes!r}")
-        return list(PROBE_SETS[probes])
-    known = set().union(*PROBE_SETS.values())
-    unknown = [p for p in probes if p not in known]
-    if unknown:
-        raise ValueError(f"unknown probe(s) {unknown}; available: {sorted(known) or 'none yet'}")
-    return list(probes)
+                        probes={"selected": selected, "sampling": dataclasses.asdict(sampling)}, **recorder_options)
+    return Watch(model, recorder, optimizer=optimizer, probes=selected, sampling=sampling)
 
 
 def log_scalar(name: str, value: Any, step: int | None = None) -> None:

@@ -17,9 +17,13 @@ Chunk = tuple[Mapping[str, Any], int]
 
 
 def resolve(value: Any) -> Any:
-    """Resolve a deferred value (an object with `resolve()`), or return the value unchanged."""
+    """Resolve a deferred value (an object with `resolve()`), also inside a list or tuple."""
     res = getattr(value, "resolve", None)
-    return res() if callable(res) else value
+    if callable(res):
+        return res()
+    if isinstance(value, (list, tuple)) and any(callable(getattr(x, "resolve", None)) for x in value):
+        return [resolve(x) for x in value]
+    return value
 
 
 def build_batch(schema: pa.Schema, chunks: Iterable[Chunk]) -> pa.RecordBatch:

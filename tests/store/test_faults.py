@@ -136,7 +136,7 @@ print(json.dumps({{"seen": seen, "polls": polls}}))
 @pytest.mark.multiproc
 def test_disk_full_stops_recording_without_raising(tmp_path: Path) -> None:
     run = tmp_path / "run"
-    proc = _start_writer(run, 400, 0, "--fsize-limit", "20000", "--flush-every", "0")
+    proc = _start_writer(run, 400, 200, "--fsize-limit", "20000", "--flush-every", "0")
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err  # the "training loop" finished normally
     assert "closed dropped=" in out
