@@ -101,7 +101,9 @@ def _cmd_export(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from inspector.demo import run_demo
 
-    return run_demo(config=args.config, steps=args.steps, out=args.out, seed=args.seed)
+    return run_demo(config=args.config, steps=args.steps, out=args.out, seed=args.seed, ranks=args.ranks,
+                    slow_rank=args.slow_rank, probes=args.probes, batch_size=args.batch_size,
+                    seq_len=args.seq_len, progress=not args.no_progress)
 
 
 class _quiet_warnings:
@@ -146,6 +148,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--steps", type=int, default=300)
     demo.add_argument("--out", default=None, help="run directory (default: runs/demo-<time>)")
     demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--ranks", type=int, default=1, help="train on N processes under torchrun (gloo on CPU)")
+    demo.add_argument("--slow-rank", type=int, default=None, help="delay this rank to show straggler detection")
+    demo.add_argument("--probes", default="default", help="probe set: default, all or none")
+    demo.add_argument("--batch-size", type=int, default=None)
+    demo.add_argument("--seq-len", type=int, default=None)
+    demo.add_argument("--no-progress", action="store_true", help="no progress bar (for scripts)")
     demo.set_defaults(func=_cmd_demo)
     return p
 

@@ -1,12 +1,19 @@
 """`inspector demo`: train the built-in DeepSeek-style engine with the Inspector recording.
 
-This module and the tests are the only places that join `engine` and `inspector`.
+With `ranks > 1` the demo starts itself under `torchrun` (gloo on CPU, nccl on GPU), every rank
+recording into the same run directory; `slow_rank` delays one rank's forward so straggler
+detection has something to find. This module and the tests are the only places that join
+`engine` and `inspector`.
 """
 from __future__ import annotations
 
+import argparse
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import inspector
 from inspector.cli_format import human_bytes
@@ -28,13 +35,24 @@ class RecordingCallback:
             self.watch.log(name if name.startswith("eval") else f"eval/{name}", value, step=max(step - 1, 0))
 
 
-def run_demo(*, config: str = "tiny", steps: int = 300, out: str | None = None, seed: int = 0,
-             batch_size: int | None = None, seq_len: int | None = None, progress: bool = True) -> int:
-    """Train `config` for `steps` steps, recording into `out` (default runs/demo-<time>); returns 0."""
+def _slow_down(model: Any, seconds: float) -> None:
+    def sleep(*_: Any) -> None:
+        time.sleep(seconds)
+    model.register_forward_pre_hook(sleep)
+
+
+def default_run_dir() -> Path:
+    """runs/demo-<date>-<time> under the current directory."""
+    return Path("runs") / time.strftime("demo-%Y%m%d-%H%M%S")
+
+
+def train_and_record(*, config: str, steps: int, out: Path, seed: int = 0, probes: str = "default",
+                     batch_size: int | None = None, seq_len: int | None = None, slow_rank: int | None = None,
+                     slow_s: float = 0.05, progress: bool = True) -> None:
+    """Train engine config `config` for `steps` steps with `probes` recording into `out` (this rank)."""
     from engine.config import get_config
     from engine.training import TrainConfig, Trainer
 
-    run_dir = Path(out) if out else Path("runs") / time.strftime("demo-%Y%m%d-%H%M%S")
     model_cfg = get_config(config)
     train_cfg = TrainConfig(steps=steps, seed=seed, progress=progress, eval_every=max(10, steps // 10))
     if batch_size:
@@ -42,22 +60,82 @@ def run_demo(*, config: str = "tiny", steps: int = 300, out: str | None = None, 
     if seq_len:
         train_cfg.seq_len = seq_len
     trainer = Trainer(model_cfg, train_cfg)
-    watch = inspector.watch(trainer.model, run_dir, optimizer=trainer.optimizer, name=run_dir.name,
-                            config={"model": model_cfg.to_dict(), "train": train_cfg.to_dict(), "engine_config": config})
+    if progress and trainer.dist.rank != 0:
+        trainer.config.progress = False
+    if slow_rank is not None and trainer.dist.rank == slow_rank:
+        _slow_down(trainer.model, slow_s)
+    watch = inspector.watch(trainer.model, out, optimizer=trainer.optimizer, probes=probes, name=out.name,
+                            config={"model": model_cfg.to_dict(), "train": train_cfg.to_dict(),
+                                    "engine_config": config})
     trainer.callbacks.append(RecordingCallback(watch))
-    print(f"inspector demo: training engine config {config!r} for {steps} steps, recording to {run_dir}")
     try:
         trainer.run()
-    except KeyboardInterrupt:
-        print("inspector demo: interrupted; the run so far is kept")
     finally:
         watch.close()
         trainer.close()
+
+
+def run_demo(*, config: str = "tiny", steps: int = 300, out: str | None = None, seed: int = 0, ranks: int = 1,
+             slow_rank: int | None = None, probes: str = "default", batch_size: int | None = None,
+             seq_len: int | None = None, progress: bool = True) -> int:
+    """Train (on `ranks` processes), record into `out`, and print where the run is; returns an exit code."""
+    run_dir = Path(out) if out else default_run_dir()
+    print(f"inspector demo: training engine config {config!r} for {steps} steps on {ranks} rank(s), "
+          f"recording to {run_dir}", flush=True)
+    try:
+        if ranks > 1:
+            code = _launch_torchrun(ranks, [
+                "--config", config, "--steps", str(steps), "--out", str(run_dir), "--seed", str(seed),
+                "--probes", probes, *(["--slow-rank", str(slow_rank)] if slow_rank is not None else []),
+                *(["--batch-size", str(batch_size)] if batch_size else []),
+                *(["--seq-len", str(seq_len)] if seq_len else []), *([] if progress else ["--no-progress"])])
+            if code != 0:
+                print(f"inspector demo: torchrun exited with status {code}", file=sys.stderr)
+                return code
+        else:
+            train_and_record(config=config, steps=steps, out=run_dir, seed=seed, probes=probes,
+                             batch_size=batch_size, seq_len=seq_len, slow_rank=slow_rank, progress=progress)
+    except KeyboardInterrupt:
+        print("inspector demo: interrupted; the run so far is kept")
+    _print_summary(run_dir)
+    return 0
+
+
+def _launch_torchrun(ranks: int, worker_args: Sequence[str]) -> int:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={ranks}",
+           "-m", "inspector.demo", *worker_args]
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    return subprocess.call(cmd, env=env)
+
+
+def _print_summary(run_dir: Path) -> None:
     reader = inspector.open_run(run_dir)
-    loss = reader.to_pandas("scalar", names=["loss"])["value"]
-    print(f"inspector demo: {reader.status()} run, {reader.last_step() + 1} steps, "
+    loss = reader.to_pandas("scalar", names=["loss"], ranks=[0])["value"]
+    anomalies = reader.to_pandas("anomaly")
+    print(f"inspector demo: {reader.status()} run, {reader.last_step() + 1} steps, {len(reader.ranks)} rank(s), "
           f"{human_bytes(reader.size_bytes())} in {run_dir}")
     if len(loss) >= 2:
-        print(f"inspector demo: loss {loss.iloc[0]:.3f} -> {loss.iloc[-1]:.3f}")
-    print(f"inspect it with: inspector info {run_dir}   (or inspector ls {run_dir.parent})")
+        print(f"inspector demo: loss {loss.iloc[0]:.3f} -> {loss.iloc[-1]:.3f}; {len(anomalies)} anomaly record(s)")
+    print(f"inspect it with: inspector info {run_dir}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Worker entry point (`python -m inspector.demo`), as started by torchrun for each rank."""
+    p = argparse.ArgumentParser(prog="python -m inspector.demo")
+    p.add_argument("--config", default="tiny")
+    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--out", required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--probes", default="default")
+    p.add_argument("--slow-rank", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--seq-len", type=int, default=None)
+    p.add_argument("--no-progress", action="store_true")
+    a = p.parse_args(argv)
+    train_and_record(config=a.config, steps=a.steps, out=Path(a.out), seed=a.seed, probes=a.probes,
+                     batch_size=a.batch_size, seq_len=a.seq_len, slow_rank=a.slow_rank, progress=not a.no_progress)
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
