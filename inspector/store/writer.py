@@ -45,13 +45,17 @@ class RankWriter:
         info = {"rank": rank, "host": socket.gethostname(), "pid": os.getpid(), "started": time.time()}
         info.update(rank_info or {})
         write_json_atomic(self.dir / RANK_META_FILE, info)
-        self._seg_index, self._seg_fd, self._seg_size = self._open_last(segment_name, 0)
-        self._blob_index, self._blob_fd, self._blob_size = self._open_last(blob_name, 0)
+        # A writer session never appends to an existing segment: after a crash its last frame may
+        # be torn, and a stale length there would swallow the first new frame.
+        self._seg_index, self._seg_fd, self._seg_size = self._open_next(segment_name)
+        self._blob_index, self._blob_fd, self._blob_size = self._open_next(blob_name)
 
-    def _open_last(self, namer, first: int) -> tuple[int, int, int]:
-        index = first
-        while (self.dir / namer(index + 1)).exists():
+    def _open_next(self, namer) -> tuple[int, int, int]:
+        index = 0
+        while (self.dir / namer(index)).exists():
             index += 1
+        if index and (self.dir / namer(index - 1)).stat().st_size == 0:
+            index -= 1
         fd = os.open(self.dir / namer(index), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         return index, fd, os.fstat(fd).st_size
 

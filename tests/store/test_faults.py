@@ -188,3 +188,19 @@ def test_recorder_never_raises_on_a_closed_recorder(tmp_path: Path) -> None:
     rec.close()
     assert rec.scalar("x", 1.0) is False and rec.dropped == 1
     assert rec.attention_map("a", np.zeros((1, 2, 2)), layer=0) is False
+
+
+def test_resuming_after_a_torn_tail_keeps_old_and_new_records(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    with Recorder(run) as rec:
+        for s in range(5):
+            rec.scalar("x", float(s), step=s)
+    seg = run / "rank-00000" / "seg-000000.dsi"
+    data = seg.read_bytes()
+    seg.write_bytes(data + data[:60])  # a crash left a torn frame at the end
+    with Recorder(run) as rec:  # the job restarts (e.g. --resume) into the same run directory
+        for s in range(5, 10):
+            rec.scalar("x", float(s), step=s)
+    with pytest.warns(RunWarning, match="torn"):
+        steps = open_run(run).to_pandas("scalar", names=["x"])["step"].tolist()
+    assert steps == list(range(10))
