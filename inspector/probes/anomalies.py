@@ -14,7 +14,6 @@ Under `torch.no_grad()` on CPU (inference) only block outputs are referenced, to
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -22,26 +21,12 @@ from torch import nn
 
 from inspector.probes.base import Probe, ProbeContext
 from inspector.probes.host import HostValue, to_host
-from inspector.probes.model_map import find_blocks
+from inspector.probes.model_map import find_blocks, first_tensor
 from inspector.probes.registry import register_probe
 from inspector.probes.robust import RobustZ
 
 LOSS_SPIKE_Z = 6.0
 LOSS_SPIKE_RATIO = 1.5
-
-
-def first_tensor(out: Any) -> torch.Tensor | None:
-    """The first floating-point tensor in a module output (tensor, tuple/list, dict or HF ModelOutput)."""
-    if isinstance(out, torch.Tensor):
-        return out if out.is_floating_point() else None
-    if isinstance(out, Mapping):
-        out = list(out.values())
-    if isinstance(out, (tuple, list)):
-        for item in out:
-            t = first_tensor(item)
-            if t is not None:
-                return t
-    return None
 
 
 def _nonfinite(t: torch.Tensor) -> torch.Tensor:

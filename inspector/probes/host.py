@@ -47,3 +47,19 @@ class HostValue:
 def to_host(value: torch.Tensor) -> HostValue:
     """Start copying `value` to the host; see `HostValue`."""
     return HostValue(value)
+
+
+class HostSlice:
+    """A deferred column: `value.resolve()[index]`, optionally cast; resolved on the writer thread."""
+
+    __slots__ = ("value", "index", "dtype")
+
+    def __init__(self, value: HostValue, index: Any, dtype: Any = None) -> None:
+        self.value = value
+        self.index = index
+        self.dtype = dtype
+
+    def resolve(self) -> Any:
+        """The slice as a numpy value."""
+        out = self.value.resolve()[self.index]
+        return out.astype(self.dtype) if self.dtype is not None else out

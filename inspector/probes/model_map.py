@@ -2,6 +2,10 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
+from typing import Any
+
+import torch
 
 from torch import nn
 
@@ -14,17 +18,25 @@ def module_names(model: nn.Module) -> dict[nn.Module, str]:
 
 
 def find_blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """The model's repeated blocks: the longest `nn.ModuleList`/`nn.Sequential` of same-class
-    modules (a transformer's layers); if there is none, the model's top-level children."""
-    best: list[tuple[str, nn.Module]] = []
+    """The model's repeated blocks (a transformer's layers).
+
+    The outermost `nn.ModuleList`/`nn.Sequential` of two or more same-class modules that have
+    children of their own; among lists at the same depth, the longest. Outermost matters: in an
+    MoE model each layer holds a longer list of experts. Without such a list, the top-level children.
+    """
+    best: tuple[int, int] | None = None
+    blocks: list[tuple[str, nn.Module]] = []
     for name, mod in model.named_modules():
-        if isinstance(mod, (nn.ModuleList, nn.Sequential)) and len(mod) > len(best):
-            kids = list(mod.named_children())
-            if kids and len({type(k) for _, k in kids}) == 1 and list(kids[0][1].children()):
-                best = [(f"{name}.{k}" if name else k, m) for k, m in kids]
-    if best:
-        return best
-    return [(n, m) for n, m in model.named_children()]
+        if not isinstance(mod, (nn.ModuleList, nn.Sequential)) or len(mod) < 2:
+            continue
+        kids = list(mod.named_children())
+        if len({type(k) for _, k in kids}) != 1 or not list(kids[0][1].children()):
+            continue
+        rank = (name.count(".") + (1 if name else 0), -len(kids))
+        if best is None or rank < best:
+            best = rank
+            blocks = [(f"{name}.{k}" if name else k, m) for k, m in kids]
+    return blocks or [(n, m) for n, m in model.named_children()]
 
 
 def layer_index(name: str) -> int | None:
@@ -36,3 +48,17 @@ def layer_index(name: str) -> int | None:
 def leaf_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """Modules without children, in registration order (roughly forward order)."""
     return [(n, m) for n, m in model.named_modules() if n and not list(m.children())]
+
+
+def first_tensor(out: Any) -> torch.Tensor | None:
+    """The first floating-point tensor in a module output (tensor, tuple/list, dict, ModelOutput)."""
+    if isinstance(out, torch.Tensor):
+        return out if out.is_floating_point() else None
+    if isinstance(out, Mapping):
+        out = list(out.values())
+    if isinstance(out, (tuple, list)):
+        for item in out:
+            t = first_tensor(item)
+            if t is not None:
+                return t
+    return None

@@ -20,7 +20,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from inspector.schema import ATTENTION_MAP, KindSpec, RunMeta, get_kind, kind_for_id, kind_id
+from inspector.schema import ATTENTION_MAP, RunMeta, get_kind, kind_for_id, kind_id
 from inspector.store.format import (
     BLOB_PREFIX,
     CLOSED_FILE,

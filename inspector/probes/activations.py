@@ -1,0 +1,215 @@
+"""The activations probe: per-module output histograms and statistics, computed on the device.
+
+Which modules: the model's repeated blocks and each block's direct children (attention, MLP/MoE,
+norms; dropouts and identities skipped); for a model without blocks, its top-level children. At
+most `max_modules` (64): beyond that, evenly spaced blocks are kept, first and last included.
+
+On sampled steps (`Sampling.activations`, default every 50) a forward hook turns the first
+forward's output of each module (the first floating tensor of a tuple) into one row of
+`hist_math.output_row`; at the end of the step all rows are stacked and copied to the host with
+one `to_host`, then recorded as one `histogram` call (names "activations/<module>", 64 bins over
+a range fixed per module from its first sampled output) and `activation_stats` rows (name =
+module). On other steps the hook returns at once. A module whose dead_frac is >= 0.99 on 3
+consecutive sampled steps is reported as `dead_layer`, evaluated from the host copies once they
+have landed, so the training thread never waits for the device.
+"""
+from __future__ import annotations
+
+import logging
+from collections import deque
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+
+from inspector.probes.base import Probe, ProbeContext
+from inspector.probes.hist_math import (
+    COUNTS,
+    DEAD,
+    HI,
+    LO,
+    MAX,
+    MEAN,
+    MIN,
+    NONFINITE,
+    OVER,
+    SAT,
+    STD,
+    UNDER,
+    host_range,
+    output_bounds,
+    output_row,
+)
+from inspector.probes.host import HostSlice, HostValue, to_host
+from inspector.probes.model_map import find_blocks, first_tensor
+from inspector.probes.registry import register_probe
+
+log = logging.getLogger("inspector")
+
+DEAD_FRAC = 0.99
+DEAD_STEPS = 3
+MAX_PENDING = 8
+_SKIP = ("Dropout", "Identity", "AlphaDropout", "FeatureAlphaDropout")
+
+
+def select_modules(model: nn.Module, cap: int = 64) -> list[tuple[str, nn.Module]]:
+    """The modules whose outputs are recorded (see the module docstring)."""
+    blocks = find_blocks(model)
+    if not blocks:
+        return [("model", model)]
+    per_block = [[(n, b)] + [(f"{n}.{k}", c) for k, c in b.named_children()] for n, b in blocks]
+    per_block = [[m for m in p if type(m[1]).__name__ not in _SKIP] for p in per_block]
+    size = max(1, max(len(p) for p in per_block))
+    keep = max(1, min(len(blocks), cap // size))
+    chosen = sorted(set(np.linspace(0, len(blocks) - 1, keep).round().astype(int).tolist()))
+    picked = [m for i in chosen for m in per_block[i]]
+    return picked[:cap]
+
+
+class _Range:
+    """A module's histogram range: on the device from its warm-up, on the host once it landed."""
+
+    __slots__ = ("dev", "host", "source")
+
+    def __init__(self) -> None:
+        self.dev: torch.Tensor | None = None
+        self.host: tuple[float, float] | None = None
+        self.source: tuple[HostValue, int] | None = None
+
+    def settle(self) -> None:
+        """Take the host copy of the warm-up range if it has landed (never waits)."""
+        if self.host is not None or self.source is None or not self.source[0].ready():
+            return
+        value, row = self.source
+        self.source = None
+        self.host = host_range(value.resolve()[row])
+        if self.host is None:  # no finite value in the warm-up output: warm up again
+            self.dev = None
+
+
+@register_probe
+class ActivationsProbe(Probe):
+    """Per-module output histograms, mean/std/min/max, dead and saturated fractions."""
+
+    name = "activations"
+    kinds = ("histogram", "activation_stats", "anomaly")
+    max_modules: ClassVar[int] = 64
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._names: list[str] = []
+        self._bounds: list[tuple[float, float] | None] = []
+        self._ranges: list[_Range] = []
+        self._rows: dict[int, torch.Tensor] = {}
+        self._warming: list[int] = []
+        self._armed = False
+        self._pending: deque[tuple[int, HostValue, list[int]]] = deque()
+        self._dead_run: list[int] = []
+        self._broken: set[int] = set()
+        self._failed = False
+
+    def attach(self, ctx: ProbeContext) -> str | None:
+        super().attach(ctx)
+        modules = select_modules(ctx.model, self.max_modules)
+        self._names = [n for n, _ in modules]
+        self._bounds = [output_bounds(m) for _, m in modules]
+        self._ranges = [_Range() for _ in modules]
+        self._dead_run = [0] * len(modules)
+        for i, (_, module) in enumerate(modules):
+            self.track(module.register_forward_hook(self._make_hook(i)))
+        self._armed = ctx.sampling.due(self.name, ctx.step)
+        return None
+
+    def _make_hook(self, i: int):
+        def hook(module: nn.Module, args: Any, out: Any) -> None:
+            if not self._armed or i in self._rows or i in self._broken:
+                return
+            try:
+                self._capture(i, out)
+            except Exception as exc:  # a recording problem must never reach the training loop
+                self._broken.add(i)
+                log.warning("inspector: activations of %s not recorded: %s: %s", self._names[i],
+                            type(exc).__name__, exc)
+        return hook
+
+    def _capture(self, i: int, out: Any) -> None:
+        x = first_tensor(out)
+        if x is None or x.numel() == 0:
+            return
+        rng = self._ranges[i]
+        rng.settle()
+        with torch.no_grad():
+            row, lohi = output_row(x, rng.dev, rng.host, self._bounds[i])
+        if rng.dev is None:
+            rng.dev = lohi
+            self._warming.append(i)
+        self._rows[i] = row
+
+    def on_step_end(self, step: int) -> None:
+        try:
+            if self._rows:
+                self._flush(step)
+            self._drain()
+        except Exception as exc:
+            self._fail(exc)
+        finally:
+            self._rows.clear()
+            self._warming.clear()
+            self._armed = not self._failed and self.ctx.sampling.due(self.name, step + 1)
+
+    def _flush(self, step: int) -> None:
+        order = sorted(self._rows)
+        host = to_host(torch.stack([self._rows[i] for i in order]))
+        where = {i: r for r, i in enumerate(order)}
+        for i in self._warming:
+            self._ranges[i].source = (host, where[i])
+        names = [self._names[i] for i in order]
+        rec = self.ctx.recorder
+        rec.histograms([f"activations/{n}" for n in names], HostSlice(host, (slice(None), COUNTS), np.int64),
+                       HostSlice(host, (slice(None), LO)), HostSlice(host, (slice(None), HI)), step=step,
+                       underflow=HostSlice(host, (slice(None), UNDER), np.int64),
+                       overflow=HostSlice(host, (slice(None), OVER), np.int64))
+        cols = {"name": names}
+        for key, col in (("mean", MEAN), ("std", STD), ("min", MIN), ("max", MAX), ("dead_frac", DEAD),
+                         ("saturated_frac", SAT)):
+            cols[key] = HostSlice(host, (slice(None), col))
+        cols["nonfinite"] = HostSlice(host, (slice(None), NONFINITE), np.int64)
+        rec.submit("activation_stats", cols, rows=len(order), step=step)
+        self._pending.append((step, host, order))
+
+    def _drain(self, wait: bool = False) -> None:
+        while self._pending:
+            step, host, order = self._pending[0]
+            if not (wait or host.ready() or len(self._pending) > MAX_PENDING):
+                return
+            self._pending.popleft()
+            dead = host.resolve()[:, DEAD]
+            for i, frac in zip(order, dead.tolist()):
+                self._check_dead(step, i, frac)
+
+    def _check_dead(self, step: int, i: int, frac: float) -> None:
+        if not frac >= DEAD_FRAC:
+            self._dead_run[i] = 0
+            return
+        self._dead_run[i] += 1
+        if self._dead_run[i] == DEAD_STEPS:
+            name = self._names[i]
+            self.ctx.report("dead_layer", f"{name}: {frac:.0%} of its units output 0 for the whole batch on "
+                                          f"{DEAD_STEPS} sampled steps in a row (step {step})",
+                            module=name, value=frac, step=step)
+
+    def _fail(self, exc: Exception) -> None:
+        if not self._failed:
+            self._failed = True
+            self._armed = False
+            log.warning("inspector: activations probe stopped recording: %s: %s", type(exc).__name__, exc)
+
+    def detach(self) -> None:
+        super().detach()
+        self._rows.clear()
+        try:
+            self._drain(wait=True)  # the run is closing: waiting for the last copies is fine now
+        except Exception as exc:
+            self._fail(exc)
+        self._pending.clear()

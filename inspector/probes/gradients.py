@@ -1,0 +1,240 @@
+"""The gradients probe: the global gradient norm every step, per-group statistics on sampled steps,
+and non-finite / exploding / vanishing gradient anomalies.
+
+When: with an optimizer (`watch(..., optimizer=opt)`) everything is computed in the optimizer's
+step *pre*-hook (gradients final, accumulation and clipping done, before the update), and the
+update/weight ratio in its *post*-hook from a copy of the weights taken in the pre-hook on
+sampled steps only. Without an optimizer it is computed in `Watch.step()`, from the gradients
+still held then: call `opt.step()` (if any) before `zero_grad()` and `Watch.step()` before the
+next `backward()`. `update_ratio` is then null.
+
+Every step: `torch._foreach_norm` of all gradients stacked into one vector, its 2-norm recorded as
+scalar `grad_norm/global`; that vector is copied to the host with one `to_host` and read when it
+has landed (at once on CPU, usually a step later on CUDA; waited for only when 8 are pending,
+which no real training loop reaches), to report `nonfinite_grad` (module =
+owner of the first parameter in backward order, i.e. the last in registration order, with a
+non-finite gradient), `exploding_grad` (robust z-score > 10 and > 10x the median of the last 100
+norms) and `vanishing_grad` (norm < 1e-8 on 5 consecutive steps after 10 warm-up steps).
+Gradient clipping happens before the optimizer step, so these are the post-clipping norms.
+
+Sampled steps (`Sampling.gradients`, default every 10): one `grad_stats` row per group. Groups are
+the parameters, or, above `max_groups` (64) parameter tensors, layers (`grad_math.group_key`).
+Columns: `norm` (2-norm of the group's gradient), `mean`, `var` (population variance, divisor n,
+over all the group's elements, E[g^2] - E[g]^2 from fp32 sums: see `grad_math.group_stats`),
+`max_abs`, `zero_frac` (exact zeros), `update_ratio`
+(||w_after - w_before|| / ||w_before|| over the group), `var_over_steps` (gradient noise: a
+Welford running variance over the sampled steps; per element when the model has at most
+`elementwise_welford_max_params` (50M) parameters, reported as the mean over the group's elements
+of each element's population variance; above that, to save 2x the parameters' memory, the
+population variance of the group's norm instead). Memory on sampled steps: one transient copy of
+the weights (for `update_ratio`) and one fp32 copy of the gradients (the Welford delta).
+"""
+from __future__ import annotations
+
+import logging
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+
+from inspector.probes.base import Probe, ProbeContext
+from inspector.probes.grad_math import (
+    STATS,
+    ElementWelford,
+    GroupLayout,
+    NormWelford,
+    group_parameters,
+    group_stats,
+)
+from inspector.probes.host import HostSlice
+from inspector.probes.host import HostValue, to_host
+from inspector.probes.registry import register_probe
+from inspector.probes.robust import RobustZ
+
+log = logging.getLogger("inspector")
+
+EXPLODE_Z = 10.0
+EXPLODE_RATIO = 10.0
+VANISH_NORM = 1e-8
+VANISH_STEPS = 5
+WARMUP_STEPS = 10
+MAX_PENDING = 8
+
+
+@dataclass
+class _Sampled:
+    """A sampled step between the optimizer's pre- and post-hook."""
+
+    step: int
+    layout: GroupLayout
+    stats_G6: torch.Tensor
+    present: tuple[int, ...]
+    before: list[torch.Tensor]
+    weight_norms_P: torch.Tensor
+
+
+@register_probe
+class GradientsProbe(Probe):
+    """Global gradient norm every step, per-group gradient statistics on sampled steps."""
+
+    name = "gradients"
+    kinds = ("scalar", "grad_stats", "anomaly")
+    max_groups: ClassVar[int] = 64
+    elementwise_welford_max_params: ClassVar[int] = 50_000_000
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._names: list[str] = []
+        self._params: list[nn.Parameter] = []
+        self._group_names: list[str] = []
+        self._group_of: list[int] = []
+        self._layouts: dict[tuple[int, ...], GroupLayout] = {}
+        self._welford: ElementWelford | NormWelford | None = None
+        self._pending: deque[tuple[int, HostValue, tuple[int, ...]]] = deque()
+        self._sampled: _Sampled | None = None
+        self._z = RobustZ(window=100, min_history=20)
+        self._evaluated = 0
+        self._vanishing = 0
+        self._failed = False
+
+    def attach(self, ctx: ProbeContext) -> str | None:
+        super().attach(ctx)
+        named = [(n, p) for n, p in ctx.model.named_parameters() if p.requires_grad]
+        if not named:
+            return "the model has no trainable parameters"
+        self._names = [n for n, _ in named]
+        self._params = [p for _, p in named]
+        self._group_names, self._group_of = group_parameters(self._names, self.max_groups)
+        if sum(p.numel() for p in self._params) <= self.elementwise_welford_max_params:
+            self._welford = ElementWelford(len(self._params))
+        else:
+            self._welford = NormWelford(len(self._group_names))
+        if ctx.optimizer is not None:
+            self.track(ctx.optimizer.register_step_pre_hook(self._pre_step))
+            self.track(ctx.optimizer.register_step_post_hook(self._post_step))
+        return None
+
+    # ---- entry points ------------------------------------------------------------------------
+
+    def _pre_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        self._guarded(self._measure_step, self.ctx.step, True)
+
+    def _post_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        self._guarded(self._finish_sampled)
+
+    def on_step_end(self, step: int) -> None:
+        if self.ctx.optimizer is None:
+            self._guarded(self._measure_step, step, False)
+        self._guarded(self._drain)
+
+    def detach(self) -> None:
+        super().detach()
+        self._sampled = None
+        self._guarded(self._drain, True)
+        self._pending.clear()
+        if self._welford is not None:
+            self._welford.clear()
+
+    def _guarded(self, fn: Any, *args: Any) -> None:
+        if self._failed:
+            return
+        try:
+            with torch.no_grad():
+                fn(*args)
+        except Exception as exc:  # a recording problem must never reach the training loop
+            self._failed = True
+            self._sampled = None
+            log.warning("inspector: gradients probe stopped recording: %s: %s", type(exc).__name__, exc)
+
+    # ---- measuring ---------------------------------------------------------------------------
+
+    def _measure_step(self, step: int, with_update: bool) -> None:
+        self._sampled = None
+        grads_all = [p.grad for p in self._params]
+        present = tuple([i for i, g in enumerate(grads_all) if g is not None and not g.is_sparse])
+        if not present:
+            return
+        grads = [grads_all[i] for i in present]
+        norms_P = torch.stack(torch._foreach_norm(grads, 2, dtype=torch.float32))
+        total = torch.linalg.vector_norm(norms_P).reshape(1)
+        host = to_host(torch.cat([total, norms_P]))
+        self.ctx.recorder.scalar("grad_norm/global", HostSlice(host, 0), step=step)
+        self._pending.append((step, host, present))
+        if not self.ctx.sampling.due(self.name, step):
+            return
+        layout = self._layout(present, norms_P.device)
+        noise_G = self._welford.update(layout, present, grads, layout.root_sum_sq(norms_P))
+        stats_G6 = group_stats(layout, norms_P, grads, noise_G)
+        if not with_update:
+            self._submit(step, layout, stats_G6, None)
+            return
+        params = [self._params[i] for i in present]
+        before = torch._foreach_mul(params, 1.0)
+        weight_norms_P = torch.stack(torch._foreach_norm(before, 2, dtype=torch.float32))
+        self._sampled = _Sampled(step, layout, stats_G6, present, before, weight_norms_P)
+
+    def _finish_sampled(self) -> None:
+        s, self._sampled = self._sampled, None
+        if s is None:
+            return
+        torch._foreach_sub_(s.before, [self._params[i] for i in s.present])
+        delta_P = torch.stack(torch._foreach_norm(s.before, 2, dtype=torch.float32))
+        ratio_G = s.layout.root_sum_sq(delta_P) / s.layout.root_sum_sq(s.weight_norms_P)
+        self._submit(s.step, s.layout, s.stats_G6, ratio_G)
+
+    def _layout(self, present: tuple[int, ...], device: torch.device) -> GroupLayout:
+        layout = self._layouts.get(present)
+        if layout is None or layout.index_P.device != device:
+            if len(self._layouts) > 16:
+                self._layouts.clear()
+            layout = GroupLayout.build(present, self._group_of, self._group_names,
+                                       [p.numel() for p in self._params], device)
+            self._layouts[present] = layout
+        return layout
+
+    def _submit(self, step: int, layout: GroupLayout, stats_G6: torch.Tensor, ratio_G: torch.Tensor | None) -> None:
+        mat = stats_G6 if ratio_G is None else torch.cat([stats_G6, ratio_G[:, None].to(stats_G6.dtype)], dim=1)
+        host = to_host(mat)
+        cols: dict[str, Any] = {"name": layout.names}
+        for c, key in enumerate(STATS):
+            cols[key] = HostSlice(host, (slice(None), c), np.float64)
+        cols["update_ratio"] = None if ratio_G is None else HostSlice(host, (slice(None), len(STATS)), np.float64)
+        self.ctx.recorder.submit("grad_stats", cols, rows=len(layout.names), step=step)
+
+    # ---- anomalies (host side, one step late at most) ----------------------------------------
+
+    def _drain(self, wait: bool = False) -> None:
+        while self._pending:
+            step, host, present = self._pending[0]
+            if not (wait or host.ready() or len(self._pending) > MAX_PENDING):
+                return
+            self._pending.popleft()
+            self._evaluate(step, np.asarray(host.resolve(), dtype=np.float64), present)
+
+    def _evaluate(self, step: int, values: np.ndarray, present: tuple[int, ...]) -> None:
+        total, norms = float(values[0]), values[1:]
+        bad = np.flatnonzero(~np.isfinite(norms))
+        if bad.size:
+            self._vanishing = 0
+            pname = self._names[present[int(bad[-1])]]
+            module = pname.rpartition(".")[0] or pname
+            self.ctx.report("nonfinite_grad", f"non-finite gradient at step {step} in {pname} (first in backward "
+                                              f"order; {bad.size} tensor(s) affected)",
+                            module=module, severity="error", value=total, step=step)
+            return
+        self._evaluated += 1
+        z = self._z.score(total)  # 0 until 20 norms were seen; then `total` joins the window
+        median = float(np.median(list(self._z.values)[:-1])) if z > EXPLODE_Z else float("nan")
+        if total > EXPLODE_RATIO * median:
+            self.ctx.report("exploding_grad", f"gradient norm {total:.4g} at step {step} is {total / median:.0f}x "
+                                              f"the recent median (robust z = {z:.0f})", value=total, step=step)
+        if self._evaluated > WARMUP_STEPS and total < VANISH_NORM:
+            self._vanishing += 1
+            if self._vanishing == VANISH_STEPS:
+                self.ctx.report("vanishing_grad", f"gradient norm below {VANISH_NORM:g} for {VANISH_STEPS} steps "
+                                                  f"in a row (step {step}: {total:.3g})", value=total, step=step)
+        else:
+            self._vanishing = 0
