@@ -127,16 +127,19 @@ def _detach(value: Any) -> Any:
 
 def watch(model: nn.Module, run_dir: str | Path, *, probes: str | Sequence[str] = "default",
           optimizer: torch.optim.Optimizer | None = None, every: int | Mapping[str, int] | None = None,
-          layers: Sequence[int] | None = None, heads: Sequence[int] | None = None, name: str | None = None,
+          layers: Sequence[int] | None = None, heads: Sequence[int] | None = None,
+          max_attention_rows: int | None = None, name: str | None = None,
           config: Mapping[str, Any] | None = None, **recorder_options: Any) -> Watch:
     """Start recording `model` into `run_dir` (one directory per run; each rank writes its own part).
 
     `probes`: "default", "all", "none" or a list of probe names. `every`: sampling period(s) in
     steps (an int for all heavy probes, or e.g. {"attention": 50}). `layers`/`heads`: which
-    attention layers and heads to keep (default all).
+    attention layers and heads to keep (default all); `max_attention_rows`: longer sequences keep
+    every n-th query row. Other keyword arguments go to the `Recorder`.
     """
     selected = resolve_probes(probes)
-    sampling = Sampling.build(every, layers=layers, heads=heads)
+    extra = {} if max_attention_rows is None else {"max_attention_rows": int(max_attention_rows)}
+    sampling = Sampling.build(every, layers=layers, heads=heads, **extra)
     recorder = Recorder(run_dir, name=name, config=config, model=model_summary(model),
                         probes={"selected": selected, "sampling": dataclasses.asdict(sampling)}, **recorder_options)
     return Watch(model, recorder, optimizer=optimizer, probes=selected, sampling=sampling)

@@ -1,0 +1,192 @@
+"""The attention probe: attention maps, per-head entropy / max weight, and collapse detection.
+
+Models running SDPA or flash attention never materialise attention weights, so on a sampled
+step the probe recomputes `softmax(q·kᵀ·scale + mask)` from the captured queries and keys, for
+batch element 0, the sampled layers and heads only, keeping every `row_stride`-th query row when
+a sequence is longer than `Sampling.max_attention_rows`. Adapters find the attention:
+`attention_qk` (our engine's QKCapture taps), `attention_hf` (Hugging Face transformers, sdpa /
+eager / flash, through a wrapping AttentionInterface function) and `attention_mha`
+(`nn.MultiheadAttention`); several may apply to one model.
+
+Records, per sampled (step, attention module), at most once per step (gradient accumulation,
+activation-checkpoint recomputation and generation calls after the first are skipped):
+- `attention_map`: probabilities [heads, rows, keys] (fp16) with `layer`, `heads`, `row_stride`.
+- `attention_stats`: one row per sampled head: `entropy` (mean over kept rows of -Σ p log p,
+  nats), `max_weight` (mean over rows of the row maximum), `collapsed` (see `attention_collapse`).
+- `anomaly` kind `attention_collapse` when a head becomes collapsed.
+The map and the stacked per-head statistics leave the device with one asynchronous copy each
+per module; the statistics are scored for collapse (on the host) at the end of the first step
+their copy has landed by, and recorded with the step they belong to.
+"""
+from __future__ import annotations
+
+import logging
+from collections import deque
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+from torch import nn
+
+from inspector.probes.attention_collapse import CollapseTracker
+from inspector.probes.attention_hf import attach_hf, hf_model
+from inspector.probes.attention_math import Visibility, layer_attention
+from inspector.probes.attention_mha import attach_mha
+from inspector.probes.attention_qk import attach_qk
+from inspector.probes.base import Probe, ProbeContext
+from inspector.probes.host import HostValue, to_host
+from inspector.probes.model_map import layer_index
+from inspector.probes.registry import register_probe
+from inspector.schema import ATTENTION_STATS
+
+log = logging.getLogger("inspector")
+
+NOT_FOUND = "no attention modules found (looked for QKCapture, Hugging Face attention, nn.MultiheadAttention)"
+_MAX_PENDING = 4096
+
+
+class _Pending(NamedTuple):
+    step: int
+    name: str
+    layer: int
+    heads: list[int]
+    stats: HostValue
+
+
+@register_probe
+class AttentionProbe(Probe):
+    """Attention maps and per-head statistics on sampled steps; see the module docstring."""
+
+    name = "attention"
+    kinds = ("attention_map", "attention_stats", "anomaly")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._step = -1
+        self._done: set[str] = set()
+        self._layers: dict[nn.Module, tuple[str, int]] = {}
+        self._heads: dict[int, list[int]] = {}
+        self._pending: deque[_Pending] = deque()
+        self._tracker = CollapseTracker()
+        self._warned: set[str] = set()
+
+    # ---- Probe contract ------------------------------------------------------------------------
+
+    def attach(self, ctx: ProbeContext) -> str | None:
+        """Hook every attention the adapters recognise; the reason when there is none."""
+        super().attach(ctx)
+        handles: list[Any] = attach_qk(ctx.model, self) + attach_mha(ctx.model, self)
+        reason = None
+        if hf_model(ctx.model) is not None:
+            try:
+                hf: Any = attach_hf(ctx.model, self)
+            except Exception as exc:  # e.g. an incompatible transformers version
+                hf = f"Hugging Face attention could not be wrapped ({type(exc).__name__}: {exc})"
+            if isinstance(hf, str):
+                reason = hf
+            else:
+                handles.append(hf)
+        for h in handles:
+            self.track(h)
+        if not handles:
+            return reason or NOT_FOUND
+        return None
+
+    def on_step_end(self, step: int) -> None:
+        """Turn the statistics whose copies have landed into records."""
+        self._drain(block=False)
+
+    def detach(self) -> None:
+        """Record what is still pending, then remove the hooks (and restore a HF model's attention)."""
+        self._drain(block=True)
+        super().detach()
+
+    # ---- AttentionSink (called from the adapters' hooks) -----------------------------------------
+
+    def layer_of(self, module: nn.Module, hint: int | None = None) -> tuple[str, int]:
+        """Qualified name and layer index: the model's own (`hint`), else from the name, else an ordinal."""
+        known = self._layers.get(module)
+        if known is None:
+            name = self.ctx.name_of(module) if self.ctx is not None else type(module).__name__
+            layer = hint if isinstance(hint, int) else layer_index(name)
+            known = self._layers[module] = (name, len(self._layers) if layer is None else layer)
+        return known
+
+    def wants(self, name: str, layer: int) -> bool:
+        """True on a sampled step, for a sampled layer, the first time this module runs in the step."""
+        ctx = self.ctx
+        if ctx is None:
+            return False
+        step = ctx.step
+        if not ctx.sampling.due(self.name, step) or not ctx.sampling.wants_layer(layer):
+            return False
+        if step != self._step:
+            self._step, self._done = step, set()
+        return name not in self._done
+
+    def capture(self, name: str, layer: int, q_HTD: torch.Tensor, k_GSD: torch.Tensor, scale: float,
+                vis: Visibility) -> None:
+        """Recompute the sampled heads' probabilities and statistics, queue the map and the copy."""
+        ctx = self.ctx
+        if ctx is None:
+            return
+        self._done.add(name)
+        heads = self._sampled_heads(q_HTD.shape[0])
+        if not heads:
+            return
+        with torch.no_grad(), torch.autocast(q_HTD.device.type, enabled=False):
+            probs_hRS, stats_h4, stride = layer_attention(
+                q_HTD.detach(), k_GSD.detach(), scale, vis, heads, ctx.sampling.max_attention_rows)
+        step = self._step
+        ctx.recorder.attention_map(name, to_host(probs_hRS), layer=layer, heads=heads, row_stride=stride, step=step)
+        if len(self._pending) >= _MAX_PENDING:
+            self._drain(block=True)
+        self._pending.append(_Pending(step, name, layer, heads, to_host(stats_h4)))
+
+    def failed(self, where: str, exc: BaseException) -> None:
+        """Warn once per module; the model goes on."""
+        if where not in self._warned:
+            self._warned.add(where)
+            log.warning("inspector: attention probe skipped %s: %s: %s", where, type(exc).__name__, exc)
+
+    # ---- internals -----------------------------------------------------------------------------
+
+    def _sampled_heads(self, H: int) -> list[int]:
+        heads = self._heads.get(H)
+        if heads is None:
+            wanted = self.ctx.sampling.heads if self.ctx is not None else None
+            heads = self._heads[H] = list(range(H)) if wanted is None else sorted(
+                {h for h in wanted if 0 <= h < H})
+        return heads
+
+    def _drain(self, block: bool) -> None:
+        """Score and record pending statistics (those already on the host unless `block`)."""
+        while self._pending:
+            item = self._pending[0]
+            if not block and not item.stats.ready():
+                return
+            self._pending.popleft()
+            try:
+                self._record_stats(item)
+            except Exception as exc:  # never raise into the training loop
+                self.failed(f"{item.name} statistics", exc)
+
+    def _record_stats(self, item: _Pending) -> None:
+        ctx = self.ctx
+        if ctx is None:
+            return
+        stats = np.asarray(item.stats.resolve(), dtype=np.float64)
+        collapsed: list[bool] = []
+        for i, head in enumerate(item.heads):
+            entropy, max_weight, sink, max_visible = stats[i]
+            verdict = self._tracker.update(item.name, head, entropy, sink, max_visible)
+            collapsed.append(verdict.collapsed)
+            if verdict.newly:
+                ctx.report("attention_collapse",
+                           f"attention collapse in {item.name} (layer {item.layer}) head {head} at step "
+                           f"{item.step}: {verdict.reason}; max weight {max_weight:.2f}",
+                           module=item.name, value=float(entropy), step=item.step)
+        ctx.recorder.submit(ATTENTION_STATS, {
+            "name": item.name, "layer": item.layer, "head": item.heads,
+            "entropy": stats[:, 0], "max_weight": stats[:, 1], "collapsed": collapsed,
+        }, rows=len(item.heads), step=item.step)

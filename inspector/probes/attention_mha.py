@@ -1,0 +1,114 @@
+"""Attention adapter for `torch.nn.MultiheadAttention` (also inside `nn.Transformer*Layer`).
+
+A forward hook (with kwargs) recomputes the queries and keys of batch element 0 from the
+module's inputs and its input projection, so the module runs its own fast or slow path as
+before. Masks follow `F.multi_head_attention_forward`: a bool `attn_mask` / `key_padding_mask`
+is True where attention is NOT allowed, a float one is added to the scores; `bias_k` and
+`add_zero_attn` append key columns; `is_causal` without a key padding mask and without
+`need_weights` makes torch use plain causal attention in place of `attn_mask`.
+
+Note: torch's `TransformerEncoderLayer` skips its fused inference fast path when any of its
+submodules has a forward hook, so in eval mode under `no_grad` a hooked layer runs the (equal)
+unfused path. Nested-tensor inputs (`TransformerEncoder`'s padded inference path) are skipped.
+"""
+from __future__ import annotations
+
+from functools import partial
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from inspector.probes.attention_math import Visibility
+from inspector.probes.attention_sink import AttentionSink
+
+_PARAMS = ("query", "key", "value", "key_padding_mask", "need_weights", "attn_mask",
+           "average_attn_weights", "is_causal")
+
+
+def attach_mha(model: nn.Module, sink: AttentionSink) -> list[Any]:
+    """Hook every `nn.MultiheadAttention` of `model`; returns the hook handles."""
+    return [m.register_forward_hook(partial(_hook, sink), with_kwargs=True)
+            for m in model.modules() if isinstance(m, nn.MultiheadAttention)]
+
+
+def mha_qk(mha: nn.MultiheadAttention, query: torch.Tensor, key: torch.Tensor, attn_mask: torch.Tensor | None,
+           key_padding_mask: torch.Tensor | None, is_causal: bool = False,
+           need_weights: bool = True) -> tuple[torch.Tensor, torch.Tensor, float, Visibility]:
+    """(q [H, T, hd], k [H, S, hd], scale, visibility) of batch element 0, as the module computes them."""
+    batched = query.dim() == 3
+    if batched:
+        q_TE = query[0] if mha.batch_first else query[:, 0]
+        k_SE = key[0] if mha.batch_first else key[:, 0]
+    else:
+        q_TE, k_SE = query, key
+    E, H = mha.embed_dim, mha.num_heads
+    hd = E // H
+    if mha._qkv_same_embed_dim:
+        w_q, w_k = mha.in_proj_weight[:E], mha.in_proj_weight[E:2 * E]
+    else:
+        w_q, w_k = mha.q_proj_weight, mha.k_proj_weight
+    bias = mha.in_proj_bias
+    q_TE = F.linear(q_TE, w_q, None if bias is None else bias[:E])
+    k_SE = F.linear(k_SE, w_k, None if bias is None else bias[E:2 * E])
+    extra = 0
+    if mha.bias_k is not None:
+        k_SE = torch.cat([k_SE, mha.bias_k.reshape(1, E).to(k_SE.dtype)])
+        extra += 1
+    q_HTD = q_TE.reshape(-1, H, hd).transpose(0, 1)
+    k_HSD = k_SE.reshape(-1, H, hd).transpose(0, 1)
+    if mha.add_zero_attn:
+        k_HSD = torch.cat([k_HSD, k_HSD.new_zeros(H, 1, hd)], dim=1)
+        extra += 1
+    scale = hd ** -0.5
+    if is_causal and key_padding_mask is None and not need_weights:
+        return q_HTD, k_HSD, scale, Visibility(causal=True)
+    return q_HTD, k_HSD, scale, _visibility(attn_mask, key_padding_mask, H, batched, extra)
+
+
+def _visibility(attn_mask: torch.Tensor | None, key_padding_mask: torch.Tensor | None, H: int,
+                batched: bool, extra: int) -> Visibility:
+    """Batch element 0's masks in `Visibility` terms; `extra` key columns appended are visible."""
+    vis = Visibility()
+    if attn_mask is not None:
+        m_HTS = attn_mask.unsqueeze(0) if attn_mask.dim() == 2 else attn_mask[:H]
+        if m_HTS.dtype == torch.bool:
+            vis.allowed_HTS = _pad(~m_HTS, extra, True)
+        else:
+            vis.bias_HTS = _pad(m_HTS, extra, 0.0)
+    if key_padding_mask is not None:
+        kpm_S = key_padding_mask[0] if batched and key_padding_mask.dim() == 2 else key_padding_mask
+        if kpm_S.dtype == torch.bool:
+            vis.key_mask_S = _pad(~kpm_S, extra, True)
+        else:
+            kpm_11S = _pad(kpm_S, extra, 0.0).view(1, 1, -1)
+            vis.bias_HTS = kpm_11S if vis.bias_HTS is None else vis.bias_HTS + kpm_11S
+    return vis
+
+
+def _pad(t: torch.Tensor, extra: int, value: bool | float) -> torch.Tensor:
+    """`t` with `extra` columns of `value` appended on the last dimension."""
+    if not extra:
+        return t
+    return torch.cat([t, t.new_full((*t.shape[:-1], extra), value)], dim=-1)
+
+
+def _hook(sink: AttentionSink, module: nn.MultiheadAttention, args: tuple, kwargs: dict, output: Any) -> None:
+    name = "MultiheadAttention"
+    try:
+        name, layer = sink.layer_of(module)
+        if not sink.wants(name, layer):
+            return
+        bound = dict(zip(_PARAMS, args))
+        bound.update(kwargs)
+        query, key = bound["query"], bound["key"]
+        if query.is_nested or key.is_nested:
+            return
+        with torch.no_grad():
+            q_HTD, k_HSD, scale, vis = mha_qk(
+                module, query, key, bound.get("attn_mask"), bound.get("key_padding_mask"),
+                bool(bound.get("is_causal", False)), bool(bound.get("need_weights", True)))
+        sink.capture(name, layer, q_HTD, k_HSD, scale, vis)
+    except Exception as exc:  # a recording problem must never stop the model
+        sink.failed(name, exc)

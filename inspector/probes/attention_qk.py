@@ -1,0 +1,50 @@
+"""Attention adapter for models that expose a `QKCapture` tap (our engine): a forward hook on
+every module of that class name reads the post-rope queries and keys it passes through.
+
+The tap is duck-typed (class name `QKCapture` plus `softmax_scale`, `causal`, `window` and an
+optional `key_mask` [batch, S]); its queries are the last T of the S key positions.
+"""
+from __future__ import annotations
+
+from functools import partial
+from typing import Any
+
+import torch
+from torch import nn
+
+from inspector.probes.attention_math import Visibility
+from inspector.probes.attention_sink import AttentionSink
+
+
+def is_qk_capture(module: nn.Module) -> bool:
+    """True for a QKCapture tap (by class name and attributes, never by import)."""
+    return type(module).__name__ == "QKCapture" and hasattr(module, "softmax_scale")
+
+
+def attach_qk(model: nn.Module, sink: AttentionSink) -> list[Any]:
+    """Hook every QKCapture tap of `model`; returns the hook handles."""
+    return [m.register_forward_hook(partial(_hook, sink)) for m in model.modules() if is_qk_capture(m)]
+
+
+def qk_visibility(tap: nn.Module, T: int, S: int) -> Visibility:
+    """The visibility rules the tap documents, for batch element 0."""
+    key_mask = getattr(tap, "key_mask", None)
+    return Visibility(causal=bool(getattr(tap, "causal", True)), q_offset=S - T,
+                      window=getattr(tap, "window", None),
+                      key_mask_S=None if key_mask is None else key_mask[0])
+
+
+def _hook(sink: AttentionSink, module: nn.Module, args: tuple, output: Any) -> None:
+    name = "QKCapture"
+    try:
+        name, layer = sink.layer_of(module)
+        if not sink.wants(name, layer):
+            return
+        pair = output if isinstance(output, tuple) and len(output) == 2 else args
+        q_BHTD, k_BHSD = pair[0], pair[1]
+        if not (isinstance(q_BHTD, torch.Tensor) and isinstance(k_BHSD, torch.Tensor)):
+            return
+        vis = qk_visibility(module, q_BHTD.shape[2], k_BHSD.shape[2])
+        sink.capture(name, layer, q_BHTD[0], k_BHSD[0], float(module.softmax_scale), vis)
+    except Exception as exc:  # a recording problem must never stop the model
+        sink.failed(name, exc)

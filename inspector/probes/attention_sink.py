@@ -1,0 +1,31 @@
+"""What an attention adapter (engine QKCapture, Hugging Face, nn.MultiheadAttention) hands its
+captured queries and keys to: the attention probe, seen through this small interface."""
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+from torch import nn
+
+from inspector.probes.attention_math import Visibility
+
+
+class AttentionSink(Protocol):
+    """The probe side of an adapter's hook: naming, sampling decisions and the capture itself."""
+
+    def layer_of(self, module: nn.Module, hint: int | None = None) -> tuple[str, int]:
+        """The module's qualified name and its layer index (`hint` when the model states it)."""
+        ...
+
+    def wants(self, name: str, layer: int) -> bool:
+        """True when this module's attention is to be recorded now (cheap; call before any work)."""
+        ...
+
+    def capture(self, name: str, layer: int, q_HTD: torch.Tensor, k_GSD: torch.Tensor, scale: float,
+                vis: Visibility) -> None:
+        """Recompute, reduce and record the attention of one sequence (batch element 0)."""
+        ...
+
+    def failed(self, where: str, exc: BaseException) -> None:
+        """A capture went wrong: warn once per `where`, never raise into the model."""
+        ...
