@@ -19,7 +19,7 @@ import sys
 import threading
 import time
 import weakref
-from collections import defaultdict
+from collections import defaultdict, deque
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -44,6 +44,7 @@ from inspector.store.writer import RankWriter
 log = logging.getLogger("inspector")
 
 _FLUSH, _STOP = object(), object()
+BLOB_SLICE_S = 0.010
 _OPEN: "weakref.WeakSet[Recorder]" = weakref.WeakSet()
 
 
@@ -77,6 +78,7 @@ class Recorder:
         self._closed = False
         self._failed: str | None = None
         self._warned: set[str] = set()
+        self._blobs: deque[tuple] = deque()   # blob items not written yet (see _write)
 
         self.run_dir.mkdir(parents=True, exist_ok=True)
         meta_path = self.run_dir / RUN_META_FILE
@@ -207,10 +209,11 @@ class Recorder:
         stop = False
         while not stop:
             try:
-                first = self._queue.get(timeout=min(self._heartbeat_s, self._flush_interval))
+                # with blobs pending, only look for new small records and go on with the blobs
+                first = self._queue.get(timeout=0 if self._blobs else min(self._heartbeat_s, self._flush_interval))
             except queue.Empty:
                 first = None
-            if first is not None and first[0] is not _FLUSH and first[0] is not _STOP:
+            if first is not None and first[0] is not _FLUSH and first[0] is not _STOP and not self._blobs:
                 wait = self._coalesce_s - (time.monotonic() - last_write)
                 if wait > 0:
                     time.sleep(wait)
@@ -248,6 +251,21 @@ class Recorder:
                 self.dropped += rows
                 continue
             if blob is not None:
+                self._blobs.append((spec, cols, rows, blob))
+                continue
+            by_kind[spec].append((cols, rows))
+        # Small records first: they are what a live view is waiting for. Blobs (a step's 24
+        # attention maps take 10-25 ms to compress and append) are written in slices of
+        # BLOB_SLICE_S between looks at the queue, all of them before a flush or the stop.
+        self._write_kinds(by_kind)
+        if self._blobs:
+            blob_kinds: dict[KindSpec, list[Chunk]] = defaultdict(list)
+            until = time.monotonic() + (float("inf") if events or stop else BLOB_SLICE_S)
+            while self._blobs and (not blob_kinds or time.monotonic() < until):
+                spec, cols, rows, blob = self._blobs.popleft()
+                if self._failed is not None:
+                    self.dropped += rows
+                    continue
                 try:
                     cols = {**cols, **self._writer.write_blob(np.asarray(resolve(blob)))}
                 except OSError as exc:
@@ -258,7 +276,13 @@ class Recorder:
                     self._warn_once(f"bad-{spec.name}", f"inspector: dropped a {spec.name} record: {exc}")
                     self.dropped += rows
                     continue
-            by_kind[spec].append((cols, rows))
+                blob_kinds[spec].append((cols, rows))
+            self._write_kinds(blob_kinds)
+        for ev in events:
+            ev.set()
+        return stop
+
+    def _write_kinds(self, by_kind: dict[KindSpec, list[Chunk]]) -> None:
         for spec, chunks in by_kind.items():
             rows = sum(n for _, n in chunks)
             if self._failed is not None:
@@ -278,9 +302,6 @@ class Recorder:
             steps = batch.column("step")
             if len(steps):
                 self._max_step = max(self._max_step, int(np.max(steps.to_numpy())))
-        for ev in events:
-            ev.set()
-        return stop
 
     def _build(self, spec: KindSpec, chunks: list[Chunk]) -> pa.RecordBatch | None:
         """One batch of all chunks; a chunk that cannot be built is dropped alone, with a warning."""

@@ -40,7 +40,11 @@ class RankWriter:
         self.dir = Path(run_dir) / rank_dir_name(rank)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.segment_bytes, self.blob_bytes, self.blob_codec = segment_bytes, blob_bytes, blob_codec
-        self._codec = None if blob_codec == "none" else pa.Codec(blob_codec, compression_level=1 if blob_codec == "zstd" else None)
+        # lz4 at a negative level ("acceleration"): fp16 attention probabilities are ~half zeros
+        # (causal mask) and half incompressible mantissas; level -16 stores +1% bytes for ~30% less
+        # CPU. The LZ4 frame format is the same, so readers need no change.
+        self._codec = None if blob_codec == "none" else pa.Codec(
+            blob_codec, compression_level={"zstd": 1, "lz4": -16}[blob_codec])
         self.bytes_written = 0
         info = {"rank": rank, "host": socket.gethostname(), "pid": os.getpid(), "started": time.time()}
         info.update(rank_info or {})
@@ -84,7 +88,7 @@ class RankWriter:
     def write_blob(self, array: np.ndarray) -> dict[str, Any]:
         """Append a tensor's bytes to the blob file; returns the blob-index columns for its row."""
         raw = np.ascontiguousarray(array)
-        data = raw.tobytes() if self._codec is None else self._codec.compress(raw, asbytes=True)
+        data = raw.reshape(-1).view(np.uint8) if self._codec is None else self._codec.compress(raw, asbytes=True)
         if self._blob_size and self._blob_size + len(data) > self.blob_bytes:
             os.close(self._blob_fd)
             self._blob_index += 1
