@@ -1,0 +1,403 @@
+"""The experts probe: tokens per expert, imbalance, router entropy, aux loss and bias per MoE layer.
+
+Routers are found by duck typing, never by importing a model library:
+- our engine's `Router` (class name "Router" with `n_experts` and `top_k`): output
+  `(scores_NE, weights_NK, indices_NK)`; scores are softmax or sigmoid affinities (`score_func`).
+- Hugging Face MoE routers (checked on transformers 5.23): a module whose class name ends in
+  "Router", or a child called `gate`/`router` of a module that has `experts`. Mixtral, Qwen2-MoE,
+  Qwen3-MoE, DeepSeek-V2/V3 and most others return `(router_logits_NE, top_k_weights_NK,
+  top_k_index_NK)`; a router returning only logits (DBRX, Llama-4) gets its top-k computed here
+  with `top_k` / the config's `num_experts_per_tok`. The number of experts comes from
+  `n_experts`/`num_experts`/`num_local_experts` on the router, its parent or the model config.
+
+Per training forward of a router (only while `module.training`, only on steps
+`ctx.sampling.due("experts", step)` selects, and never during an activation-checkpoint recompute
+inside backward), on the device and without synchronising: tokens per expert (a scatter-add of
+the top-k ids, i.e. a bincount that does not sync on CUDA), the summed per-token entropy of the
+router's score distribution, and the engine's `aux_loss`. Several forwards in a step (gradient
+accumulation) add up. At `on_step_end` every layer's numbers are packed into one tensor and
+copied to the host once (`to_host`); the Recorder resolves them on its writer thread.
+
+Records, kind `expert_load`, one row per router per recorded step (steps with no training forward
+record nothing):
+- `name`: the router's module name; `layer`: the first integer in it (None if there is none).
+- `counts`: token-to-expert assignments per expert, summed over the step's forwards (each token
+  counts once for each of its top-k experts, so `sum(counts) = tokens * k`).
+- `imbalance` = max(counts) / mean(counts); `cv` = population std(counts) / mean(counts).
+- `router_entropy`: mean over the step's tokens of the entropy (nats) of the token's normalised
+  score distribution over all experts: softmax scores as they are; sigmoid scores divided by their
+  sum (engine V3 mode, HF routers holding `e_score_correction_bias`); other HF logits -> softmax.
+- `dropped`: assignments to no valid expert (an id < 0 or >= E, which a few routers use as
+  "dropped"); 0 for routers without capacity limits; null where a capacity factor applies
+  (`capacity`/`expert_capacity`/`capacity_factor` on the router, its parent or the config),
+  which this probe cannot see.
+- `aux_loss`: the engine router's balance loss (mean over the step's forwards), else null.
+- `bias`: the balance bias as it is at step end: the engine's `bias` buffer in sigmoid mode,
+  an HF router's `e_score_correction_bias`, else null.
+
+Anomaly `expert_starved` (module = router name): an expert received no token for
+`STARVED_STEPS` consecutive recorded steps; reported once per such stretch, from host values
+(one step late on CUDA, when the copy has landed; the training thread never waits).
+"""
+from __future__ import annotations
+
+import logging
+import re
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from inspector.probes.base import Probe, ProbeContext
+from inspector.probes.host import HostValue, to_host
+from inspector.probes.model_map import layer_index
+from inspector.probes.registry import register_probe
+
+log = logging.getLogger("inspector")
+
+STARVED_STEPS = 50
+"""Consecutive recorded steps with zero tokens after which an expert is reported as starved."""
+
+_EXPERT_ATTRS = ("n_experts", "num_experts", "num_local_experts", "n_routed_experts", "moe_num_experts")
+_TOPK_ATTRS = ("top_k", "num_experts_per_tok", "moe_top_k", "n_activated_experts")
+_CAPACITY_ATTRS = ("capacity", "expert_capacity", "capacity_factor")
+_ROUTER_CLASS = re.compile(r"Router$")
+
+
+@dataclass
+class RouterInfo:
+    """A router found in the model and how to read its output."""
+
+    name: str
+    module: nn.Module
+    n_experts: int
+    top_k: int | None
+    scores: str            # "probs", "sigmoid", "logits" or "sigmoid_logits": what the score tensor is
+    engine: bool           # our engine's Router (scores first, `aux_loss`, `bias` in sigmoid mode)
+    capacity: bool         # a capacity limit applies (dropped tokens unknown)
+
+    @property
+    def layer(self) -> int | None:
+        """Layer index from the module name."""
+        return layer_index(self.name)
+
+    def bias(self) -> torch.Tensor | None:
+        """The balance bias as it is now, or None."""
+        if self.engine:
+            b = getattr(self.module, "bias", None) if getattr(self.module, "score_func", "") == "sigmoid" else None
+        else:
+            b = getattr(self.module, "e_score_correction_bias", None)
+        return b if isinstance(b, torch.Tensor) and b.numel() == self.n_experts else None
+
+
+@dataclass
+class _Acc:
+    """What one router accumulated during the current step (device tensors, no sync)."""
+
+    counts: torch.Tensor | None = None      # [E + 1] int64, the last bin counts invalid ids
+    entropy_sum: torch.Tensor | None = None  # 0-d fp32
+    tokens: int = 0
+    aux_sum: torch.Tensor | None = None
+    aux_n: int = 0
+
+
+def find_routers(model: nn.Module) -> list[RouterInfo]:
+    """Every MoE router of `model` (outermost match only), in module order."""
+    config = _text_config(model)
+    parents = {id(child): mod for mod in model.modules() for child in mod.children()}
+    found: list[RouterInfo] = []
+    for name, mod in model.named_modules():
+        if not name or any(name.startswith(f"{r.name}.") for r in found):
+            continue
+        info = _router_info(name, mod, parents.get(id(mod)), config)
+        if info is not None:
+            found.append(info)
+    return found
+
+
+def _router_info(name: str, mod: nn.Module, parent: nn.Module | None, config: Any) -> RouterInfo | None:
+    cls = type(mod).__name__
+    if cls == "Router" and hasattr(mod, "n_experts") and hasattr(mod, "top_k"):
+        scores = "sigmoid" if getattr(mod, "score_func", "softmax") == "sigmoid" else "probs"
+        return RouterInfo(name, mod, int(mod.n_experts), int(mod.top_k), scores, True, False)
+    leaf = name.rsplit(".", 1)[-1]
+    is_gate = leaf in ("gate", "router") and parent is not None and hasattr(parent, "experts")
+    if not (_ROUTER_CLASS.search(cls) or is_gate):
+        return None
+    n_experts = _first_int((mod, parent, config), _EXPERT_ATTRS) or _experts_from_shapes(mod, parent)
+    if n_experts is None or n_experts < 2:
+        return None
+    top_k = _first_int((mod, parent, config), _TOPK_ATTRS)
+    sigmoid = hasattr(mod, "e_score_correction_bias") or getattr(config, "scoring_func", None) == "sigmoid"
+    capacity = any(_positive(getattr(o, a, None)) for o in (mod, parent, config) for a in _CAPACITY_ATTRS)
+    return RouterInfo(name, mod, n_experts, top_k, "sigmoid_logits" if sigmoid else "logits", False, capacity)
+
+
+def _text_config(model: nn.Module) -> Any:
+    config = getattr(model, "config", None)
+    get_text = getattr(config, "get_text_config", None)
+    if callable(get_text):
+        try:
+            return get_text()
+        except Exception:
+            return config
+    return config
+
+
+def _first_int(objs: tuple[Any, ...], attrs: tuple[str, ...]) -> int | None:
+    for obj in objs:
+        if obj is None:
+            continue
+        for a in attrs:
+            v = getattr(obj, a, None)
+            if isinstance(v, int) and not isinstance(v, bool):
+                return v
+    return None
+
+
+def _experts_from_shapes(mod: nn.Module, parent: nn.Module | None) -> int | None:
+    """Expert count from the parent's `experts` list, else the router's [E, D] weight."""
+    experts = getattr(parent, "experts", None)
+    if isinstance(experts, (nn.ModuleList, nn.Sequential)):
+        return len(experts)
+    weight = getattr(mod, "weight", None)
+    return int(weight.shape[0]) if isinstance(weight, torch.Tensor) and weight.dim() == 2 else None
+
+
+def _positive(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0
+
+
+def parse_router_output(out: Any, info: RouterInfo) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """(scores_NE, indices_NK) from a router's output; indices computed by top-k when absent."""
+    tensors = [out] if isinstance(out, torch.Tensor) else \
+        [t for t in out if isinstance(t, torch.Tensor)] if isinstance(out, (tuple, list)) else []
+    e = info.n_experts
+    indices = next((t for t in tensors if not t.is_floating_point() and t.dtype != torch.bool and t.dim() >= 1), None)
+    floats = [t for t in tensors if t.is_floating_point() and t.dim() >= 1 and t.shape[-1] == e]
+    scores = (floats[0] if indices is not None else floats[-1]) if floats else None
+    scores_NE = None if scores is None else scores.detach().reshape(-1, e)
+    if indices is not None:
+        return scores_NE, indices.detach().reshape(-1, indices.shape[-1])
+    if scores_NE is None or not info.top_k:
+        return scores_NE, None
+    return scores_NE, scores_NE.topk(min(info.top_k, e), dim=-1).indices
+
+
+def token_entropy_sum(scores_NE: torch.Tensor, kind: str) -> torch.Tensor:
+    """Sum over tokens of the entropy (nats) of each token's normalised score distribution."""
+    x_NE = scores_NE.float()
+    if kind in ("logits",):
+        logp_NE = torch.log_softmax(x_NE, dim=-1)
+        return -(logp_NE.exp() * logp_NE).sum()
+    if kind == "sigmoid_logits":
+        x_NE = torch.sigmoid(x_NE)
+    if kind in ("sigmoid", "sigmoid_logits"):
+        x_NE = x_NE / x_NE.sum(dim=-1, keepdim=True).clamp_min(1e-30)
+    return torch.special.entr(x_NE).sum()
+
+
+def _in_backward() -> bool:
+    """True inside an autograd backward pass (an activation-checkpoint recompute)."""
+    task = getattr(torch._C, "_current_graph_task_id", None)
+    return task is not None and task() != -1
+
+
+@register_probe
+class ExpertsProbe(Probe):
+    """Expert load per MoE layer; see the module docstring."""
+
+    name = "experts"
+    kinds = ("expert_load", "anomaly")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.routers: list[RouterInfo] = []
+        self._acc: dict[str, _Acc] = {}
+        self._pending: list[_StepLoad] = []
+        self._streak: dict[str, np.ndarray] = {}
+        self._warned = False
+
+    def attach(self, ctx: ProbeContext) -> str | None:
+        """Hook every router; a reason when the model has none."""
+        self.ctx = ctx
+        self.routers = find_routers(ctx.model)
+        if not self.routers:
+            return "no MoE routers found (engine Router, *Router classes or gate/router next to experts)"
+        for info in self.routers:
+            self.track(info.module.register_forward_hook(self._hook(info)))
+        return None
+
+    def _hook(self, info: RouterInfo) -> Callable[[nn.Module, Any, Any], None]:
+        def hook(module: nn.Module, args: Any, out: Any) -> None:
+            if not module.training or self.ctx is None or not self.ctx.sampling.due(self.name, self.ctx.step) \
+                    or _in_backward():
+                return
+            try:
+                with torch.no_grad():
+                    self._accumulate(info, out)
+            except Exception as exc:  # a recording problem must never break training
+                self._warn(f"inspector: experts probe skipped a forward of {info.name}: {exc!r}")
+        return hook
+
+    def _accumulate(self, info: RouterInfo, out: Any) -> None:
+        scores_NE, indices_NK = parse_router_output(out, info)
+        if indices_NK is None:
+            return
+        e = info.n_experts
+        flat = indices_NK.flatten().long()
+        flat = torch.where((flat >= 0) & (flat < e), flat, e)
+        acc = self._acc.setdefault(info.name, _Acc())
+        if acc.counts is None:
+            acc.counts = torch.zeros(e + 1, dtype=torch.int64, device=flat.device)
+        acc.counts.scatter_add_(0, flat, torch.ones_like(flat))
+        if scores_NE is not None and scores_NE.shape[0] == indices_NK.shape[0]:
+            ent = token_entropy_sum(scores_NE, info.scores)
+            acc.entropy_sum = ent if acc.entropy_sum is None else acc.entropy_sum + ent
+            acc.tokens += indices_NK.shape[0]
+        aux = getattr(info.module, "aux_loss", None) if info.engine else None
+        if isinstance(aux, torch.Tensor):
+            aux = aux.detach().float().reshape(())
+            acc.aux_sum = aux if acc.aux_sum is None else acc.aux_sum + aux
+            acc.aux_n += 1
+
+    def on_step_end(self, step: int) -> None:
+        """Record the step's load per router (one host copy per device) and check for starvation."""
+        if self.ctx is None:
+            return
+        acc, self._acc = self._acc, {}
+        try:
+            if acc and self.ctx.sampling.due(self.name, step):
+                load = _StepLoad.pack(step, [(r, acc[r.name]) for r in self.routers if r.name in acc
+                                             and acc[r.name].counts is not None])
+                self.ctx.recorder.submit("expert_load", load.columns(), len(load.rows), step=step)
+                self._pending.append(load)
+            self._check_starved()
+        except Exception as exc:
+            self._warn(f"inspector: experts probe could not record step {step}: {exc!r}")
+
+    def _check_starved(self) -> None:
+        while self._pending and self._pending[0].ready():
+            load = self._pending.pop(0)
+            for i, info in enumerate(load.rows):
+                counts = load.values()["counts"][i]
+                streak = self._streak.get(info.name)
+                if streak is None or streak.shape != counts.shape:
+                    streak = np.zeros(counts.shape, dtype=np.int64)
+                streak = np.where(counts == 0, streak + 1, 0)
+                self._streak[info.name] = streak
+                starved = np.flatnonzero(streak == STARVED_STEPS)
+                if starved.size:
+                    self.ctx.report(
+                        "expert_starved",
+                        f"{info.name}: expert(s) {starved.tolist()} received no token for "
+                        f"{STARVED_STEPS} consecutive recorded steps",
+                        module=info.name, value=float(starved.size), step=load.step)
+        del self._pending[:-64]  # copies that never land (a dead device) must not pile up
+
+    def _warn(self, message: str) -> None:
+        if not self._warned:
+            self._warned = True
+            log.warning(message)
+
+    def detach(self) -> None:
+        """Remove the hooks and forget the step's partial sums."""
+        super().detach()
+        self._acc.clear()
+
+
+@dataclass
+class _StepLoad:
+    """One step's packed router numbers on their way to the host, decoded once when needed."""
+
+    step: int
+    rows: list[RouterInfo]
+    parts: list[tuple[HostValue, list[tuple[int, int, bool]]]]  # per device: copy, (row, E, has bias)
+    dropped_known: list[bool]
+    _values: dict[str, Any] | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @classmethod
+    def pack(cls, step: int, items: list[tuple[RouterInfo, _Acc]]) -> "_StepLoad":
+        """Concatenate every router's numbers per device into one float64 tensor and start its copy.
+
+        Per router: counts[E + 1] (last = invalid ids), entropy, aux, then bias[E] if it has one.
+        """
+        pieces: dict[torch.device, list[torch.Tensor]] = {}
+        layouts: dict[torch.device, list[tuple[int, int, bool]]] = {}
+        rows: list[RouterInfo] = []
+        for info, a in items:
+            dev = a.counts.device
+            nan = torch.full((1,), float("nan"), dtype=torch.float64, device=dev)
+            ent = (a.entropy_sum.double().reshape(1) / a.tokens) if a.entropy_sum is not None and a.tokens else nan
+            aux = (a.aux_sum.double().reshape(1) / a.aux_n) if a.aux_sum is not None else nan
+            bias = info.bias()
+            pieces.setdefault(dev, []).extend([a.counts.double(), ent, aux])
+            if bias is not None:
+                pieces[dev].append(bias.detach().double().reshape(-1).to(dev))
+            layouts.setdefault(dev, []).append((len(rows), info.n_experts, bias is not None))
+            rows.append(info)
+        parts = [(to_host(torch.cat(pieces[dev])), layouts[dev]) for dev in pieces]
+        return cls(step, rows, parts, [not r.capacity for r in rows])
+
+    def ready(self) -> bool:
+        """True when every copy has landed (never blocks)."""
+        return all(hv.ready() for hv, _ in self.parts)
+
+    def values(self) -> dict[str, Any]:
+        """Decoded per-row values (waits for the copies; call on the writer thread or when ready)."""
+        with self._lock:
+            if self._values is None:
+                self._values = self._decode()
+            return self._values
+
+    def _decode(self) -> dict[str, Any]:
+        n = len(self.rows)
+        out: dict[str, list[Any]] = {k: [None] * n for k in
+                                     ("counts", "imbalance", "cv", "router_entropy", "dropped", "aux_loss", "bias")}
+        for hv, layouts in self.parts:
+            flat = hv.resolve()
+            at = 0
+            for row, e, has_bias in layouts:
+                counts = np.rint(flat[at:at + e]).astype(np.int64)
+                invalid = int(round(flat[at + e]))
+                entropy, aux = float(flat[at + e + 1]), float(flat[at + e + 2])
+                at += e + 3
+                if has_bias:
+                    out["bias"][row] = flat[at:at + e].astype(np.float32)
+                    at += e
+                mean = counts.mean()
+                out["counts"][row] = counts
+                out["imbalance"][row] = float(counts.max() / mean) if mean > 0 else float("nan")
+                out["cv"][row] = float(counts.std() / mean) if mean > 0 else float("nan")
+                out["router_entropy"][row] = entropy if np.isfinite(entropy) else None
+                out["aux_loss"][row] = aux if np.isfinite(aux) else None
+                out["dropped"][row] = invalid if self.dropped_known[row] else None
+        return out
+
+    def columns(self) -> dict[str, Any]:
+        """Columns for `Recorder.submit`: names and layers now, the numbers deferred."""
+        cols: dict[str, Any] = {"name": [r.name for r in self.rows], "layer": [r.layer for r in self.rows]}
+        for key in ("counts", "imbalance", "cv", "router_entropy", "dropped", "aux_loss", "bias"):
+            cols[key] = _Column(self, key)
+        return cols
+
+
+class _Column:
+    """One deferred column of a `_StepLoad` (resolved on the Recorder's writer thread)."""
+
+    __slots__ = ("load", "key")
+
+    def __init__(self, load: _StepLoad, key: str) -> None:
+        self.load = load
+        self.key = key
+
+    def resolve(self) -> Any:
+        """The column's values, one per row."""
+        values = self.load.values()[self.key]
+        if self.key in ("counts", "bias") and len(values) == 1:
+            return values[0]  # a one-row list column wants the row itself (None = null, not [null])
+        return values

@@ -1,0 +1,338 @@
+"""The timing probe: forward/backward time per block and in total, optimizer and data time per step.
+
+Clock: on a CUDA model, `torch.cuda.Event(enable_timing=True)` recorded on the current stream in
+the hooks, resolved (`synchronize` + `elapsed_time`) by the Recorder's writer thread, so every
+phase is measured on the GPU's timeline and the training thread never waits. On CPU,
+`time.perf_counter()`.
+
+Hooks: forward pre/post hooks on the root module and on every block (`find_blocks`: the shallowest
+list of repeated modules, a transformer's layers, not an MoE layer's experts); for backward,
+*tensor* hooks: the first gradient arriving at a module's outputs starts its backward, the last one
+leaving through its (non-leaf) inputs ends it; a module with no such input (the root, whose inputs
+are token ids) ends when the backward pass ends (`queue_callback` on the autograd engine). Tensor
+hooks are used instead of `register_full_backward_hook`, which wraps inputs/outputs in a custom
+Function and then breaks in-place ops (`nn.ReLU(inplace=True)` after a hooked module raises).
+Optimizer time comes from the optimizer's step pre/post hooks (when `watch(optimizer=...)`).
+A forward that runs inside backward (activation-checkpoint recomputation) is not forward time: it
+is part of the model's backward, and of the block's backward with non-reentrant checkpointing
+(recomputed inside the block's backward); with reentrant checkpointing the block's backward is
+its inner backward pass, after the recomputation (its hooks are set up on the recomputed call).
+Several forwards/backwards per step (gradient accumulation) add up; overlapping intervals of one
+row (two forwards whose losses are summed into one backward) are merged, not counted twice.
+
+Records, kind `timing`, at every step `ctx.sampling.due("timing", step)` selects (default every
+step), one `submit` per step, all `ms` in milliseconds:
+- name = <block name>, phase "forward" / "backward": each block (e.g. "layers.3").
+- name "model", phase "forward" / "backward": the root module's forward, and the whole backward
+  pass (from the first gradient at the model's outputs to the end of the pass).
+- name "optimizer", phase "optimizer": `optimizer.step()` (row absent without an optimizer).
+- name "data", phase "data": from the end of the previous step (`on_step_end`) to the first
+  forward of this step (row absent on the first recorded step, which has no previous end).
+- name "step", phase "other": total − model forward − model backward − optimizer − data, clamped
+  at 0 (loss computation, `zero_grad`, time between micro-batches, the user's own code).
+- name "step", phase "total": the step's wall time, from the previous step's end (first recorded
+  step: from its first forward) to this step's end.
+The dashboard stacks model/forward + model/backward + optimizer + data + step/other = step/total.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Union
+
+import numpy as np
+import torch
+from torch import nn
+
+from inspector.probes.base import Probe, ProbeContext
+from inspector.probes.model_map import find_blocks
+from inspector.probes.registry import register_probe
+
+log = logging.getLogger("inspector")
+
+Mark = Union[float, "torch.cuda.Event"]
+Interval = tuple[Mark, Mark]
+
+
+def _in_backward() -> bool:
+    """True inside an autograd backward pass (e.g. an activation-checkpoint recompute)."""
+    task = getattr(torch._C, "_current_graph_task_id", None)
+    return task is not None and task() != -1
+
+
+def _queue_at_backward_end(fn: Callable[[], None]) -> None:
+    """Run `fn` when the current backward pass ends (after all gradients are accumulated)."""
+    torch.autograd.Variable._execution_engine.queue_callback(fn)
+
+
+def _grad_tensors(obj: Any, depth: int = 2) -> list[torch.Tensor]:
+    """Tensors requiring grad in a module's inputs/outputs (tensor, tuple/list, dict), 2 levels deep."""
+    if isinstance(obj, torch.Tensor):
+        return [obj] if obj.requires_grad else []
+    if depth == 0:
+        return []
+    if isinstance(obj, dict):
+        obj = list(obj.values())
+    if isinstance(obj, (tuple, list)):
+        return [t for x in obj for t in _grad_tensors(x, depth - 1)]
+    return []
+
+
+@dataclass
+class _BackwardCall:
+    """One forward call of a module whose backward we time: from its outputs' first gradient to
+    its inputs' last one (or to the end of the backward pass when no input carries a gradient)."""
+
+    timed: "_Timed"
+    clock: "_Clock"
+    has_inputs: bool
+    start: Mark | None = None
+    end: Mark | None = None
+
+    def output_grad(self) -> None:
+        """First gradient at the outputs: backward of this call starts."""
+        if self.start is not None:
+            return
+        self.start = self.clock.mark()
+        if not self.has_inputs:
+            _queue_at_backward_end(self.input_grad)
+        _queue_at_backward_end(self.finish)
+
+    def input_grad(self) -> None:
+        """A gradient left through an input (the last one wins)."""
+        self.end = self.clock.mark()
+
+    def finish(self) -> None:
+        """End of the backward pass: file the interval with the module."""
+        if self.start is not None and self.end is not None:
+            self.timed.backward.append((self.start, self.end))
+            self.start = self.end = None
+
+
+class _Clock:
+    """Timestamps: perf_counter seconds on CPU, timing events on the model's CUDA device."""
+
+    def __init__(self, device: torch.device | None = None) -> None:
+        self.cuda = device is not None and device.type == "cuda"
+        self.device = device
+
+    def mark(self) -> Mark:
+        """A timestamp now (on CUDA: recorded on this thread's current stream of the model's device)."""
+        if self.cuda:
+            ev = torch.cuda.Event(enable_timing=True)
+            ev.record(torch.cuda.current_stream(self.device))
+            return ev
+        return time.perf_counter()
+
+    def since(self, ref: Mark, m: Mark) -> float:
+        """Milliseconds from `ref` to `m` (waits for CUDA events: call off the training thread)."""
+        if self.cuda:
+            m.synchronize()
+            ref.synchronize()
+            return float(ref.elapsed_time(m))
+        return (m - ref) * 1000.0
+
+
+@dataclass
+class _StepTimes:
+    """One step's intervals; `resolve()` turns them into the `ms` column."""
+
+    clock: _Clock
+    ref: Mark
+    end: Mark
+    rows: list[tuple[str, str, list[Interval]]]
+    totals: dict[str, int] = field(default_factory=dict)   # phase -> row index, for "other"
+
+    def resolve(self) -> np.ndarray:
+        """ms per row; the "other" row is total minus the model/optimizer/data rows."""
+        ms = np.array([_union_ms(self.clock, self.ref, iv) for _, _, iv in self.rows], dtype=np.float64)
+        total = self.clock.since(self.ref, self.end)
+        parts = sum(ms[i] for key, i in self.totals.items() if key not in ("other", "total"))
+        ms[self.totals["total"]] = total
+        ms[self.totals["other"]] = max(total - parts, 0.0)
+        return ms
+
+
+def _union_ms(clock: _Clock, ref: Mark, intervals: list[Interval]) -> float:
+    """Length in ms of the union of intervals (overlaps count once)."""
+    if not intervals:
+        return 0.0
+    spans = sorted((t0, max(t0, clock.since(ref, b))) for a, b in intervals for t0 in (clock.since(ref, a),))
+    total, cur_a, cur_b = 0.0, spans[0][0], spans[0][1]
+    for a, b in spans[1:]:
+        if a > cur_b:
+            total += cur_b - cur_a
+            cur_a, cur_b = a, b
+        else:
+            cur_b = max(cur_b, b)
+    return total + cur_b - cur_a
+
+
+class _Timed:
+    """Forward and backward intervals of one module (a block, or the root) during the current step."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.forward: list[Interval] = []
+        self.backward: list[Interval] = []
+        self.stack: list[tuple[Mark | None, _BackwardCall | None]] = []
+        self.recompute: list[tuple[Mark | None, _BackwardCall | None]] = []
+
+    def reset(self) -> None:
+        """Forget the step's intervals (open forward calls stay open; recomputes that stopped early go)."""
+        self.forward, self.backward = [], []
+        self.recompute.clear()
+
+
+@register_probe
+class TimingProbe(Probe):
+    """Per-step time split into forward / backward / optimizer / data / other; see the module docstring."""
+
+    name = "timing"
+    kinds = ("timing",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.clock = _Clock()
+        self.root = _Timed("model")
+        self.blocks: list[_Timed] = []
+        self.optimizer: list[Interval] = []
+        self._opt_start: Mark | None = None
+        self._prev_end: Mark | None = None
+        self._first_forward: Mark | None = None
+        self._active = False
+        self._warned = False
+
+    def attach(self, ctx: ProbeContext) -> str | None:
+        """Hook the root, the blocks and the optimizer."""
+        self.ctx = ctx
+        param = next(ctx.model.parameters(), None)
+        self.clock = _Clock(None if param is None else param.device)
+        self._active = ctx.sampling.due(self.name, ctx.step)
+        self._hook_module(ctx.model, self.root, root=True)
+        for name, block in find_blocks(ctx.model):
+            if block is ctx.model:
+                continue
+            timed = _Timed(name)
+            self.blocks.append(timed)
+            self._hook_module(block, timed, root=False)
+        if ctx.optimizer is not None:
+            self.track(ctx.optimizer.register_step_pre_hook(self._optimizer_pre))
+            self.track(ctx.optimizer.register_step_post_hook(self._optimizer_post))
+        return None
+
+    # ---- hooks (training thread and autograd threads) -----------------------------------------
+
+    def _hook_module(self, module: nn.Module, timed: _Timed, root: bool) -> None:
+        def pre(mod: nn.Module, args: tuple, kwargs: dict) -> None:
+            if not self._active:
+                return
+            try:
+                recompute = _in_backward()
+                now = None if recompute else self.clock.mark()
+                if root and now is not None and self._first_forward is None:
+                    self._first_forward = now
+                call = None
+                if torch.is_grad_enabled():
+                    inputs = [] if root else [t for t in _grad_tensors((args, kwargs)) if t.grad_fn is not None]
+                    call = _BackwardCall(timed, self.clock, bool(inputs))
+                    for t in inputs:
+                        t.register_hook(lambda g, c=call: c.input_grad())
+                (timed.recompute if recompute else timed.stack).append((now, call))
+            except Exception as exc:
+                self._warn(exc)
+
+        def post(mod: nn.Module, args: tuple, kwargs: dict, out: Any) -> None:
+            if not self._active:
+                return
+            recompute = _in_backward()
+            stack = timed.recompute if recompute else timed.stack
+            if not stack:
+                return
+            try:
+                start, call = stack.pop()
+                if not recompute:
+                    timed.forward.append((start, self.clock.mark()))
+                if call is not None:
+                    for t in _grad_tensors(out):
+                        t.register_hook(lambda g, c=call: c.output_grad())
+            except Exception as exc:
+                self._warn(exc)
+
+        self.track(module.register_forward_pre_hook(pre, with_kwargs=True))
+        self.track(module.register_forward_hook(post, with_kwargs=True))
+
+    def _optimizer_pre(self, *_: Any) -> None:
+        if self._active:
+            self._opt_start = self.clock.mark()
+
+    def _optimizer_post(self, *_: Any) -> None:
+        if self._active and self._opt_start is not None:
+            self.optimizer.append((self._opt_start, self.clock.mark()))
+            self._opt_start = None
+
+    # ---- step end -------------------------------------------------------------------------------
+
+    def on_step_end(self, step: int) -> None:
+        """Submit this step's rows (if due) and start timing the next one."""
+        if self.ctx is None:
+            return
+        next_active = self.ctx.sampling.due(self.name, step + 1)
+        try:
+            if self._active:
+                end = self.clock.mark()
+                times = self._collect(end)
+                if times is not None:  # `ms` is resolved on the writer thread (CUDA events wait there)
+                    self.ctx.recorder.submit("timing", {"name": [r[0] for r in times.rows],
+                                                        "phase": [r[1] for r in times.rows], "ms": times},
+                                             len(times.rows), step=step)
+                self._prev_end = end if next_active else None
+            elif next_active:
+                self._prev_end = self.clock.mark()
+        except Exception as exc:
+            self._warn(exc)
+            self._prev_end = None
+        finally:
+            self._reset()
+            self._active = next_active
+
+    def _collect(self, end: Mark) -> _StepTimes | None:
+        ref = self._prev_end if self._prev_end is not None else self._first_forward
+        if ref is None:
+            return None
+        rows: list[tuple[str, str, list[Interval]]] = []
+        for b in self.blocks:
+            rows.append((b.name, "forward", b.forward))
+            rows.append((b.name, "backward", b.backward))
+        totals = {"forward": len(rows), "backward": len(rows) + 1}
+        rows += [("model", "forward", self.root.forward), ("model", "backward", self.root.backward)]
+        if self.ctx is not None and self.ctx.optimizer is not None:
+            totals["optimizer"] = len(rows)
+            rows.append(("optimizer", "optimizer", self.optimizer))
+        if self._prev_end is not None and self._first_forward is not None:
+            totals["data"] = len(rows)
+            rows.append(("data", "data", [(self._prev_end, self._first_forward)]))
+        totals["other"] = len(rows)
+        rows.append(("step", "other", []))
+        totals["total"] = len(rows)
+        rows.append(("step", "total", []))
+        return _StepTimes(self.clock, ref, end, rows, totals)
+
+    def _reset(self) -> None:
+        for t in (self.root, *self.blocks):
+            t.reset()
+        self.optimizer = []
+        self._first_forward = None
+
+    def _warn(self, exc: Exception) -> None:
+        if not self._warned:
+            self._warned = True
+            log.warning("inspector: timing probe skipped a measurement: %r", exc)
+
+    def detach(self) -> None:
+        """Remove every hook."""
+        super().detach()
+        self._reset()
+        for t in (self.root, *self.blocks):
+            t.stack.clear()
