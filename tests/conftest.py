@@ -5,10 +5,28 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread() -> Iterator[None]:
+    """Run torch on one intra-op thread in every test, restoring the previous count afterwards.
+
+    Test models are tiny: one thread is as fast on an idle machine, and many times faster when
+    other processes compete for CI's 2 cores (OpenMP threads spin against each other).
+    """
+    torch = sys.modules.get("torch")
+    if torch is None:  # tests that never import torch (the UIs) leave it alone
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture

@@ -14,8 +14,8 @@ class Sampling:
     """
 
     attention: int = 100
-    activations: int = 50
-    gradients: int = 10
+    activations: int = 100
+    gradients: int = 50
     timing: int = 1
     experts: int = 1
     anomalies: int = 1

@@ -15,14 +15,6 @@ from engine.model import Transformer
 from inspector.probes.experts import STARVED_STEPS
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Two intra-op threads on a shared 2-core box spin against each other (30x slower here)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def _entropy(p_NE: np.ndarray) -> float:
     """Mean per-row entropy (nats) of row-normalised non-negative scores."""

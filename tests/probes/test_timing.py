@@ -18,14 +18,6 @@ FWD_S, BWD_S, DATA_S = 0.020, 0.030, 0.015
 SLACK_MS = 15.0   # scheduling noise on a shared 2-core box; lower bounds are exact (sleep never returns early)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Two intra-op threads on a shared 2-core box spin against each other."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 class _Sleep(torch.autograd.Function):
     """Identity that sleeps a known time in forward and in backward."""
