@@ -17,7 +17,7 @@ class Sampling:
     activations: int = 100
     gradients: int = 50
     timing: int = 1
-    experts: int = 1
+    experts: int = 10
     anomalies: int = 1
     layers: tuple[int, ...] | None = None
     heads: tuple[int, ...] | None = None
