@@ -44,7 +44,7 @@ def test_engine_counts_match_a_manual_bincount_over_two_micro_batches(tmp_path: 
     for i, r in enumerate(routers):
         _capture(r, seen[i])
     opt = torch.optim.SGD(model.parameters(), lr=1e-3)
-    w = inspector.watch(model, tmp_path / "run", probes=["experts"], optimizer=opt)
+    w = inspector.watch(model, tmp_path / "run", probes=["experts"], optimizer=opt, every={"experts": 1})
     per_step: list[dict[int, list]] = []
     biases: list[list[np.ndarray]] = []
     for _ in range(3):
@@ -92,7 +92,7 @@ def test_activation_checkpoint_recompute_is_not_counted_twice(tmp_path: Path) ->
     torch.manual_seed(0)
     model = Transformer(get_config("debug")).train()
     model.activation_checkpointing = True
-    w = inspector.watch(model, tmp_path / "run", probes=["experts"])
+    w = inspector.watch(model, tmp_path / "run", probes=["experts"], every={"experts": 1})
     model(torch.randint(0, 256, (2, 10))).sum().backward()   # backward recomputes each block
     w.step()
     w.close()
@@ -107,7 +107,7 @@ def test_a_starved_expert_is_reported_once_at_the_fiftieth_empty_step(tmp_path: 
     router = model.routers()[0]
     router.bias[5] = -100.0                       # sigmoid scores lie in (0, 1): expert 5 never wins
     caplog.set_level(logging.WARNING, logger="inspector")
-    w = inspector.watch(model, tmp_path / "run", probes=["experts"])
+    w = inspector.watch(model, tmp_path / "run", probes=["experts"], every={"experts": 1})
     with torch.no_grad():
         for _ in range(STARVED_STEPS + 5):
             model(torch.randint(0, 256, (1, 8)))
@@ -125,7 +125,7 @@ def test_a_starved_expert_is_reported_once_at_the_fiftieth_empty_step(tmp_path: 
 
 
 def test_a_model_without_routers_is_not_applicable(tmp_path: Path) -> None:
-    w = inspector.watch(nn.Sequential(nn.Linear(4, 4), nn.ReLU()), tmp_path / "run", probes=["experts"])
+    w = inspector.watch(nn.Sequential(nn.Linear(4, 4), nn.ReLU()), tmp_path / "run", probes=["experts"], every={"experts": 1})
     w.close()
     assert w.not_applicable["experts"].startswith("no MoE routers found")
 
@@ -169,7 +169,7 @@ def test_hf_router_counts_match_topk_of_the_logits(tmp_path: Path, kind: str) ->
     for n, g in gates.items():
         g.register_forward_hook(lambda mod, args, out, n=n: logits[n].append(out[0].detach().clone()))
     opt = torch.optim.SGD(model.parameters(), lr=0.0)
-    w = inspector.watch(model, tmp_path / "run", probes=["experts"], optimizer=opt)
+    w = inspector.watch(model, tmp_path / "run", probes=["experts"], optimizer=opt, every={"experts": 1})
     for _micro in range(2):
         model(torch.randint(0, 64, (2, 7))).logits.float().logsumexp(-1).mean().backward()
     opt.step()
@@ -219,7 +219,7 @@ def test_a_router_returning_only_logits_gets_its_topk_here(tmp_path: Path) -> No
     torch.manual_seed(0)
     model = nn.Sequential(Moe(), Moe())
     x = torch.randn(9, 8)
-    w = inspector.watch(model, tmp_path / "run", probes=["experts"])
+    w = inspector.watch(model, tmp_path / "run", probes=["experts"], every={"experts": 1})
     model(x).sum().backward()
     w.step()
     w.close()
