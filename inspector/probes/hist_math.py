@@ -91,7 +91,7 @@ def output_row(x: torch.Tensor, lohi_dev: torch.Tensor | None, lohi_host: tuple[
         tol = BOUND_TOL * (bounds[1] - bounds[0]) / 2
         saturated = ((xn <= bounds[0] + tol) | (xn >= bounds[1] - tol)).sum() / n_fin
     mean = torch.nansum(xn) / n_fin
-    xn.masked_fill_(bad, mean)  # the mean leaves min, max and the deviations unchanged
+    xn = torch.where(bad, mean, xn)  # the mean leaves min, max and the deviations unchanged; no .item()
     mn, mx = torch.aminmax(xn)
     dev = xn.sub_(mean)
     std = torch.linalg.vector_norm(dev) / n_fin.sqrt()
