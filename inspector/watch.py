@@ -16,7 +16,7 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import nn
 
-from inspector.probes import PROBES, Probe, ProbeContext, Sampling, resolve_probes
+from inspector.probes import PROBES, Probe, ProbeContext, Sampling, resolve_probes, to_host
 from inspector.store.recorder import Recorder
 
 log = logging.getLogger("inspector")
@@ -119,8 +119,6 @@ class Watch:
 
 def _detach(value: Any) -> Any:
     if isinstance(value, torch.Tensor):
-        from inspector.probes.host import to_host
-
         return to_host(value.detach().float() if value.dtype != torch.float32 else value)
     return value
 

@@ -16,7 +16,6 @@ have landed, so the training thread never waits for the device.
 from __future__ import annotations
 
 import logging
-from collections import deque
 from typing import Any, ClassVar
 
 import numpy as np
@@ -41,7 +40,7 @@ from inspector.probes.hist_math import (
     output_bounds,
     output_row,
 )
-from inspector.probes.host import HostSlice, HostValue, to_host
+from inspector.probes.host import HostSlice, HostValue, PendingCopies, to_host
 from inspector.probes.model_map import find_blocks, first_tensor
 from inspector.probes.registry import register_probe
 
@@ -49,7 +48,6 @@ log = logging.getLogger("inspector")
 
 DEAD_FRAC = 0.99
 DEAD_STEPS = 3
-MAX_PENDING = 8
 _SKIP = ("Dropout", "Identity", "AlphaDropout", "FeatureAlphaDropout")
 
 
@@ -104,7 +102,7 @@ class ActivationsProbe(Probe):
         self._rows: dict[int, torch.Tensor] = {}
         self._warming: list[int] = []
         self._armed = False
-        self._pending: deque[tuple[int, HostValue, list[int]]] = deque()
+        self._pending = PendingCopies()  # (step, module order) -> stacked rows
         self._dead_run: list[int] = []
         self._broken: set[int] = set()
         self._failed = False
@@ -176,16 +174,11 @@ class ActivationsProbe(Probe):
             cols[key] = HostSlice(host, (slice(None), col))
         cols["nonfinite"] = HostSlice(host, (slice(None), NONFINITE), np.int64)
         rec.submit("activation_stats", cols, rows=len(order), step=step)
-        self._pending.append((step, host, order))
+        self._pending.push((step, order), host)
 
     def _drain(self, wait: bool = False) -> None:
-        while self._pending:
-            step, host, order = self._pending[0]
-            if not (wait or host.ready() or len(self._pending) > MAX_PENDING):
-                return
-            self._pending.popleft()
-            dead = host.resolve()[:, DEAD]
-            for i, frac in zip(order, dead.tolist()):
+        for (step, order), rows in self._pending.drain(wait):
+            for i, frac in zip(order, rows[:, DEAD].tolist()):
                 self._check_dead(step, i, frac)
 
     def _check_dead(self, step: int, i: int, frac: float) -> None:

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from inspector.probes.base import Probe, ProbeContext
-from inspector.probes.host import HostValue, to_host
+from inspector.probes.host import PendingCopies, to_host
 from inspector.probes.model_map import find_blocks, first_tensor
 from inspector.probes.registry import register_probe
 from inspector.probes.robust import RobustZ
@@ -47,7 +47,7 @@ class AnomalyProbe(Probe):
         self._refs: list[tuple[str, torch.Tensor]] = []
         self._flags: list[torch.Tensor] = []
         self._flag_names: list[str] = []
-        self._pending: list[tuple[int, str, Any]] = []   # (step, what, HostValue | float)
+        self._pending = PendingCopies()  # (step, what, detail) -> flags or loss, judged in order
         self._bad_module: dict[int, str] = {}
         self._loss_z = RobustZ(window=100, min_history=20)
         self._active = False
@@ -92,7 +92,7 @@ class AnomalyProbe(Probe):
         try:
             if self._flags:
                 flags = to_host(torch.stack(self._flags))
-                self._pending.append((step, "flags", (flags, list(self._flag_names))))
+                self._pending.push((step, "flags", list(self._flag_names)), flags)
             elif self._refs:
                 root = first_tensor(out)
                 if root is not None and root.device.type != "cuda" and bool(_nonfinite(root.detach())):
@@ -122,8 +122,9 @@ class AnomalyProbe(Probe):
             if key in scalars:
                 value = scalars[key]
                 if isinstance(value, torch.Tensor):
-                    value = to_host(value.detach().float())
-                self._pending.append((step, "loss", value))
+                    self._pending.push((step, "loss", None), to_host(value.detach().float()))
+                else:
+                    self._pending.push((step, "loss", float(value)), None)
                 break
         self._drain()
 
@@ -131,20 +132,13 @@ class AnomalyProbe(Probe):
         self._drain()
 
     def _drain(self) -> None:
-        keep = []
-        for step, what, value in self._pending:
-            host = value[0] if what == "flags" else value
-            if isinstance(host, HostValue) and not host.ready():
-                keep.append((step, what, value))
-                continue
+        for (step, what, detail), host in self._pending.drain():
             if what == "flags":
-                bad = host.resolve().reshape(-1)
-                hits = bad.nonzero()[0]
+                hits = host.reshape(-1).nonzero()[0]
                 if len(hits):
-                    self._found(step, value[1][int(hits[0])])
+                    self._found(step, detail[int(hits[0])])
             else:
-                self._check_loss(step, float(host.resolve()) if isinstance(host, HostValue) else float(host))
-        self._pending = keep
+                self._check_loss(step, float(host) if host is not None else detail)
 
     def _check_loss(self, step: int, loss: float) -> None:
         if not math.isfinite(loss):

@@ -32,7 +32,6 @@ the weights (for `update_ratio`) and one fp32 copy of the gradients (the Welford
 from __future__ import annotations
 
 import logging
-from collections import deque
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -49,8 +48,7 @@ from inspector.probes.grad_math import (
     group_parameters,
     group_stats,
 )
-from inspector.probes.host import HostSlice
-from inspector.probes.host import HostValue, to_host
+from inspector.probes.host import HostSlice, PendingCopies, to_host
 from inspector.probes.registry import register_probe
 from inspector.probes.robust import RobustZ
 
@@ -61,7 +59,6 @@ EXPLODE_RATIO = 10.0
 VANISH_NORM = 1e-8
 VANISH_STEPS = 5
 WARMUP_STEPS = 10
-MAX_PENDING = 8
 
 
 @dataclass
@@ -93,7 +90,7 @@ class GradientsProbe(Probe):
         self._group_of: list[int] = []
         self._layouts: dict[tuple[int, ...], GroupLayout] = {}
         self._welford: ElementWelford | NormWelford | None = None
-        self._pending: deque[tuple[int, HostValue, tuple[int, ...]]] = deque()
+        self._pending = PendingCopies()  # (step, parameters present) -> [global norm, norms...]
         self._sampled: _Sampled | None = None
         self._z = RobustZ(window=100, min_history=20)
         self._evaluated = 0
@@ -162,7 +159,7 @@ class GradientsProbe(Probe):
         total = torch.linalg.vector_norm(norms_P).reshape(1)
         host = to_host(torch.cat([total, norms_P]))
         self.ctx.recorder.scalar("grad_norm/global", HostSlice(host, 0), step=step)
-        self._pending.append((step, host, present))
+        self._pending.push((step, present), host)
         if not self.ctx.sampling.due(self.name, step):
             return
         layout = self._layout(present, norms_P.device)
@@ -207,12 +204,8 @@ class GradientsProbe(Probe):
     # ---- anomalies (host side, one step late at most) ----------------------------------------
 
     def _drain(self, wait: bool = False) -> None:
-        while self._pending:
-            step, host, present = self._pending[0]
-            if not (wait or host.ready() or len(self._pending) > MAX_PENDING):
-                return
-            self._pending.popleft()
-            self._evaluate(step, np.asarray(host.resolve(), dtype=np.float64), present)
+        for (step, present), values in self._pending.drain(wait):
+            self._evaluate(step, np.asarray(values, dtype=np.float64), present)
 
     def _evaluate(self, step: int, values: np.ndarray, present: tuple[int, ...]) -> None:
         total, norms = float(values[0]), values[1:]

@@ -1,7 +1,8 @@
 """Getting small device results to the host without making the training thread wait."""
 from __future__ import annotations
 
-from typing import Any
+from collections import deque
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -63,3 +64,37 @@ class HostSlice:
         """The slice as a numpy value."""
         out = self.value.resolve()[self.index]
         return out.astype(self.dtype) if self.dtype is not None else out
+
+
+class PendingCopies:
+    """Host copies waiting to land, oldest first, each with what a probe needs to judge it later.
+
+    `drain()` yields `(payload, array)` for every leading copy that has landed, never waiting,
+    except that it waits for the oldest while more than `max_pending` wait (a copy that never lands
+    must not pile up) or when asked to (`wait=True`, at close). An entry pushed with `value=None`
+    is ready at once and yields `array=None`.
+    """
+
+    def __init__(self, max_pending: int = 8) -> None:
+        self.max_pending = max_pending
+        self._items: deque[tuple[Any, HostValue | None]] = deque()
+
+    def push(self, payload: Any, value: HostValue | None) -> None:
+        """Queue `value` (or nothing) with its payload."""
+        self._items.append((payload, value))
+
+    def drain(self, wait: bool = False) -> Iterator[tuple[Any, np.ndarray | None]]:
+        """Landed copies in push order, as `(payload, array)`."""
+        while self._items:
+            payload, value = self._items[0]
+            if value is not None and not (wait or value.ready() or len(self._items) > self.max_pending):
+                return
+            self._items.popleft()
+            yield payload, None if value is None else value.resolve()
+
+    def clear(self) -> None:
+        """Forget everything queued."""
+        self._items.clear()
+
+    def __len__(self) -> int:
+        return len(self._items)
