@@ -1,0 +1,136 @@
+"""Gradient statistics ready to plot: layer × step heatmaps, update/weight ratio lines, one group in detail.
+
+Heatmaps are bounded (at most `max_steps` columns, binned with the maximum so spikes stay visible);
+line series are downsampled to `max_points` with their extremes kept.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from inspector.views.downsample import DEFAULT_POINTS, downsample_indices
+from inspector.views.live import LiveRun
+
+GRAD_STATS = ("norm", "mean", "var", "max_abs", "zero_frac", "update_ratio", "var_over_steps")
+"""The per-group columns of `grad_stats`."""
+
+MAX_HEAT_STEPS = 500
+MAX_HEAT_ROWS = 200
+
+
+@dataclass
+class Heatmap:
+    """A matrix [rows, steps] with its row labels and step coordinates (NaN where nothing was recorded)."""
+
+    rows: list[str]
+    steps: np.ndarray
+    z: np.ndarray
+
+    @property
+    def empty(self) -> bool:
+        """True when there is nothing to draw."""
+        return self.z.size == 0
+
+
+def natural_key(name: str) -> list:
+    """Sort key that orders "layers.10" after "layers.2"."""
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
+
+
+def bin_columns(steps: np.ndarray, z: np.ndarray, max_cols: int = MAX_HEAT_STEPS,
+                how: str = "max") -> tuple[np.ndarray, np.ndarray]:
+    """Reduce a [rows, steps] matrix to at most `max_cols` columns by binning consecutive steps.
+
+    `how` is "max" (keeps spikes: norms, variances) or "mean" (distributions); a bin is labelled
+    with its first step. NaNs are ignored inside a bin.
+    """
+    n = z.shape[1] if z.ndim == 2 else 0
+    if n <= max_cols:
+        return steps, z
+    edges = np.linspace(0, n, max_cols + 1).astype(int)
+    starts = edges[:-1]
+    with np.errstate(all="ignore"), _quiet():
+        if how == "max":
+            out = np.fmax.reduceat(z, starts, axis=1)
+        else:
+            filled = np.nan_to_num(z, nan=0.0)
+            counts = np.add.reduceat(np.isfinite(z).astype(float), starts, axis=1)
+            out = np.add.reduceat(filled, starts, axis=1) / np.where(counts > 0, counts, np.nan)
+    return steps[starts], out
+
+
+class _quiet:
+    def __enter__(self):
+        import warnings
+        self._w = warnings.catch_warnings()
+        self._w.__enter__()
+        warnings.simplefilter("ignore", RuntimeWarning)
+
+    def __exit__(self, *exc):
+        self._w.__exit__(*exc)
+
+
+def _rank_frame(run: LiveRun, rank: int) -> pd.DataFrame:
+    df = run.frame("grad_stats")
+    return df[df["rank"] == rank] if not df.empty else df
+
+
+def grad_groups(run: LiveRun, *, rank: int = 0) -> list[str]:
+    """Names of the parameter groups with gradient statistics, in natural (layer) order."""
+    return run.cached(("grad_groups", rank), ("grad_stats",),
+                      lambda: sorted(_rank_frame(run, rank)["name"].unique().tolist(), key=natural_key))
+
+
+def grad_heatmap(run: LiveRun, stat: str = "norm", *, rank: int = 0, max_steps: int = MAX_HEAT_STEPS,
+                 max_rows: int = MAX_HEAT_ROWS) -> Heatmap:
+    """Statistic `stat` of every parameter group (rows, natural order) over the sampled steps (columns)."""
+    if stat not in GRAD_STATS:
+        raise ValueError(f"unknown gradient statistic {stat!r}; known: {', '.join(GRAD_STATS)}")
+
+    def compute() -> Heatmap:
+        df = _rank_frame(run, rank)
+        if df.empty:
+            return Heatmap([], np.empty(0, np.int64), np.empty((0, 0)))
+        wide = df.pivot_table(index="name", columns="step", values=stat, aggfunc="last")
+        rows = sorted(wide.index.tolist(), key=natural_key)
+        wide = wide.loc[rows]
+        if len(rows) > max_rows:
+            keep = np.linspace(0, len(rows) - 1, max_rows).round().astype(int)
+            wide = wide.iloc[keep]
+            rows = [rows[i] for i in keep]
+        steps, z = bin_columns(wide.columns.to_numpy(np.int64), wide.to_numpy(np.float64), max_steps, "max")
+        return Heatmap(rows, steps, z)
+
+    return run.cached(("grad_heatmap", stat, rank, max_steps, max_rows), ("grad_stats",), compute)
+
+
+def grad_lines(run: LiveRun, stat: str = "update_ratio", *, rank: int = 0, groups: list[str] | None = None,
+               max_points: int = DEFAULT_POINTS) -> dict[str, pd.DataFrame]:
+    """One `step`/`value` series of `stat` per group (all groups unless `groups`), each downsampled."""
+    def compute() -> dict[str, pd.DataFrame]:
+        df = _rank_frame(run, rank)
+        out: dict[str, pd.DataFrame] = {}
+        if df.empty:
+            return out
+        for name in groups or grad_groups(run, rank=rank):
+            sel = df[df["name"] == name].drop_duplicates("step", keep="last").sort_values("step")
+            x, y = sel["step"].to_numpy(), sel[stat].to_numpy(np.float64)
+            idx = downsample_indices(x, y, max_points)
+            out[name] = pd.DataFrame({"step": x[idx], "value": y[idx]})
+        return out
+
+    key = ("grad_lines", stat, rank, tuple(groups or ()), max_points)
+    return run.cached(key, ("grad_stats",), compute)
+
+
+def group_detail(run: LiveRun, name: str, *, rank: int = 0, max_points: int = DEFAULT_POINTS) -> pd.DataFrame:
+    """Every statistic of one group over steps (columns `step` + `GRAD_STATS`), downsampled on the norm."""
+    df = _rank_frame(run, rank)
+    if df.empty:
+        return pd.DataFrame(columns=["step", *GRAD_STATS])
+    sel = df[df["name"] == name].drop_duplicates("step", keep="last").sort_values("step")
+    idx = downsample_indices(sel["step"].to_numpy(), sel["norm"].to_numpy(np.float64), max_points)
+    return sel.iloc[idx][["step", *GRAD_STATS]].reset_index(drop=True)

@@ -1,0 +1,66 @@
+"""The run header (status, step, ranks, elapsed, tokens/s) and the overview page's scalar choices."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from inspector.views.live import LiveRun
+from inspector.views.series import scalar_names
+
+
+@dataclass
+class RunHeader:
+    """What the top of every page says about a run."""
+
+    name: str
+    status: str
+    step: int
+    ranks: int
+    world_size: int
+    elapsed_s: float
+    tokens_per_s: float | None
+
+    def line(self) -> str:
+        """One line of text: "name · live · step 120 · 2/2 ranks · 3m 05s · 12,345 tok/s"."""
+        tps = f"{self.tokens_per_s:,.0f} tok/s" if self.tokens_per_s is not None else "tok/s N/A"
+        return (f"{self.name} · {self.status} · step {max(self.step, 0):,} · {self.ranks}/{self.world_size} ranks"
+                f" · {format_duration(self.elapsed_s)} · {tps}")
+
+
+def format_duration(seconds: float) -> str:
+    """"1h 02m", "3m 05s" or "12s"."""
+    s = int(max(seconds, 0))
+    if s >= 3600:
+        return f"{s // 3600}h {s % 3600 // 60:02d}m"
+    if s >= 60:
+        return f"{s // 60}m {s % 60:02d}s"
+    return f"{s}s"
+
+
+def run_header(run: LiveRun, *, window: int = 10, now: float | None = None) -> RunHeader:
+    """The header of `run`: tokens/s is the sum over ranks of each rank's mean over its last `window` steps.
+
+    Elapsed time runs from the run's creation to its newest record (to now while it is live).
+    """
+    status = run.status()
+    scalars = run.frame("scalar")
+    tps = None
+    if not scalars.empty:
+        sel = scalars[scalars["name"] == "tokens_per_s"]
+        if not sel.empty:
+            per_rank = sel.sort_values("step").groupby("rank")["value"].apply(lambda v: float(v.tail(window).mean()))
+            tps = float(per_rank.sum())
+    last_wall = max((float(run.frame(k)["wall_time"].max()) for k in ("scalar", "timing", "system")
+                     if not run.frame(k).empty), default=float(run.meta.created))
+    end = (now or time.time()) if status == "live" else last_wall
+    return RunHeader(name=run.meta.name, status=status, step=run.last_step(), ranks=len(run.ranks()),
+                     world_size=run.meta.world_size, elapsed_s=max(0.0, end - float(run.meta.created)),
+                     tokens_per_s=tps if tps is None or np.isfinite(tps) else None)
+
+
+def eval_loss_name(run: LiveRun) -> str | None:
+    """The evaluation loss scalar ("eval/val_loss", "eval/loss", ...), or None."""
+    names = [n for n in scalar_names(run) if n.startswith("eval") and "loss" in n]
+    return sorted(names, key=lambda n: (not n.endswith("val_loss"), n))[0] if names else None

@@ -1,0 +1,49 @@
+"""GPU and host samples over time, per rank and device, ready to plot (downsampled)."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from inspector.views.downsample import DEFAULT_POINTS, downsample_indices
+from inspector.views.live import LiveRun
+
+GPU_METRICS = {"gpu_util": "GPU utilisation (%)", "mem_used": "GPU memory used (GiB)", "power_w": "power (W)",
+               "temp_c": "temperature (°C)"}
+"""GPU columns of `system` samples and how to label them."""
+
+HOST_METRICS = {"cpu_percent": "host CPU (%)", "rss": "host RSS (GiB)"}
+"""Host columns of `system` samples and how to label them."""
+
+_BYTES = {"mem_used", "mem_total", "rss", "torch_allocated", "torch_reserved", "torch_peak"}
+GIB = float(1 << 30)
+
+
+def system_series(run: LiveRun, metric: str, *, max_points: int = DEFAULT_POINTS) -> dict[str, pd.DataFrame]:
+    """One series per (rank, device) of `metric`: columns `t` (seconds since the run's first sample),
+    `step`, `value` (bytes shown in GiB); keys like "r0 cuda:0" or "r1 host". Empty when N/A."""
+    def compute() -> dict[str, pd.DataFrame]:
+        df = run.frame("system")
+        if df.empty or metric not in df:
+            return {}
+        host = metric in HOST_METRICS
+        df = df[(df["device"] == "host") == host]
+        df = df[df[metric].notna()]
+        if df.empty:
+            return {}
+        t0 = float(run.frame("system")["wall_time"].min())
+        out: dict[str, pd.DataFrame] = {}
+        for (rank, device), sel in df.groupby(["rank", "device"], sort=True):
+            sel = sel.sort_values("wall_time")
+            t = sel["wall_time"].to_numpy(np.float64) - t0
+            v = sel[metric].to_numpy(np.float64) / (GIB if metric in _BYTES else 1.0)
+            idx = downsample_indices(t, v, max_points)
+            out[f"r{rank} {device}"] = pd.DataFrame({"t": t[idx], "step": sel["step"].to_numpy()[idx], "value": v[idx]})
+        return out
+
+    return run.cached(("system_series", metric, max_points), ("system",), compute)
+
+
+def has_gpu_samples(run: LiveRun) -> bool:
+    """True when any GPU sample carries a utilisation value (False without NVML: N/A)."""
+    df = run.frame("system")
+    return bool(not df.empty and (df["device"] != "host").any() and df["gpu_util"].notna().any())

@@ -1,0 +1,68 @@
+"""Where a step's time goes: forward / backward / optimizer / data / other, and the slowest modules."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from inspector.views.downsample import DEFAULT_POINTS, downsample_indices
+from inspector.views.live import LiveRun
+
+PHASES = ("forward", "backward", "optimizer", "data", "other")
+"""The parts a step splits into, in stacking order."""
+
+_STEP_ROW = {"forward": "model", "backward": "model", "optimizer": "optimizer", "data": "data", "other": "step", "total": "step"}
+
+
+def step_breakdown(run: LiveRun, *, rank: int = 0, max_points: int = DEFAULT_POINTS) -> pd.DataFrame:
+    """Per step: milliseconds of forward, backward, optimizer, data, other and total (≤ `max_points` rows).
+
+    Downsampling is driven by the total, so slow steps stay in the picture.
+    """
+    def compute() -> pd.DataFrame:
+        df = run.frame("timing")
+        cols = ["step", *PHASES, "total"]
+        if df.empty:
+            return pd.DataFrame(columns=cols)
+        df = df[df["rank"] == rank]
+        wide = {}
+        for phase, owner in _STEP_ROW.items():
+            sel = df[(df["phase"] == phase) & (df["name"] == owner)]
+            wide[phase] = sel.groupby("step")["ms"].last()
+        out = pd.DataFrame(wide).sort_index()
+        if out.empty:
+            return pd.DataFrame(columns=cols)
+        out = out.reindex(columns=[*PHASES, "total"]).fillna(0.0)
+        out.index.name = "step"
+        out = out.reset_index()
+        idx = downsample_indices(out["step"].to_numpy(), out["total"].to_numpy(), max_points)
+        return out.iloc[idx].reset_index(drop=True)
+
+    return run.cached(("step_breakdown", rank, max_points), ("timing",), compute)
+
+
+def phase_shares(run: LiveRun, *, rank: int = 0, last: int = 50) -> dict[str, float]:
+    """Fraction of step time in each phase over the last `last` steps (empty when nothing is timed)."""
+    df = step_breakdown(run, rank=rank, max_points=1 << 62)
+    if df.empty:
+        return {}
+    tail = df.tail(last)
+    sums = {p: float(tail[p].sum()) for p in PHASES}
+    total = sum(sums.values())
+    return {p: v / total for p, v in sums.items()} if total > 0 else {}
+
+
+def slowest_modules(run: LiveRun, *, rank: int = 0, top: int = 10) -> pd.DataFrame:
+    """Modules (not the whole-model rows) with the largest mean forward or backward ms."""
+    df = run.frame("timing")
+    if df.empty:
+        return pd.DataFrame(columns=["name", "phase", "ms"])
+    df = df[(df["rank"] == rank) & df["phase"].isin(["forward", "backward"])
+            & ~df["name"].isin(["model", "step", "optimizer", "data"])]
+    out = df.groupby(["name", "phase"], as_index=False)["ms"].mean()
+    return out.sort_values("ms", ascending=False).head(top).reset_index(drop=True)
+
+
+def step_totals(run: LiveRun, *, rank: int) -> np.ndarray:
+    """Total ms of every timed step of `rank`, in step order (not downsampled)."""
+    df = step_breakdown(run, rank=rank, max_points=1 << 62)
+    return df["total"].to_numpy(dtype=np.float64) if not df.empty else np.empty(0)
