@@ -88,7 +88,12 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
     with _quiet_warnings():
         reader = RunReader(args.run)
-    files = export_run(reader, args.out, args.format, kinds=args.kind, steps=parse_steps(args.steps))
+    if args.format == "tensorboard":
+        from inspector.store.tensorboard_export import export_tensorboard
+
+        files = export_tensorboard(reader, args.out, steps=parse_steps(args.steps))
+    else:
+        files = export_run(reader, args.out, args.format, kinds=args.kind, steps=parse_steps(args.steps))
     for f in files:
         print(f)
     for problem in reader.problems:
@@ -135,9 +140,10 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("run")
     info.set_defaults(func=_cmd_info)
 
-    ex = sub.add_parser("export", help="export a run's records as Parquet or CSV, one file per kind")
+    ex = sub.add_parser("export", help="export a run's records as Parquet or CSV (one file per kind) or as "
+                        "TensorBoard event files (scalars and histograms, one TensorBoard run per rank)")
     ex.add_argument("run")
-    ex.add_argument("--format", choices=["parquet", "csv"], default="parquet")
+    ex.add_argument("--format", choices=["parquet", "csv", "tensorboard"], default="parquet")
     ex.add_argument("--out", required=True, help="output directory")
     ex.add_argument("--kind", action="append", help="only this record kind (repeatable)")
     ex.add_argument("--steps", help="step range FIRST:LAST (either may be empty)")
