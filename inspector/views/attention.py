@@ -128,9 +128,13 @@ def entropy_matrix(run: LiveRun, *, rank: int = 0, max_steps: int = 500) -> tupl
 
 
 def collapsed_heads(run: LiveRun, *, rank: int = 0) -> list[tuple[int, int, int]]:
-    """(layer, head, first step) of every head ever flagged as collapsed."""
+    """(layer, head, first step) of every head ever flagged as collapsed.
+
+    Samples with a non-finite entropy are left out: a NaN in the model is reported as such, not
+    as every head of the layer collapsing at once.
+    """
     df = _stats(run, rank)
     if df.empty:
         return []
-    flagged = df[df["collapsed"]].groupby(["layer", "head"])["step"].min()
+    flagged = df[df["collapsed"] & np.isfinite(df["entropy"])].groupby(["layer", "head"])["step"].min()
     return [(int(layer), int(head), int(step)) for (layer, head), step in flagged.items()]

@@ -1,0 +1,71 @@
+"""`inspector summary RUN`: the post-mortem report printed with rich (data from `views.summary`)."""
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+from inspector.views.summary import RunSummary
+
+
+def _fmt(value: float | None, spec: str = ".4g") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def print_summary(summary: RunSummary, console: Console | None = None) -> None:
+    """Print `summary` as a few titled tables; sections with nothing to say print one line."""
+    con = console or Console()
+    con.print(f"[bold]{summary.name}[/] · {summary.status} · {summary.steps} steps · {summary.ranks} rank(s) · "
+              f"loss {_fmt(summary.loss_first)} → {_fmt(summary.loss_last)} (best {_fmt(summary.loss_min)})")
+
+    nf = summary.first_nonfinite
+    if nf is not None:
+        where = nf.first_module or "unknown module"
+        con.print(f"[bold red]first non-finite value:[/] step {nf.first_step}, rank {nf.first_rank}, "
+                  f"{where} ({nf.kind}): {nf.first_message}")
+    else:
+        con.print("no non-finite values recorded")
+
+    if summary.anomalies:
+        table = Table(title="anomalies (by first occurrence)", title_justify="left")
+        for col in ("kind", "count", "first step", "rank", "module", "steps", "first message"):
+            table.add_column(col, overflow="fold")
+        for g in summary.anomalies:
+            steps = ", ".join(map(str, g.steps[:6])) + (" …" if len(g.steps) > 6 else "")
+            modules = g.first_module + (f" (+{len(g.modules) - 1})" if len(g.modules) > 1 else "")
+            table.add_row(g.kind, str(g.count), str(g.first_step), str(g.first_rank), modules or "-", steps,
+                          g.first_message)
+        con.print(table)
+    else:
+        con.print("no anomalies recorded")
+
+    if summary.experts:
+        table = Table(title="expert balance per MoE layer (imbalance = max/mean tokens)", title_justify="left")
+        for col in ("layer", "router", "mean", "worst", "at step", "last", "starved experts (last step)"):
+            table.add_column(col)
+        for e in summary.experts:
+            starved = ", ".join(map(str, e.starved_experts)) or "-"
+            table.add_row(str(e.layer), e.name, f"{e.mean_imbalance:.2f}", f"{e.max_imbalance:.2f}",
+                          str(e.worst_step), f"{e.last_imbalance:.2f}",
+                          f"[red]{starved}[/]" if e.starved_experts else starved)
+        con.print(table)
+    else:
+        con.print("no MoE expert load recorded")
+
+    if summary.collapsed_heads:
+        heads = ", ".join(f"L{layer}·H{head} (from step {step})" for layer, head, step in summary.collapsed_heads)
+        con.print(f"[yellow]collapsed attention heads:[/] {heads}")
+
+    if not summary.slowest.empty:
+        table = Table(title="slowest modules (mean ms per step)", title_justify="left")
+        for col in ("module", "phase", "ms"):
+            table.add_column(col)
+        for row in summary.slowest.itertuples():
+            table.add_row(str(row.name), str(row.phase), f"{row.ms:.2f}")
+        con.print(table)
+
+    if summary.stragglers:
+        for rank, ms, median in summary.stragglers:
+            con.print(f"[bold yellow]straggler:[/] rank {rank}: {ms:.1f} ms per step, "
+                      f"{ms / median:.2f}× the median over ranks ({median:.1f} ms)")
+    elif summary.ranks > 1:
+        con.print("no straggler ranks")
