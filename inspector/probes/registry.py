@@ -28,8 +28,28 @@ def register_probe(cls: type[Probe] | None = None, *, default: bool = True) -> C
     return add(cls) if cls is not None else add
 
 
+def install_plugin_probes() -> None:
+    """Register the probes that plugins offer (imported now, in the training process only).
+
+    A probe class that fails to import is skipped with one warning naming its plugin.
+    """
+    import warnings
+
+    from inspector.plugins import PluginWarning, load_plugins
+
+    for entry in load_plugins().probes:
+        if entry.name in PROBES:
+            continue
+        try:
+            register_probe(entry.load(), default=entry.default)
+        except Exception as exc:  # a broken plugin never stops training
+            warnings.warn(f"inspector: probe {entry.name!r} of plugin {entry.plugin!r} skipped "
+                          f"({type(exc).__name__}: {exc})", PluginWarning, stacklevel=2)
+
+
 def resolve_probes(probes: str | Sequence[str]) -> list[str]:
     """Probe names for a set name or an explicit list (ValueError naming what is available)."""
+    install_plugin_probes()
     if isinstance(probes, str):
         if probes not in PROBE_SETS:
             raise ValueError(f"probes must be one of {sorted(PROBE_SETS)} or a list of probe names, not {probes!r}")

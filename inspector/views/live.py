@@ -78,9 +78,24 @@ class LiveRun:
         """A number that changes whenever rows of `kind` were added."""
         return self._versions.get(kind, 0)
 
+    def _tail(self, kind: str) -> None:
+        """Start tailing a kind first asked for now (a plugin's): read what is there already."""
+        cursor = self._cursors[kind] = self.reader.cursor(kind)
+        self._parts[kind], self._versions[kind] = [], 1
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RunWarning)
+            new = self.reader.read_new(cursor, refresh=False)
+        if new.num_rows:
+            self._parts[kind].append(new)
+
     def table(self, kind: str) -> pa.Table:
-        """Every row of `kind` read so far, all ranks (with a `rank` column)."""
+        """Every row of `kind` read so far, all ranks (with a `rank` column).
+
+        A kind not tailed yet (a plugin's) is tailed from now on, by every later `poll()`.
+        """
         with self._lock:
+            if kind not in self._cursors:
+                self._tail(kind)
             table = self._tables.get(kind)
             if table is None:
                 parts = self._parts.get(kind, [])

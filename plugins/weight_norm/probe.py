@@ -1,0 +1,57 @@
+"""WeightNormProbe: L2 norm and RMS of each block's parameters every `period` steps, on the device."""
+from __future__ import annotations
+
+import torch
+
+from inspector.probes.base import Probe, ProbeContext
+from inspector.probes.host import to_host
+from inspector.probes.model_map import find_blocks
+from plugins.weight_norm.kind import WEIGHT_NORM
+
+
+class WeightNormProbe(Probe):
+    """Per block: ‖w‖₂ over all its parameters and their root mean square (one host copy per sample)."""
+
+    name = "weight_norm"
+    kinds = (WEIGHT_NORM.name,)
+    period = 10
+
+    def attach(self, ctx: ProbeContext) -> str | None:
+        """Group the model's parameters by block (the whole model when it has no blocks)."""
+        super().attach(ctx)
+        self.groups: list[tuple[str, list[torch.nn.Parameter]]] = []
+        for name, block in find_blocks(ctx.model):
+            params = [p for p in block.parameters() if p.is_floating_point()]
+            if params:
+                self.groups.append((name, params))
+        if not self.groups:
+            return "the model has no floating-point parameters"
+        self.sizes = [sum(p.numel() for p in params) for _, params in self.groups]
+        return None
+
+    @torch.no_grad()
+    def on_step_end(self, step: int) -> None:
+        """Record the norms at every `period`-th step (after the optimizer step)."""
+        if step % self.period:
+            return
+        squares = torch.stack([torch.stack(torch._foreach_norm(params)).float().square().sum()
+                               for _, params in self.groups])
+        norm = squares.sqrt()
+        rms = (squares / torch.tensor(self.sizes, dtype=squares.dtype, device=squares.device)).sqrt()
+        both = to_host(torch.stack([norm, rms]))
+        self.ctx.recorder.submit(WEIGHT_NORM, {"name": [n for n, _ in self.groups],
+                                               "norm": _Row(both, 0), "rms": _Row(both, 1)},
+                                 len(self.groups), step=step)
+
+
+class _Row:
+    """Row `i` of a [2, blocks] host copy, resolved on the writer thread."""
+
+    __slots__ = ("value", "i")
+
+    def __init__(self, value, i: int) -> None:
+        self.value, self.i = value, i
+
+    def resolve(self):
+        """The row as a numpy array."""
+        return self.value.resolve()[self.i]
