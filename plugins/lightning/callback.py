@@ -1,0 +1,53 @@
+"""`InspectorCallback`: records a `lightning.Trainer` run with `inspector.watch`."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import lightning
+import torch
+
+import inspector
+
+
+class InspectorCallback(lightning.Callback):
+    """Attach the Inspector at fit start (first optimizer), record the training loss and logged
+    metrics after each batch, close at fit end. `run_dir` defaults to `<log_dir>/inspector`."""
+
+    def __init__(self, run_dir: str | Path | None = None, *, probes: str | Sequence[str] = "default",
+                 every: int | Mapping[str, int] | None = None, **watch_options: Any) -> None:
+        self.run_dir = run_dir
+        self.probes = probes
+        self.every = every
+        self.watch_options = watch_options
+        self.watch: inspector.Watch | None = None
+
+    def on_fit_start(self, trainer: "lightning.Trainer", pl_module: "lightning.LightningModule") -> None:
+        """Start recording the module; steps advance with its (first) optimizer."""
+        if self.watch is not None:
+            return
+        run_dir = Path(self.run_dir) if self.run_dir else Path(trainer.log_dir or trainer.default_root_dir) / "inspector"
+        optimizer = trainer.optimizers[0] if trainer.optimizers else None
+        self.watch = inspector.watch(pl_module, run_dir, optimizer=optimizer, probes=self.probes, every=self.every,
+                                     rank=trainer.global_rank, world_size=trainer.world_size, **self.watch_options)
+
+    def on_train_batch_end(self, trainer: "lightning.Trainer", pl_module: "lightning.LightningModule",
+                           outputs: Any, batch: Any, batch_idx: int) -> None:
+        """Record the batch's loss (a tensor: read later, no sync) and the scalars logged so far."""
+        if self.watch is None:
+            return
+        scalars: dict[str, Any] = {}
+        loss = outputs.get("loss") if isinstance(outputs, Mapping) else outputs
+        if isinstance(loss, torch.Tensor):
+            scalars["loss"] = loss.detach()
+        for name, value in trainer.callback_metrics.items():
+            if name != "loss" and isinstance(value, torch.Tensor) and value.numel() == 1:
+                scalars[name] = value.detach()
+        if scalars:
+            self.watch.step(**scalars)
+
+    def on_fit_end(self, trainer: "lightning.Trainer", pl_module: "lightning.LightningModule") -> None:
+        """Remove every hook and close the run."""
+        if self.watch is not None:
+            self.watch.close()
+            self.watch = None
