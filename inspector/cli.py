@@ -1,6 +1,6 @@
 """The `inspector` command: the one place that wires the layers together.
 
-Subcommands: `ls`, `info`, `export`, `demo`. Errors about runs are one line on stderr and exit 2.
+Subcommands: `ls`, `info`, `export`, `demo`, `dash`, `replay`, `tui`. Errors about runs are one line on stderr and exit 2.
 """
 from __future__ import annotations
 
@@ -103,12 +103,70 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_summary(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from inspector.summary_report import print_summary
+    from inspector.views.live import LiveRun
+    from inspector.views.summary import run_summary
+
+    run = LiveRun(args.run)
+    print_summary(run_summary(run), Console(width=args.width))
+    for problem in run.reader.problems:
+        print(f"warning: {problem}", file=sys.stderr)
+    return 0
+
+
+def _cmd_plugins(args: argparse.Namespace) -> int:
+    import warnings
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from inspector.plugins import PluginWarning, load_plugins
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PluginWarning)   # failures are shown in the table instead
+        registry = load_plugins()
+    table = Table(title="plugins (entry-point group inspector.plugins)", title_justify="left")
+    for col in ("plugin", "status", "from", "provides"):
+        table.add_column(col, overflow="fold")
+    for p in registry.plugins:
+        status = "[green]loaded[/]" if p.ok else f"[red]skipped[/]: {p.error}"
+        table.add_row(p.name, status, p.source, ", ".join(p.provides) or "-")
+    Console().print(table if registry.plugins else "no plugins installed")
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from inspector.demo import run_demo
 
     return run_demo(config=args.config, steps=args.steps, out=args.out, seed=args.seed, ranks=args.ranks,
                     slow_rank=args.slow_rank, probes=args.probes, batch_size=args.batch_size,
-                    seq_len=args.seq_len, progress=not args.no_progress)
+                    seq_len=args.seq_len, progress=not args.no_progress, dash=not args.no_dash, port=args.port,
+                    open_browser=not args.no_browser)
+
+
+def _cmd_dash(args: argparse.Namespace) -> int:
+    from inspector.dash_app.server import serve
+
+    path = Path(args.path)
+    if getattr(args, "replay", False):
+        from inspector.store.reader import RunReader
+
+        with _quiet_warnings():
+            RunReader(path).close()        # a replay needs a readable run: one-line error otherwise
+    elif not path.exists():
+        raise RunError(f"{path}: no such directory")
+    serve(path, host=args.host, port=args.port, token=args.token, open_browser=not args.no_browser)
+    return 0
+
+
+def _cmd_tui(args: argparse.Namespace) -> int:
+    from inspector.tui.app import run_tui
+    from inspector.tui.target import resolve_target
+
+    return run_tui(resolve_target(args.run), interval=args.interval, screen=args.screen)
 
 
 class _quiet_warnings:
@@ -149,6 +207,15 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--steps", help="step range FIRST:LAST (either may be empty)")
     ex.set_defaults(func=_cmd_export)
 
+    sm = sub.add_parser("summary", help="post-mortem report: anomalies, first non-finite value, expert balance, "
+                        "slowest modules, stragglers")
+    sm.add_argument("run")
+    sm.add_argument("--width", type=int, default=None, help="console width (default: the terminal's)")
+    sm.set_defaults(func=_cmd_summary)
+
+    pl = sub.add_parser("plugins", help="list the plugins that loaded (and those skipped, with why)")
+    pl.set_defaults(func=_cmd_plugins)
+
     demo = sub.add_parser("demo", help="train the built-in DeepSeek-style engine with the recorder on")
     demo.add_argument("--config", default="tiny", help="engine config (debug, tiny, small)")
     demo.add_argument("--steps", type=int, default=300)
@@ -160,7 +227,27 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--batch-size", type=int, default=None)
     demo.add_argument("--seq-len", type=int, default=None)
     demo.add_argument("--no-progress", action="store_true", help="no progress bar (for scripts)")
+    demo.add_argument("--no-dash", action="store_true", help="do not serve the dashboard (for scripts and tests)")
+    demo.add_argument("--no-browser", action="store_true", help="serve the dashboard but do not open a browser")
+    demo.add_argument("--port", type=int, default=8050, help="dashboard port on 127.0.0.1 (default 8050)")
     demo.set_defaults(func=_cmd_demo)
+
+    for name, helptext, argname in [("dash", "serve the web dashboard over a run or every run under a directory",
+                                     "RUN_OR_ROOT"), ("replay", "open the web dashboard on a finished run", "RUN")]:
+        d = sub.add_parser(name, help=helptext)
+        d.add_argument("path", metavar=argname)
+        d.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; others need --token)")
+        d.add_argument("--port", type=int, default=8050)
+        d.add_argument("--token", default=None, help="secret the browser must present (?token=, cookie or "
+                       "Authorization: Bearer); required off loopback")
+        d.add_argument("--no-browser", action="store_true", help="do not open a browser")
+        d.set_defaults(func=_cmd_dash, replay=name == "replay")
+
+    tui = sub.add_parser("tui", help="terminal UI: live monitor of every rank, or replay of a finished run")
+    tui.add_argument("run", metavar="RUN_OR_ROOT", help="a run directory, or a directory of runs (newest is shown)")
+    tui.add_argument("--interval", type=float, default=0.5, help="seconds between polls of a live run")
+    tui.add_argument("--screen", choices=["ranks", "run", "attention", "experts"], default="ranks")
+    tui.set_defaults(func=_cmd_tui)
     return p
 
 

@@ -77,11 +77,17 @@ def train_and_record(*, config: str, steps: int, out: Path, seed: int = 0, probe
 
 def run_demo(*, config: str = "tiny", steps: int = 300, out: str | None = None, seed: int = 0, ranks: int = 1,
              slow_rank: int | None = None, probes: str = "default", batch_size: int | None = None,
-             seq_len: int | None = None, progress: bool = True) -> int:
-    """Train (on `ranks` processes), record into `out`, and print where the run is; returns an exit code."""
+             seq_len: int | None = None, progress: bool = True, dash: bool = False, port: int = 8050,
+             open_browser: bool = True) -> int:
+    """Train (on `ranks` processes), record into `out`, and print where the run is; returns an exit code.
+
+    With `dash`, the dashboard serves the run live on 127.0.0.1:`port` while training and, when run
+    from a terminal, keeps serving after training ends until Ctrl-C.
+    """
     run_dir = Path(out) if out else default_run_dir()
     print(f"inspector demo: training engine config {config!r} for {steps} steps on {ranks} rank(s), "
           f"recording to {run_dir}", flush=True)
+    server = _start_dashboard(run_dir, port, open_browser) if dash else None
     try:
         if ranks > 1:
             code = _launch_torchrun(ranks, [
@@ -98,7 +104,44 @@ def run_demo(*, config: str = "tiny", steps: int = 300, out: str | None = None, 
     except KeyboardInterrupt:
         print("inspector demo: interrupted; the run so far is kept")
     _print_summary(run_dir)
+    if server is not None:
+        _serve_until_interrupted(server)
     return 0
+
+
+def _start_dashboard(run_dir: Path, port: int, open_browser: bool) -> Any:
+    """Serve the dashboard over `run_dir` (which may not exist yet) on a daemon thread; print its URL."""
+    import webbrowser
+
+    from inspector.dash_app.server import serve_in_thread
+
+    try:
+        server, _thread, url = serve_in_thread(run_dir, host="127.0.0.1", port=port)
+    except OSError as exc:      # port taken: training matters more than the dashboard
+        print(f"inspector demo: dashboard not started ({exc}); try --port, or `inspector dash {run_dir}` later",
+              file=sys.stderr, flush=True)
+        return None
+    print(f"inspector demo: dashboard at {url} (live while training)", flush=True)
+    if open_browser:
+        try:
+            webbrowser.open(url)
+        except Exception:
+            pass
+    return server
+
+
+def _serve_until_interrupted(server: Any) -> None:
+    if not (sys.stdin.isatty() and sys.stdout.isatty()):     # a script: nobody will press Ctrl-C
+        server.shutdown()
+        return
+    print("inspector demo: training done; the dashboard keeps serving the run (Ctrl-C to stop)", flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.shutdown()
 
 
 def _launch_torchrun(ranks: int, worker_args: Sequence[str]) -> int:

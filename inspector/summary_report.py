@@ -64,8 +64,9 @@ def print_summary(summary: RunSummary, console: Console | None = None) -> None:
         con.print(table)
 
     if summary.stragglers:
-        for rank, ms, median in summary.stragglers:
-            con.print(f"[bold yellow]straggler:[/] rank {rank}: {ms:.1f} ms per step, "
+        labels = {"step_ms": "step time", "compute_ms": "compute time (forward + data + optimizer)"}
+        for rank, measure, ms, median in summary.stragglers:
+            con.print(f"[bold yellow]straggler:[/] rank {rank}: {labels[measure]} {ms:.1f} ms per step, "
                       f"{ms / median:.2f}× the median over ranks ({median:.1f} ms)")
     elif summary.ranks > 1:
         con.print("no straggler ranks")

@@ -60,3 +60,30 @@ def expert_bias(run: LiveRun, *, step: int, rank: int = 0) -> tuple[list[int], n
     for i, b in enumerate(biases):
         mat[i, :len(b)] = b
     return rows["layer"].astype(int).tolist(), mat
+
+
+def expert_share_over_time(run: LiveRun, *, layer: int, rank: int = 0,
+                           max_steps: int = 500) -> tuple[np.ndarray, np.ndarray]:
+    """(steps, share of tokens [experts, steps]) of one MoE layer; at most `max_steps` columns (bins averaged).
+
+    Added by the dashboard (experts page: "change over time").
+    """
+    from inspector.views.gradients import bin_columns
+
+    def compute() -> tuple[np.ndarray, np.ndarray]:
+        df = _rows(run, rank)
+        if df.empty:
+            return np.empty(0, np.int64), np.zeros((0, 0))
+        sel = df[df["layer"] == layer].drop_duplicates("step", keep="last").sort_values("step")
+        if sel.empty:
+            return np.empty(0, np.int64), np.zeros((0, 0))
+        counts = [np.asarray(c, dtype=np.float64) for c in sel["counts"]]
+        width = max(len(c) for c in counts)
+        mat = np.zeros((width, len(counts)))
+        for i, c in enumerate(counts):
+            mat[:len(c), i] = c
+        totals = mat.sum(0)
+        share = np.divide(mat, totals, out=np.zeros_like(mat), where=totals > 0)
+        return bin_columns(sel["step"].to_numpy(np.int64), share, max_steps, "mean")
+
+    return run.cached(("expert_share_over_time", layer, rank, max_steps), ("expert_load",), compute)

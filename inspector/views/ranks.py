@@ -7,11 +7,11 @@ import pandas as pd
 from inspector.views.live import LiveRun
 from inspector.views.timing import step_totals
 
-RANK_COLUMNS = ["rank", "step", "step_ms", "tokens_per_s", "loss", "grad_norm", "gpu_util", "gpu_mem_used",
+RANK_COLUMNS = ["rank", "step", "step_ms", "compute_ms", "tokens_per_s", "loss", "grad_norm", "gpu_util", "gpu_mem_used",
                 "gpu_mem_total", "power_w", "temp_c", "status", "straggler"]
 """Columns of `rank_table`, in display order."""
 
-NUMERIC = ["step", "step_ms", "tokens_per_s", "loss", "grad_norm", "gpu_util", "gpu_mem_used", "gpu_mem_total",
+NUMERIC = ["step", "step_ms", "compute_ms", "tokens_per_s", "loss", "grad_norm", "gpu_util", "gpu_mem_used", "gpu_mem_total",
            "power_w", "temp_c"]
 
 
@@ -45,7 +45,13 @@ def straggler_flags(step_ms: dict[int, float], factor: float = 1.25) -> dict[int
 
 
 def rank_table(run: LiveRun, *, window: int = 20, straggler_factor: float = 1.25) -> pd.DataFrame:
-    """One row per rank (see `RANK_COLUMNS`); step time is the median of the last `window` steps."""
+    """One row per rank (see `RANK_COLUMNS`); times are medians over the last `window` steps.
+
+    A rank is a straggler when its step time, or its compute time (`compute_ms`: forward + data +
+    optimizer, the time outside collectives), exceeds `straggler_factor` × the median over ranks.
+    Under synchronous data parallelism the step times are all the slowest rank's, so there the
+    compute time is what shows who is slow.
+    """
     def compute() -> pd.DataFrame:
         ranks = run.ranks()
         scalars = run.frame("scalar")
@@ -54,7 +60,9 @@ def rank_table(run: LiveRun, *, window: int = 20, straggler_factor: float = 1.25
         recent = (totals.sort_values("step").groupby("rank")["ms"]
                   .apply(lambda ms: float(np.median(ms.to_numpy()[-window:]))).to_dict()) if len(totals) else {}
         step_ms = {r: recent.get(r, float("nan")) for r in ranks}
-        flags = straggler_flags(step_ms, straggler_factor)
+        compute = compute_ms(run, window=window)
+        slow_compute = straggler_flags({r: compute.get(r, float("nan")) for r in ranks}, straggler_factor)
+        flags = {r: f or slow_compute.get(r, False) for r, f in straggler_flags(step_ms, straggler_factor).items()}
         loss = _last_scalar(scalars, "loss")
         gnorm = _last_scalar(scalars, "grad_norm/global") or _last_scalar(scalars, "grad_norm")
         tps = _last_scalar(scalars, "tokens_per_s")
@@ -63,6 +71,7 @@ def rank_table(run: LiveRun, *, window: int = 20, straggler_factor: float = 1.25
         for r in ranks:
             g = gpu.loc[r] if r in gpu.index else {}
             rows.append({"rank": r, "step": run.reader.last_step(r), "step_ms": step_ms[r],
+                         "compute_ms": compute.get(r, np.nan),
                          "tokens_per_s": tps.get(r, np.nan), "loss": loss.get(r, np.nan),
                          "grad_norm": gnorm.get(r, np.nan),
                          **{c: float(g[c]) if len(g) and pd.notna(g[c]) else np.nan
@@ -82,3 +91,41 @@ def rank_summary(table: pd.DataFrame) -> pd.DataFrame:
 def step_time_history(run: LiveRun, rank: int, *, last: int = 60) -> np.ndarray:
     """The last `last` step times (ms) of `rank`, oldest first."""
     return step_totals(run, rank=rank)[-last:]
+
+
+def step_time_histories(run: LiveRun, *, last: int = 60) -> dict[int, np.ndarray]:
+    """The last `last` step times (ms) of every rank, oldest first, in one pass (for per-rank sparklines)."""
+    def compute() -> dict[int, np.ndarray]:
+        timing = run.frame("timing")
+        if timing.empty:
+            return {}
+        totals = timing[(timing["name"] == "step") & (timing["phase"] == "total")]
+        tail = totals.drop_duplicates(["rank", "step"], keep="last").sort_values(["rank", "step"])
+        return {int(r): g["ms"].to_numpy(dtype=np.float64)[-last:] for r, g in tail.groupby("rank")}
+
+    return run.cached(("step_time_histories", last), ("timing",), compute)
+
+
+_COMPUTE_ROWS = {"forward": "model", "data": "data", "optimizer": "optimizer"}
+
+
+def compute_ms(run: LiveRun, *, window: int = 20) -> dict[int, float]:
+    """Per rank: median over the last `window` steps of forward + data + optimizer ms.
+
+    Under synchronous data parallelism every rank's total step time is the slowest rank's (the others
+    wait in backward's all-reduce), so only the time spent outside collectives shows who is slow.
+    """
+    def compute() -> dict[int, float]:
+        timing = run.frame("timing")
+        if timing.empty:
+            return {}
+        mask = np.zeros(len(timing), dtype=bool)
+        for phase, owner in _COMPUTE_ROWS.items():
+            mask |= ((timing["phase"] == phase) & (timing["name"] == owner)).to_numpy()
+        sel = timing[mask]
+        if sel.empty:
+            return {}
+        per_step = sel.groupby(["rank", "step"])["ms"].sum().reset_index().sort_values(["rank", "step"])
+        return {int(r): float(np.median(g["ms"].to_numpy()[-window:])) for r, g in per_step.groupby("rank")}
+
+    return run.cached(("compute_ms", window), ("timing",), compute)

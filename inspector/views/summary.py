@@ -64,7 +64,7 @@ class RunSummary:
     first_nonfinite: AnomalyGroup | None = None
     experts: list[ExpertBalance] = field(default_factory=list)
     slowest: pd.DataFrame = field(default_factory=pd.DataFrame)
-    stragglers: list[tuple[int, float, float]] = field(default_factory=list)   # rank, step ms, median ms
+    stragglers: list[tuple[int, str, float, float]] = field(default_factory=list)  # rank, measure, ms, median ms
     collapsed_heads: list[tuple[int, int, int]] = field(default_factory=list)
 
 
@@ -111,8 +111,14 @@ def run_summary(run: LiveRun, *, top_modules: int = 8) -> RunSummary:
     order = {k: i for i, k in enumerate(NONFINITE_KINDS)}
     first_nonfinite = min(nonfinite, key=lambda g: (g.first_step, order[g.kind])) if nonfinite else None
     table = rank_table(run)
-    median = float(table["step_ms"].median()) if len(table) else float("nan")
-    stragglers = [(int(r.rank), float(r.step_ms), median) for r in table.itertuples() if r.straggler]
+    stragglers = []
+    for r in table.itertuples():
+        if r.straggler:
+            # Name the measure that sets the rank apart (compute time under synchronous DDP).
+            ratios = {col: getattr(r, col) / table[col].median() for col in ("step_ms", "compute_ms")
+                      if np.isfinite(getattr(r, col)) and table[col].median() > 0}
+            col = max(ratios, key=ratios.get)
+            stragglers.append((int(r.rank), col, float(getattr(r, col)), float(table[col].median())))
     return RunSummary(
         name=run.meta.name, status=run.status(), steps=run.last_step() + 1, ranks=len(run.ranks()),
         loss_first=float(finite.iloc[0]) if len(finite) else None,

@@ -12,7 +12,7 @@ from tests.conftest import inspector_cli
 @pytest.mark.multiproc
 def test_two_rank_torchrun_records_both_ranks(tmp_path: Path) -> None:
     run = tmp_path / "mr"
-    res = inspector_cli("demo", "--config", "debug", "--steps", "6", "--ranks", "2", "--out", str(run),
+    res = inspector_cli("demo", "--config", "debug", "--steps", "6", "--ranks", "2", "--no-dash", "--out", str(run),
                         "--batch-size", "2", "--seq-len", "32", "--no-progress", timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     r = inspector.open_run(run)

@@ -1,0 +1,79 @@
+"""Plotly figures in one light theme, built from views outputs (never from raw records)."""
+from __future__ import annotations
+
+import textwrap
+from typing import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+import plotly.io as pio
+
+TEMPLATE = "inspector"
+COLORWAY = ["#2563eb", "#dc2626", "#059669", "#d97706", "#7c3aed", "#0891b2", "#db2777", "#65a30d",
+            "#475569", "#ea580c"]
+PHASE_COLORS = {"forward": "#2563eb", "backward": "#7c3aed", "optimizer": "#059669", "data": "#d97706",
+                "other": "#94a3b8"}
+HEAT = "Viridis"
+MAX_LEGEND = 12
+
+_base = pio.templates["plotly_white"]
+pio.templates[TEMPLATE] = go.layout.Template(_base).update(layout=dict(
+    colorway=COLORWAY, font=dict(family="Liberation Sans, Arial, sans-serif", size=12, color="#1e293b"),
+    margin=dict(l=56, r=16, t=64, b=40),
+    title=dict(font=dict(size=14), x=0.01, xanchor="left", y=0.985, yref="container", yanchor="top"),
+    legend=dict(orientation="h", yanchor="bottom", y=1.01, xanchor="left", x=0.0, font=dict(size=11)),
+    hoverlabel=dict(font_size=12), paper_bgcolor="white", plot_bgcolor="white"))
+
+
+def empty_figure(message: str, *, height: int = 260) -> go.Figure:
+    """A blank figure that says why there is nothing to draw."""
+    fig = go.Figure(layout=dict(template=TEMPLATE, height=height, xaxis=dict(visible=False),
+                                yaxis=dict(visible=False), meta={"empty": message}))
+    fig.add_annotation(text="<br>".join(textwrap.wrap(message, 70)) or message, x=0.5, y=0.5, xref="paper", yref="paper", showarrow=False,
+                       font=dict(size=14, color="#64748b"))
+    return fig
+
+
+def line_figure(series: Mapping[str, pd.DataFrame], *, title: str, ytitle: str = "", xcol: str = "step",
+                xtitle: str = "step", log_y: bool = False, height: int = 260, empty: str = "nothing recorded",
+                mode: str = "lines") -> go.Figure:
+    """One line per entry of `series` (frames with `xcol` and `value`), already downsampled by the views."""
+    series = {k: v for k, v in series.items() if v is not None and len(v)}
+    if not series:
+        return empty_figure(f"{title}: {empty}", height=height)
+    fig = go.Figure(layout=dict(template=TEMPLATE, height=height, title=title,
+                                xaxis=dict(title=xtitle), yaxis=dict(title=ytitle, type="log" if log_y else "linear"),
+                                showlegend=1 < len(series) <= MAX_LEGEND))
+    if len(series) > MAX_LEGEND:
+        fig.update_layout(title=f"{title} ({len(series)} series; hover for names)")
+    for name, df in series.items():
+        fig.add_trace(go.Scatter(x=df[xcol].to_numpy(), y=df["value"].to_numpy(np.float64), name=name, mode=mode,
+                                 line=dict(width=1.5), hovertemplate=f"{name}<br>{xtitle} %{{x}}<br>%{{y:.4g}}<extra></extra>"))
+    return fig
+
+
+def heatmap_figure(z: np.ndarray, *, x: Sequence | np.ndarray, y: Sequence[str] | np.ndarray, title: str,
+                   xtitle: str = "step", ytitle: str = "", ztitle: str = "", height: int = 320,
+                   colorscale: str = HEAT, log: bool = False, hover: str = "%{y}<br>step %{x}<br>%{z:.4g}",
+                   zmin: float | None = None, zmax: float | None = None) -> go.Figure:
+    """A heatmap [rows, columns]; `log` colours by log10 (the hover shows the raw value)."""
+    z = np.asarray(z, dtype=np.float64)
+    shown = z
+    if log:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            shown = np.where(z > 0, np.log10(z), np.nan)
+        ztitle = f"log10 {ztitle}".strip()
+    fig = go.Figure(go.Heatmap(z=shown, x=np.asarray(x), y=list(y), colorscale=colorscale, zmin=zmin, zmax=zmax,
+                               customdata=z if log else None, colorbar=dict(title=dict(text=ztitle, side="right"), thickness=12),
+                               hovertemplate=(hover.replace("%{z", "%{customdata") if log else hover) + "<extra></extra>"),
+                    layout=dict(template=TEMPLATE, height=height, title=title, xaxis=dict(title=xtitle),
+                                yaxis=dict(title=ytitle, autorange="reversed", automargin=True)))
+    return fig
+
+
+def add_step_marker(fig: go.Figure, step: int | None) -> go.Figure:
+    """A dashed vertical line at the selected step."""
+    if step is not None and fig.data:
+        fig.add_vline(x=step, line=dict(color="#f97316", width=1.5, dash="dash"))
+    return fig

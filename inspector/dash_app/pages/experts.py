@@ -1,0 +1,109 @@
+"""Experts: tokens per expert (layer × expert) at the selected step, one layer's shares over time,
+imbalance over time and the balance-bias values."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from dash import Input, Output, dcc, html
+
+from inspector.dash_app.components import graph, panel
+from inspector.dash_app.context import AppContext, guarded, selected_step
+from inspector.dash_app.figures import empty_figure, heatmap_figure, line_figure
+from inspector.views.downsample import downsample_indices
+from inspector.views.experts import (expert_bias, expert_counts, expert_share_over_time, expert_steps,
+                                     imbalance_series)
+from inspector.views.steps import nearest_at_or_before
+
+PATH = "/experts"
+TITLE = "Experts"
+NO_EXPERTS = "no expert load recorded in this run (not an MoE model, or the experts probe is off)"
+
+
+def layout() -> html.Div:
+    """Counts and bias at the step; imbalance and one layer's shares over time."""
+    return html.Div(className="page", children=[
+        panel(graph("exp-counts", 340)), panel(graph("exp-bias", 340)),
+        panel(graph("exp-imbalance", 300), wide=True),
+        panel(html.Div(className="controls", children=[
+            html.Span("MoE layer"), dcc.Dropdown(id="exp-layer", options=[], value=None, clearable=False)]),
+            graph("exp-share", 340), wide=True),
+    ])
+
+
+def _height(rows: int) -> int:
+    return max(340, min(800, 22 * rows + 140))
+
+
+def counts_figure(run, step: int):
+    """Tokens per expert (columns) per MoE layer (rows) at the nearest recorded step ≤ `step`."""
+    layers, counts = expert_counts(run, step=step)
+    if not layers:
+        return empty_figure(NO_EXPERTS, height=340)
+    at = nearest_at_or_before(expert_steps(run), step)
+    return heatmap_figure(counts, x=np.arange(counts.shape[1]), y=[f"L{l}" for l in layers],
+                          title=f"tokens per expert at step {at:,}", xtitle="expert", ztitle="tokens",
+                          height=_height(len(layers)), hover="%{y} · expert %{x}<br>%{z:,} tokens")
+
+
+def bias_figure(run, step: int):
+    """The router's balance bias per layer and expert (DeepSeek-V3 style routers), or why there is none."""
+    layers, bias = expert_bias(run, step=step)
+    if not layers:
+        return empty_figure(NO_EXPERTS, height=340)
+    if bias is None or not np.isfinite(bias).any():
+        return empty_figure("this router has no balance bias", height=340)
+    at = nearest_at_or_before(expert_steps(run), step)
+    return heatmap_figure(bias, x=np.arange(bias.shape[1]), y=[f"L{l}" for l in layers], colorscale="RdBu",
+                          title=f"balance bias at step {at:,}", xtitle="expert", ztitle="bias",
+                          height=_height(len(layers)), hover="%{y} · expert %{x}<br>bias %{z:.4g}",
+                          zmin=-float(np.nanmax(np.abs(bias))) or None, zmax=float(np.nanmax(np.abs(bias))) or None)
+
+
+def imbalance_figure(run):
+    """Imbalance (max/mean tokens) of every MoE layer over steps, downsampled."""
+    df = imbalance_series(run)
+    series = {}
+    for layer, sel in df.groupby("layer", sort=True):
+        x, y = sel["step"].to_numpy(), sel["imbalance"].to_numpy(np.float64)
+        idx = downsample_indices(x, y)
+        series[f"L{layer}"] = pd.DataFrame({"step": x[idx], "value": y[idx]})
+    return line_figure(series, title="expert imbalance (max / mean tokens) per layer", ytitle="imbalance",
+                       height=300, empty=NO_EXPERTS)
+
+
+def share_figure(run, layer):
+    """Share of one layer's tokens per expert over steps."""
+    if layer is None:
+        return empty_figure(NO_EXPERTS, height=340)
+    steps, share = expert_share_over_time(run, layer=int(layer))
+    if share.size == 0:
+        return empty_figure(f"no expert load for layer {layer}", height=340)
+    return heatmap_figure(share, x=steps, y=[f"E{e}" for e in range(share.shape[0])],
+                          title=f"layer {layer}: share of tokens per expert over steps", ztitle="share",
+                          height=max(340, min(800, 12 * share.shape[0] + 140)),
+                          hover="%{y}<br>step %{x}<br>%{z:.1%}")
+
+
+def register(app, context: AppContext) -> None:
+    """Counts and bias follow the step control; imbalance and shares follow the run."""
+    @app.callback(Output("exp-counts", "figure"), Output("exp-bias", "figure"), Input("run-state", "data"),
+                  Input("step", "data"))
+    @guarded(lambda msg: (empty_figure(msg, height=340), empty_figure(msg, height=340)))
+    def draw_step(state, step):
+        ref = context.run_for(state)
+        if ref.run is None:
+            return empty_figure(ref.message, height=340), empty_figure(ref.message, height=340)
+        s = selected_step(step)
+        return counts_figure(ref.run, s), bias_figure(ref.run, s)
+
+    @app.callback(Output("exp-imbalance", "figure"), Output("exp-share", "figure"), Output("exp-layer", "options"),
+                  Output("exp-layer", "value"), Input("run-state", "data"), Input("exp-layer", "value"))
+    @guarded(lambda msg: (empty_figure(msg, height=300), empty_figure(msg, height=340), [], None))
+    def draw_run(state, layer):
+        ref = context.run_for(state)
+        if ref.run is None:
+            return empty_figure(ref.message, height=300), empty_figure(ref.message, height=340), [], None
+        layers = sorted(imbalance_series(ref.run)["layer"].unique().tolist())
+        value = layer if layer in layers else (layers[0] if layers else None)
+        return (imbalance_figure(ref.run), share_figure(ref.run, value),
+                [{"label": f"layer {l}", "value": l} for l in layers], value)

@@ -1,0 +1,106 @@
+"""Overview: loss and eval loss with anomaly markers, learning rate, grad norm, step-time split, anomalies."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+from dash import Input, Output, html
+
+from inspector.dash_app.components import graph, message, panel
+from inspector.dash_app.context import AppContext, guarded
+from inspector.dash_app.figures import PHASE_COLORS, TEMPLATE, empty_figure, line_figure
+from inspector.views.anomalies import anomaly_list
+from inspector.views.compare import grad_norm_name
+from inspector.views.overview import eval_loss_name
+from inspector.views.series import scalar_names, scalar_series
+from inspector.views.timing import PHASES, step_breakdown
+
+PATH = "/"
+TITLE = "Overview"
+GRAPHS = ["ov-loss", "ov-lr", "ov-gnorm", "ov-time"]
+
+
+def layout() -> html.Div:
+    """The page's panels (filled by the callback)."""
+    return html.Div(className="page", children=[
+        panel(graph("ov-loss", 300), wide=True),
+        panel(graph("ov-lr")), panel(graph("ov-gnorm")),
+        panel(graph("ov-time", 280), wide=True),
+        panel(html.H3("anomalies"), html.Div(id="ov-anomalies", className="anomalies"), wide=True),
+    ])
+
+
+def loss_figure(run) -> go.Figure:
+    """Loss (rank 0) and eval loss, with a marker at every anomaly's step."""
+    loss = scalar_series(run, "loss", rank=0) if "loss" in scalar_names(run) else pd.DataFrame()
+    series = {"loss": loss}
+    ev = eval_loss_name(run)
+    if ev:
+        series[ev] = scalar_series(run, ev, rank=0)
+    fig = line_figure(series, title="loss", ytitle="loss", empty="no loss recorded")
+    for name, trace in zip(series, fig.data):
+        if name != "loss":
+            trace.update(mode="lines+markers", marker=dict(size=5))
+    anomalies = anomaly_list(run, limit=500)
+    if len(loss) and len(anomalies):
+        steps = anomalies["step"].to_numpy(np.float64)
+        y = np.interp(steps, loss["step"].to_numpy(np.float64), loss["value"].to_numpy(np.float64))
+        text = [f"step {s}: {k} {m}".strip() for s, k, m in zip(anomalies["step"], anomalies["kind"],
+                                                                 anomalies["message"])]
+        fig.add_trace(go.Scatter(x=steps, y=y, mode="markers", name="anomaly", text=text,
+                                 marker=dict(symbol="x", size=10, color="#dc2626", line=dict(width=1)),
+                                 hovertemplate="%{text}<extra></extra>"))
+        fig.update_layout(showlegend=True)
+    return fig
+
+
+def time_figure(run) -> go.Figure:
+    """Step time split into forward / backward / optimizer / data / other, stacked."""
+    df = step_breakdown(run, rank=0)
+    if df.empty:
+        return empty_figure("step time: no timing recorded", height=280)
+    fig = go.Figure(layout=dict(template=TEMPLATE, height=280, title="step time (rank 0)",
+                                xaxis=dict(title="step"), yaxis=dict(title="ms")))
+    for phase in PHASES:
+        if phase in df and float(df[phase].abs().sum()) > 0:
+            fig.add_trace(go.Scatter(x=df["step"].to_numpy(), y=df[phase].to_numpy(np.float64), name=phase,
+                                     stackgroup="time", mode="lines", line=dict(width=0.5, color=PHASE_COLORS[phase]),
+                                     hovertemplate=f"{phase} %{{y:.1f}} ms<extra></extra>"))
+    return fig
+
+
+def anomaly_table(run) -> html.Div:
+    """The newest anomalies; each step is a button that moves the global step control there."""
+    df = anomaly_list(run, limit=200)
+    if df.empty:
+        return message("no anomalies recorded")
+    rows = [html.Tr([html.Td(html.Button(f"step {int(r.step)}", id={"type": "goto-step", "step": int(r.step),
+                                                                    "row": int(r.Index)},
+                                         n_clicks=0, className="step-link")),
+                     html.Td(f"rank {int(r.rank)}"), html.Td(r.kind), html.Td(r.module or "—"), html.Td(r.message)])
+            for r in df.itertuples()]
+    head = html.Tr([html.Th(c) for c in ("step", "rank", "kind", "module", "message")])
+    return html.Table([html.Thead(head), html.Tbody(rows)])
+
+
+def _fallback(msg: str):
+    return (*[empty_figure(msg) for _ in GRAPHS], message(msg))
+
+
+def register(app, context: AppContext) -> None:
+    """The page's callback: every panel from the run state (redrawn only when new records arrive)."""
+    @app.callback(*[Output(g, "figure") for g in GRAPHS], Output("ov-anomalies", "children"),
+                  Input("run-state", "data"))
+    @guarded(_fallback)
+    def draw(state):
+        ref = context.run_for(state)
+        if ref.run is None:
+            return _fallback(ref.message)
+        run = ref.run
+        names = scalar_names(run)
+        lr = line_figure({"lr": scalar_series(run, "lr", rank=0)} if "lr" in names else {},
+                         title="learning rate", empty="no learning rate recorded")
+        gname = grad_norm_name(run)
+        gnorm = line_figure({"grad norm": scalar_series(run, gname, rank=0)} if gname else {},
+                            title="global grad norm", empty="no gradient norm recorded")
+        return loss_figure(run), lr, gnorm, time_figure(run), anomaly_table(run)

@@ -1,0 +1,114 @@
+"""Turn a LiveRun and a Request into the payload one screen draws (runs on the poller thread)."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from inspector.tui.state import RUN_SERIES, AttentionData, ExpertsData, PluginData, RanksData, Request, RunData
+from inspector.views import anomalies, attention, experts, ranks, series, timing
+from inspector.views.live import LiveRun
+from inspector.views.steps import nearest_at_or_before
+
+SERIES_POINTS = 240
+
+
+def build_ranks(run: LiveRun, req: Request) -> RanksData:
+    """Rank table, its min/median/max summary and the step-time histories."""
+    table = ranks.rank_table(run)
+    summary = ranks.rank_summary(table) if not table.empty else pd.DataFrame()
+    return RanksData(table=table, summary=summary, history=ranks.step_time_histories(run, last=60))
+
+
+def _value_at(df: pd.DataFrame, step: int) -> float:
+    if df.empty:
+        return float("nan")
+    steps = df["step"].to_numpy()
+    i = int(np.searchsorted(steps, step, side="right")) - 1
+    return float(df["value"].iloc[max(i, 0)])
+
+
+def build_run(run: LiveRun, req: Request, cursor: int) -> RunData:
+    """Loss, grad norm and learning-rate series up to the cursor, phase shares, anomaly feed."""
+    names = set(series.scalar_names(run))
+    picked: dict[str, str | None] = {}
+    data: dict[str, pd.DataFrame] = {}
+    at: dict[str, float] = {}
+    for title, candidates in RUN_SERIES.items():
+        name = next((c for c in candidates if c in names), None)
+        picked[title] = name
+        if name is None:
+            data[title] = pd.DataFrame(columns=["step", "value"])
+            continue
+        full = series.scalar_series(run, name, rank=req.rank, max_points=1 << 62)
+        upto = full[full["step"] <= cursor]
+        data[title] = series.downsample_series(upto["step"].to_numpy(), upto["value"].to_numpy(), SERIES_POINTS)
+        at[title] = _value_at(full, cursor)
+    return RunData(series=data, series_names=picked, shares=timing.phase_shares(run, rank=req.rank),
+                   anomalies=anomalies.anomaly_list(run, limit=200), at_cursor=at)
+
+
+def _pick(options: list[int], wanted: int | None) -> int | None:
+    if not options:
+        return None
+    return wanted if wanted in options else options[0]
+
+
+def _heads(run: LiveRun, step: int, layer: int, req: Request) -> list[int]:
+    for head in dict.fromkeys([req.head if req.head is not None else 0, 0]):
+        found = attention.attention_matrix(run, step=step, layer=layer, head=head, rank=req.rank)
+        if found is not None:
+            return found.heads
+    return sorted(h for (lay, h) in attention.attention_grid(run, step=step, rank=req.rank) if lay == layer)
+
+
+def build_attention(run: LiveRun, req: Request, cursor: int) -> AttentionData:
+    """The recorded attention steps, the chosen layer/head's map at the step ≤ cursor, head stats."""
+    steps = attention.attention_steps(run, req.rank)
+    step = nearest_at_or_before(steps, cursor)
+    if step is None:
+        return AttentionData(steps=[], step=None, layers=[], layer=None, heads=[], head=None, matrix=None,
+                             stats=attention.head_stats(run, step=cursor, rank=req.rank))
+    layers = attention.attention_layers(run, step=step, rank=req.rank)
+    layer = _pick(layers, req.layer)
+    heads: list[int] = []
+    matrix = None
+    if layer is not None:
+        heads = _heads(run, step, layer, req)
+        chosen = _pick(heads, req.head)
+        found = attention.attention_matrix(run, step=step, layer=layer, head=chosen, rank=req.rank) \
+            if chosen is not None else None
+        matrix = found.probs if found is not None else None
+    head = _pick(heads, req.head)
+    return AttentionData(steps=steps, step=step, layers=layers, layer=layer, heads=heads, head=head,
+                         matrix=matrix, stats=attention.head_stats(run, step=step, rank=req.rank))
+
+
+def build_experts(run: LiveRun, req: Request, cursor: int) -> ExpertsData:
+    """Tokens per expert per layer at the recorded step ≤ cursor, with each layer's imbalance."""
+    steps = experts.expert_steps(run, req.rank)
+    step = nearest_at_or_before(steps, cursor)
+    if step is None:
+        return ExpertsData(steps=[], step=None, layers=[], counts=np.zeros((0, 0)), imbalance=pd.DataFrame())
+    layers, counts = experts.expert_counts(run, step=step, rank=req.rank)
+    imb = experts.imbalance_series(run, rank=req.rank)
+    return ExpertsData(steps=steps, step=step, layers=layers, counts=counts,
+                       imbalance=imb[imb["step"] == step].reset_index(drop=True))
+
+
+def build_plugin(run: LiveRun, req: Request, cursor: int) -> PluginData:
+    """What the plugin's render function returns for the cursor step."""
+    from inspector.plugins import load_plugins
+
+    name = req.screen.split(":", 1)[1]
+    entry = next(s for s in load_plugins().tui_screens if s.name == name)
+    return PluginData(plugin=entry.plugin, renderable=entry.render(run, cursor))
+
+
+BUILDERS = {"ranks": lambda run, req, cursor: build_ranks(run, req), "run": build_run,
+            "attention": build_attention, "experts": build_experts}
+"""Screen name -> payload builder (run, request, cursor step); plugin screens use `build_plugin`."""
+
+
+def builder(screen: str):
+    """The payload builder of a screen name ("plugin:<name>" for a plugin's)."""
+    return build_plugin if screen.startswith("plugin:") else BUILDERS[screen]

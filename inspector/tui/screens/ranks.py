@@ -1,0 +1,94 @@
+"""Ranks screen: one row per rank, stragglers in red, a min/median/max summary below."""
+from __future__ import annotations
+
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.widgets import DataTable, Static
+
+from inspector.tui.screens.base import InspectorScreen
+from inspector.tui.state import RanksData, Snapshot
+from inspector.tui.widgets.rank_table import COLUMNS, SORTABLE, WIDTHS, RankTable, cells
+
+LABELS = dict(COLUMNS)
+
+
+class RanksScreen(InspectorScreen):
+    """Every rank of the job: progress, speed, loss, GPU state, status and straggler flag."""
+
+    NAME = "ranks"
+    PAYLOAD = RanksData
+    BINDINGS = [Binding("s", "sort", "Sort column"), Binding("r", "reverse", "Reverse"),
+                Binding("enter", "open_rank", "Show rank")]
+
+    sort_key = "rank"
+    descending = False
+
+    def compose_body(self) -> ComposeResult:
+        """Title, rank table, summary table."""
+        yield Static("", id="ranks-title", classes="title")
+        yield RankTable(id="rank-table", cursor_type="row", zebra_stripes=True)
+        yield Static("min / median / max over ranks", classes="title")
+        yield DataTable(id="rank-summary", cursor_type="none", show_cursor=False)
+
+    def on_mount(self) -> None:
+        """Summary columns match the rank table's."""
+        summary = self.query_one("#rank-summary", DataTable)
+        for key, label in COLUMNS:
+            summary.add_column("" if key in ("rank", "status", "history") else label, key=key, width=WIDTHS[key])
+        self.query_one(RankTable).focus()
+
+    def draw(self, payload: RanksData, snap: Snapshot) -> str | None:
+        """Fill both tables; the message names the stragglers."""
+        table = payload.table
+        if table.empty:
+            return "no rank has recorded anything yet"
+        rank_table = self.query_one(RankTable)
+        rank_table.styles.max_height = max(4, self.size.height - 14)
+        rank_table.show(table, payload.history, self.sort_key, self.descending)
+        summary = self.query_one("#rank-summary", DataTable)
+        summary.clear()
+        for label, row in payload.summary.iterrows():
+            summary.add_row(*cells({"rank": str(label), **row.to_dict()}))
+        stragglers = table.loc[table["straggler"].astype(bool), "rank"].astype(int).tolist()
+        arrow = "↓" if self.descending else "↑"
+        self.query_one("#ranks-title", Static).update(
+            f"{len(table)} ranks · sorted by {LABELS[self.sort_key]} {arrow} · "
+            f"{len(stragglers)} straggler{'s' if len(stragglers) != 1 else ''}"
+            + (f": rank {', '.join(map(str, stragglers))}" if stragglers else ""))
+        if stragglers:
+            return f"⚠ straggler: rank {', '.join(map(str, stragglers))} (step or compute time > 1.25 × median of ranks)"
+        return None
+
+    def action_sort(self) -> None:
+        """Sort by the next column."""
+        self.sort_key = SORTABLE[(SORTABLE.index(self.sort_key) + 1) % len(SORTABLE)]
+        self.descending = self.sort_key not in ("rank", "status")
+        self.redraw()
+
+    def action_reverse(self) -> None:
+        """Reverse the sort order."""
+        self.descending = not self.descending
+        self.redraw()
+
+    def on_data_table_header_selected(self, event: DataTable.HeaderSelected) -> None:
+        """Clicking a column header sorts by it (again: reverses)."""
+        key = str(event.column_key.value)
+        if key not in SORTABLE or event.data_table.id != "rank-table":
+            return
+        self.descending = (not self.descending) if key == self.sort_key else key not in ("rank", "status")
+        self.sort_key = key
+        self.redraw()
+
+    def action_open_rank(self) -> None:
+        """Show the highlighted rank on the Run screen."""
+        table = self.query_one(RankTable)
+        if table.row_count:
+            rank = int(table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value)
+            self.inspector.select_rank(rank)
+            self.inspector.action_screen("run")
+
+    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
+        """Enter on a rank row opens it."""
+        event.stop()
+        self.action_open_rank()
+

@@ -1,0 +1,106 @@
+"""What the UI asks the poller for (`Request`) and what it gets back to draw (`Snapshot`).
+
+Snapshots are built off the UI thread and are only read by the screens, so rendering never waits
+on disk. Each screen draws from its own payload; a payload is None until first built.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import numpy as np
+    import pandas as pd
+
+SCREENS = ("ranks", "run", "attention", "experts")
+"""Screen names, in the order of their number keys."""
+
+RUN_SERIES = {"loss": ("loss",), "grad norm": ("grad_norm/global", "grad_norm"), "learning rate": ("lr",)}
+"""Charts of the Run screen: title -> scalar names to try, first found wins."""
+
+
+@dataclass(frozen=True)
+class Request:
+    """The UI's current selection: the screen shown, the step cursor (None follows the newest step),
+    the rank that per-rank screens show, and the attention layer and head."""
+
+    screen: str = "ranks"
+    cursor: int | None = None
+    rank: int = 0
+    layer: int | None = None
+    head: int | None = None
+
+
+@dataclass
+class RanksData:
+    """Ranks screen: one row per rank, the min/median/max summary, recent step times per rank."""
+
+    table: pd.DataFrame
+    summary: pd.DataFrame
+    history: dict[int, np.ndarray]
+
+
+@dataclass
+class RunData:
+    """Run screen: scalar series (step, value), the phase share bar and the anomaly feed."""
+
+    series: dict[str, pd.DataFrame]
+    series_names: dict[str, str | None]
+    shares: dict[str, float]
+    anomalies: pd.DataFrame
+    at_cursor: dict[str, float]
+
+
+@dataclass
+class AttentionData:
+    """Attention screen: the recorded steps/layers/heads, one head's map and the per-head stats."""
+
+    steps: list[int]
+    step: int | None
+    layers: list[int]
+    layer: int | None
+    heads: list[int]
+    head: int | None
+    matrix: np.ndarray | None
+    stats: pd.DataFrame
+
+
+@dataclass
+class ExpertsData:
+    """Experts screen: tokens per expert per layer at the step, and each layer's imbalance."""
+
+    steps: list[int]
+    step: int | None
+    layers: list[int]
+    counts: np.ndarray
+    imbalance: pd.DataFrame
+
+
+@dataclass
+class PluginData:
+    """A plugin's screen: what its render function returned (a rich renderable, or text)."""
+
+    plugin: str
+    renderable: object
+
+
+@dataclass
+class Snapshot:
+    """Everything drawn at one refresh. `error` replaces the whole UI (no readable run yet)."""
+
+    request: Request
+    header: str = ""
+    status: str = "empty"
+    last_step: int = -1
+    ranks: list[int] = field(default_factory=list)
+    error: str | None = None
+    payload: RanksData | RunData | AttentionData | ExpertsData | PluginData | None = None
+    problem: str | None = None
+    serial: int = 0
+
+    @property
+    def cursor_step(self) -> int:
+        """The step the per-step screens show: the cursor, or the newest step when following."""
+        c = self.request.cursor
+        return max(self.last_step, 0) if c is None else c

@@ -1,0 +1,156 @@
+"""Regenerate the shipped sample runs (deterministic: fixed seeds, one torch thread).
+
+    .venv/bin/python sample_runs/make_samples.py [--only NAME] [--out sample_runs]
+
+- `healthy-moe`: the engine's `debug_v3` model (DeepSeek-V3 routing with balance bias, 3 layers)
+  trained with every probe, heavy probes sampled every 10 steps.
+- `faults`: the `debug` model with four planted faults, each recorded in the run's config under
+  `planted_faults` (the tests check that `inspector summary` finds every one):
+  a learning-rate spike that makes the loss jump, a NaN from a known module at a known step (the
+  step is then undone, as trainers that skip non-finite steps do), an expert that the router
+  never picks from some step on, and an attention head whose queries are scaled up until it collapses.
+- `straggler-4rank`: four ranks under torchrun (gloo), rank 2 sleeping in every forward.
+Timings differ from machine to machine; every recorded number that is not a time is reproducible.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import inspector
+from engine.config import get_config
+from engine.training import TrainConfig, Trainer
+from inspector.demo import RecordingCallback
+
+HERE = Path(__file__).resolve().parent
+EVERY = {"attention": 10, "activations": 10, "gradients": 10, "experts": 5}
+
+FAULTS = {
+    "lr_spike": {"step": 60, "factor": 40.0},
+    "nan": {"step": 90, "module": "layers.0.ffn"},
+    "starved_expert": {"from_step": 20, "module": "layers.1.ffn.router", "expert": 5},
+    "collapsed_head": {"from_step": 50, "module": "layers.1.attn.qk_capture", "layer": 1, "head": 2, "scale": 40.0},
+}
+
+
+class FaultPlanter:
+    """Forward hooks and a trainer callback that plant the `FAULTS` at their steps."""
+
+    def __init__(self, trainer: Trainer) -> None:
+        self.trainer = trainer
+        self.snapshot: dict[str, Any] | None = None
+        modules = dict(trainer.model.named_modules())
+        f = FAULTS
+        modules[f["nan"]["module"]].register_forward_hook(self._nan)
+        modules[f["starved_expert"]["module"]].register_forward_hook(self._starve)
+        modules[f["collapsed_head"]["module"]].register_forward_hook(self._collapse)
+
+    def _nan(self, module: torch.nn.Module, args: Any, out: torch.Tensor) -> torch.Tensor | None:
+        if self.trainer.step == FAULTS["nan"]["step"] and module.training:
+            out = out.clone()
+            out[0, 0, 0] = float("nan")
+            return out
+        return None
+
+    def _starve(self, router: torch.nn.Module, args: Any, out: tuple) -> tuple | None:
+        if self.trainer.step < FAULTS["starved_expert"]["from_step"]:
+            return None
+        scores_NE, _, indices_NK = out
+        select_NE = scores_NE.clone()
+        select_NE[:, FAULTS["starved_expert"]["expert"]] = float("-inf")
+        indices_NK = select_NE.topk(indices_NK.shape[1], dim=-1).indices
+        weights_NK = scores_NE.gather(1, indices_NK)
+        if router.norm_topk_prob:
+            weights_NK = weights_NK / weights_NK.sum(-1, keepdim=True)
+        return scores_NE, weights_NK * router.route_scale, indices_NK
+
+    def _collapse(self, module: torch.nn.Module, args: Any, out: tuple) -> tuple | None:
+        c = FAULTS["collapsed_head"]
+        if self.trainer.step < c["from_step"]:
+            return None
+        q_BHTD, k_BHSD = out
+        q_BHTD = q_BHTD.clone()
+        q_BHTD[:, c["head"]] *= c["scale"]
+        return q_BHTD, k_BHSD
+
+    def on_step_end(self, trainer: Trainer, step: int, metrics: dict[str, float]) -> None:
+        """Spike the learning rate for one step; undo the NaN step from a snapshot."""
+        nan_step = FAULTS["nan"]["step"]
+        if step == FAULTS["lr_spike"]["step"]:
+            for group in trainer.optimizer.param_groups:
+                group["lr"] *= FAULTS["lr_spike"]["factor"]
+        if step == nan_step:
+            self.snapshot = {"model": copy.deepcopy(trainer.model.state_dict()),
+                             "optimizer": copy.deepcopy(trainer.optimizer.state_dict())}
+        elif step == nan_step + 1 and self.snapshot is not None:
+            trainer.model.load_state_dict(self.snapshot["model"])
+            trainer.optimizer.load_state_dict(self.snapshot["optimizer"])
+            self.snapshot = None
+
+
+def train(name: str, config: str, steps: int, out: Path, *, faults: bool = False, n_layers: int | None = None) -> None:
+    """Train one sample run into `out` (removed first)."""
+    shutil.rmtree(out, ignore_errors=True)
+    torch.set_num_threads(1)
+    overrides = {"n_layers": n_layers} if n_layers else {}
+    model_cfg = get_config(config, **overrides)
+    train_cfg = TrainConfig(steps=steps, seed=0, batch_size=8, seq_len=64, eval_every=20, progress=True)
+    trainer = Trainer(model_cfg, train_cfg)
+    if faults:
+        planter = FaultPlanter(trainer)      # before watch: the probes must see the planted outputs
+    # Expert load every step in the faults run: starvation is judged over consecutive records.
+    every = {**EVERY, "experts": 1} if faults else EVERY
+    watch = inspector.watch(trainer.model, out, optimizer=trainer.optimizer, probes="all", every=every,
+                            max_attention_rows=64, name=name,
+                            config={"model": model_cfg.to_dict(), "train": train_cfg.to_dict(),
+                                    "engine_config": config, **({"planted_faults": FAULTS} if faults else {})})
+    trainer.callbacks.append(RecordingCallback(watch))
+    if faults:
+        trainer.callbacks.insert(0, planter)
+    try:
+        trainer.run()
+    finally:
+        watch.close()
+        trainer.close()
+
+
+def straggler(out: Path, steps: int = 40) -> None:
+    """The 4-rank run with rank 2 slowed down, through the demo's own torchrun launcher."""
+    shutil.rmtree(out, ignore_errors=True)
+    subprocess.run([sys.executable, "-m", "inspector.cli", "demo", "--ranks", "4", "--slow-rank", "2",
+                    "--config", "debug", "--steps", str(steps), "--batch-size", "4", "--seq-len", "64",
+                    "--out", str(out), "--no-progress", "--no-dash"], check=True,
+                   env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+SAMPLES = {
+    "healthy-moe": lambda out: train("healthy-moe", "debug_v3", 200, out, n_layers=3),
+    "faults": lambda out: train("faults", "debug", 120, out, faults=True),
+    "straggler-4rank": straggler,
+}
+
+
+def main() -> int:
+    """Regenerate every sample run (or `--only` one) under `--out`."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--only", choices=sorted(SAMPLES))
+    p.add_argument("--out", default=str(HERE))
+    a = p.parse_args()
+    for name, make in SAMPLES.items():
+        if a.only and name != a.only:
+            continue
+        print(f"making {name}", flush=True)
+        make(Path(a.out) / name)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
