@@ -50,7 +50,7 @@ def test_broken_plugins_are_skipped_with_one_line_each(tmp_path: Path) -> None:
     lines = out.splitlines()
     assert "inspector: plugin 'brokenimport' skipped (ModuleNotFoundError: No module named 'no_such_module_xyz')" in lines
     assert any(line.startswith("inspector: plugin 'brokenregister' skipped (ValueError: a TUI screen key") for line in lines)
-    assert "('brokenimport', False), ('brokenregister', False), ('weight_norm', True)" in out
+    assert "('brokenimport', False), ('brokenregister', False), ('hf', True), ('lightning', True), ('weight_norm', True)" in out
     assert "['weight_norm']" in out         # nothing of the broken ones was kept
     listing = subprocess.run([str(Path(sys.executable).with_name("inspector")), "plugins"], env=env,
                              capture_output=True, text=True, check=True).stdout

@@ -126,17 +126,22 @@ def group_stats(layout: GroupLayout, norms_P: torch.Tensor, grads: list[torch.Te
 
 
 class ElementWelford:
-    """Per-element running mean and M2 of each parameter's gradient over the sampled steps.
+    """Per-element running mean of each parameter's gradient over the sampled steps, and per tensor
+    the sum over its elements of Welford's M2 (sum of squared deviations from the running mean).
 
-    State: two fp32 tensors per parameter (memory 2x the parameters). `update` returns, per group,
-    the mean over the group's elements of each element's population variance over the steps seen
-    (M2 / k): the gradient-noise signal. A non-finite gradient makes its tensor's state NaN.
+    An element's M2 grows by (k-1)/k * d^2 at its k-th observation (d = g - mean before the update),
+    so a tensor's summed M2 grows by (k-1)/k * ||d||^2: the per-element M2 is never stored. State:
+    one fp32 tensor per parameter (memory 1x the parameters) and one float64 number per tensor.
+    `update` returns, per group, the mean over the group's elements of each element's population
+    variance over the steps seen (sum of M2 / k / elements): the gradient-noise signal. A
+    non-finite gradient makes its tensor's state NaN.
     """
 
     def __init__(self, n_params: int) -> None:
         self.mean: list[torch.Tensor | None] = [None] * n_params
-        self.m2: list[torch.Tensor | None] = [None] * n_params
         self.count = [0] * n_params
+        self.m2_P: torch.Tensor | None = None
+        self._index: dict[tuple[int, ...], torch.Tensor] = {}
 
     def update(self, layout: GroupLayout, present: tuple[int, ...], grads: list[torch.Tensor],
                norms_G: torch.Tensor) -> torch.Tensor:
@@ -144,28 +149,42 @@ class ElementWelford:
         for i, g in zip(present, grads):
             if self.mean[i] is None:
                 self.mean[i] = torch.zeros_like(g, dtype=torch.float32)
-                self.m2[i] = torch.zeros_like(g, dtype=torch.float32)
             self.count[i] += 1
         ks = [float(self.count[i]) for i in present]
         means = [self.mean[i] for i in present]
-        m2s = [self.m2[i] for i in present]
         delta = torch._foreach_sub([g.float() if g.dtype != torch.float32 else g for g in grads], means)
-        if len(set(ks)) == 1:  # the usual case: one pass less than per-tensor factors
-            torch._foreach_addcmul_(m2s, delta, delta, value=(ks[0] - 1.0) / ks[0])
+        dnorm_P = torch.stack(torch._foreach_norm(delta, 2))
+        same = len(set(ks)) == 1
+        if same:  # the usual case: one pass less than per-tensor factors
             torch._foreach_add_(means, delta, alpha=1.0 / ks[0])
         else:
-            torch._foreach_addcmul_(m2s, delta, delta, [(k - 1.0) / k for k in ks])
             torch._foreach_mul_(delta, [1.0 / k for k in ks])
             torch._foreach_add_(means, delta)
         del delta
-        sums = torch._foreach_norm(m2s, 1)  # M2 >= 0, so its 1-norm is its sum
-        torch._foreach_div_(sums, ks)
-        return layout.sum(torch.stack(sums).float()) / layout.numel_G
+        device = dnorm_P.device
+        acc = acc_dtype(device)
+        if self.m2_P is None or self.m2_P.device != device:
+            self.m2_P = torch.zeros(len(self.count), dtype=acc, device=device)
+            self._index.clear()
+        index = self._index.get(present)
+        if index is None:
+            if len(self._index) > 16:
+                self._index.clear()
+            index = self._index[present] = to_device(list(present), torch.int64, device)
+        if same:
+            k_P: torch.Tensor | float = ks[0]
+            weight: torch.Tensor | float = (ks[0] - 1.0) / ks[0]
+        else:
+            k_P = to_device(ks, acc, device)
+            weight = (k_P - 1.0) / k_P
+        self.m2_P.index_add_(0, index, dnorm_P.to(acc).square() * weight)
+        return layout.sum(self.m2_P[index] / k_P) / layout.numel_G.to(acc)
 
     def clear(self) -> None:
         """Free the state."""
         n = len(self.count)
-        self.mean, self.m2, self.count = [None] * n, [None] * n, [0] * n
+        self.mean, self.count, self.m2_P = [None] * n, [0] * n, None
+        self._index.clear()
 
 
 class NormWelford:

@@ -2,7 +2,8 @@
 and non-finite / exploding / vanishing gradient anomalies.
 
 When: with an optimizer (`watch(..., optimizer=opt)`) everything is computed in the optimizer's
-step *pre*-hook (gradients final, accumulation and clipping done, before the update), and the
+step *pre*-hook (gradients final, accumulation and clipping done, before the update; when the step
+is given a closure, as Lightning does, right after the closure's first call), and the
 update/weight ratio in its *post*-hook from a copy of the weights taken in the pre-hook on
 sampled steps only. Without an optimizer it is computed in `Watch.step()`, from the gradients
 still held then: call `opt.step()` (if any) before `zero_grad()` and `Watch.step()` before the
@@ -17,7 +18,7 @@ non-finite gradient), `exploding_grad` (robust z-score > 10 and > 10x the median
 norms) and `vanishing_grad` (norm < 1e-8 on 5 consecutive steps after 10 warm-up steps).
 Gradient clipping happens before the optimizer step, so these are the post-clipping norms.
 
-Sampled steps (`Sampling.gradients`, default every 10): one `grad_stats` row per group. Groups are
+Sampled steps (`Sampling.gradients`, default every 50): one `grad_stats` row per group. Groups are
 the parameters, or, above `max_groups` (64) parameter tensors, layers (`grad_math.group_key`).
 Columns: `norm` (2-norm of the group's gradient), `mean`, `var` (population variance, divisor n,
 over all the group's elements, E[g^2] - E[g]^2 from fp32 sums: see `grad_math.group_stats`),
@@ -25,9 +26,11 @@ over all the group's elements, E[g^2] - E[g]^2 from fp32 sums: see `grad_math.gr
 (||w_after - w_before|| / ||w_before|| over the group), `var_over_steps` (gradient noise: a
 Welford running variance over the sampled steps; per element when the model has at most
 `elementwise_welford_max_params` (50M) parameters, reported as the mean over the group's elements
-of each element's population variance; above that, to save 2x the parameters' memory, the
-population variance of the group's norm instead). Memory on sampled steps: one transient copy of
-the weights (for `update_ratio`) and one fp32 copy of the gradients (the Welford delta).
+of each element's population variance (state: the running mean per element, 1x the parameters'
+memory in fp32, and the summed M2 per tensor, see `grad_math.ElementWelford`); above that, to
+save that memory, the population variance of the group's norm instead). Memory on sampled
+steps: one transient copy of the weights (for `update_ratio`) and one fp32 copy of the gradients
+(the Welford delta).
 """
 from __future__ import annotations
 
@@ -40,6 +43,7 @@ import torch
 from torch import nn
 
 from inspector.probes.base import Probe, ProbeContext
+from inspector.probes.closure import wrap_closure
 from inspector.probes.grad_math import (
     STATS,
     ElementWelford,
@@ -116,8 +120,12 @@ class GradientsProbe(Probe):
 
     # ---- entry points ------------------------------------------------------------------------
 
-    def _pre_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
-        self._guarded(self._measure_step, self.ctx.step, True)
+    def _pre_step(self, optimizer: Any, args: Any, kwargs: Any) -> tuple[Any, Any] | None:
+        step = self.ctx.step
+        wrapped = wrap_closure(args, kwargs, after=lambda: self._guarded(self._measure_step, step, True))
+        if wrapped is None:
+            self._guarded(self._measure_step, step, True)
+        return wrapped
 
     def _post_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         self._guarded(self._finish_sampled)

@@ -1,9 +1,10 @@
 """Activation statistics on the device: one fixed-range histogram and summary row per module output.
 
 `output_row` turns one module output into a single vector (`ROW` numbers, layout below) with no
-host synchronisation: the histogram range is either host floats (steady state, `torch.histc`
-directly) or, until the host copy of the warm-up range has landed, a device tensor applied as an
-affine map before `torch.histc(y, BINS, 0, 1)`. Also: the deferred column (`HostSlice`) both
+host synchronisation: the histogram range is either host floats (steady state, binned directly)
+or, until the host copy of the warm-up range has landed, a device tensor applied as an affine map
+before binning over [0, 1] (binning: `torch.histc`'s arithmetic then `bincount` on CPU,
+`torch.histc` elsewhere; see `output_row`). Also: the deferred column (`HostSlice`) both
 gradient and activation probes use to hand the writer thread slices of one host copy.
 """
 from __future__ import annotations
@@ -48,10 +49,9 @@ def accumulate_dtype(device: torch.device) -> torch.dtype:
     return torch.float32 if device.type == "mps" else torch.float64
 
 
-def warmup_range(x: torch.Tensor, bad: torch.Tensor) -> torch.Tensor:
-    """[lo, hi] on the device: finite [min, max] widened by WARMUP_MARGIN each side (±1 if equal)."""
-    mn = x.masked_fill(bad, math.inf).amin()
-    mx = x.masked_fill(bad, -math.inf).amax()
+def warmup_range(mn: torch.Tensor, mx: torch.Tensor) -> torch.Tensor:
+    """[lo, hi] on the device from the finite min and max: widened by WARMUP_MARGIN each side (±1 if
+    equal; [inf, -inf], which `host_range` rejects, when there was no finite value)."""
     pad = torch.where(mx > mn, (mx - mn) * WARMUP_MARGIN, torch.ones_like(mx))
     return torch.stack([mn - pad, mx + pad])
 
@@ -65,41 +65,61 @@ def output_row(x: torch.Tensor, lohi_dev: torch.Tensor | None, lohi_host: tuple[
     - dead_frac: fraction of units (last dimension) with |x| <= DEAD_EPS at every position.
     - saturated_frac: bounded outputs: fraction of elements within BOUND_TOL of the half-range of
       a bound (|tanh| >= 0.99); unbounded outputs: fraction beyond OUTLIER_STD std of the mean.
+
+    Cost: about a dozen passes over the output, almost all plain float arithmetic and reductions
+    (boolean-mask ops and `torch.histc` are several times slower per element on CPU): `x - x` is 0
+    where x is finite and NaN elsewhere, so `xn = x + (x - x)` has every non-finite element as NaN,
+    which comparisons, histc and the NaN-filled min/max below leave out. On CPU the histogram is a
+    `bincount` of bin indices computed as `torch.histc` computes them, `(x - lo) * BINS / (hi - lo)`
+    in float32, of the output clamped to [lo, hi] (under/overflow then taken back out of the end
+    bins), with NaN as an extra bin: the non-finite count. On other devices `torch.histc`.
     """
     x = x.detach()
     xf = x if x.dtype == torch.float32 else x.float()
     n = xf.numel()
-    bad = ~torch.isfinite(xf)
-    nonfinite = bad.sum()
-    n_fin = (n - nonfinite).clamp(min=1).float()
+    xn = torch.sub(xf, xf).add_(xf)              # x where finite, NaN where not
+    fill = torch.nan_to_num(xn, nan=math.inf, posinf=math.inf, neginf=-math.inf)
+    mn = fill.amin()
+    torch.nan_to_num(xn, nan=-math.inf, posinf=math.inf, neginf=-math.inf, out=fill)
+    mx = fill.amax()
+    del fill
     if lohi_dev is None:
-        lohi_dev = warmup_range(xf, bad)
-    xn = xf.masked_fill(bad, math.nan)
+        lohi_dev = warmup_range(mn, mx)
     if lohi_host is not None:
         lo, hi = lohi_host
-        counts = torch.histc(xn, BINS, lo, hi)
-        under, over = (xn < lo).sum(), (xn > hi).sum()
+        v, vlo, vhi = xn, lo, hi
     else:
-        y = (xn - lohi_dev[0]) / (lohi_dev[1] - lohi_dev[0])
-        counts = torch.histc(y, BINS, 0.0, 1.0)
-        under, over = (y < 0).sum(), (y > 1).sum()
-        del y
+        v, vlo, vhi = (xn - lohi_dev[0]) / (lohi_dev[1] - lohi_dev[0]), 0.0, 1.0
+    under, over = (v < vlo).sum(), (v > vhi).sum()
+    if xf.device.type == "cpu":
+        span = float(np.float32(vhi) - np.float32(vlo))  # as histc computes it, in float32
+        pos = v.clamp(vlo, vhi).sub_(vlo).mul_(BINS).div_(span)
+        pos = pos.floor_().clamp_max_(BINS - 1).nan_to_num_(BINS)  # value == hi: the last bin; NaN: bin BINS
+        binned = torch.bincount(pos.reshape(-1).to(torch.int32), minlength=BINS + 1)
+        del pos
+        nonfinite = binned[BINS]
+        counts = binned[:BINS].clone()
+        counts[0] -= under
+        counts[BINS - 1] -= over
+    else:  # bincount would read its input's max back to the host; histc leaves NaN out
+        counts = torch.histc(v, BINS, vlo, vhi)
+        nonfinite = torch.isnan(xn).sum()
+    del v
+    n_fin = (n - nonfinite).clamp(min=1).float()
+    acc = accumulate_dtype(xf.device)
     width = xf.shape[-1] if xf.dim() else 1
-    mn_D, mx_D = torch.aminmax(xn.reshape(-1, width), dim=0)
-    dead = ((mx_D <= DEAD_EPS) & (mn_D >= -DEAD_EPS)).float().mean()
+    absmax_D = xn.reshape(-1, width).abs().amax(dim=0)   # NaN (not dead) where a unit has a non-finite value
+    dead = (absmax_D <= DEAD_EPS).float().mean()
     if bounds is not None:
         tol = BOUND_TOL * (bounds[1] - bounds[0]) / 2
         saturated = ((xn <= bounds[0] + tol) | (xn >= bounds[1] - tol)).sum() / n_fin
     mean = torch.nansum(xn) / n_fin
-    xn = torch.where(bad, mean, xn)  # the mean leaves min, max and the deviations unchanged; no .item()
-    mn, mx = torch.aminmax(xn)
-    dev = xn.sub_(mean)
+    dev = xn.sub_(mean).nan_to_num_(0.0, math.inf, -math.inf)  # deviations; 0 at non-finite elements
     std = torch.linalg.vector_norm(dev) / n_fin.sqrt()
     if bounds is None:
         saturated = (dev.abs_() > OUTLIER_STD * std).sum() / n_fin
     moments = torch.stack([mean, std, mn, mx])
     moments = torch.where(nonfinite < n, moments, torch.full_like(moments, math.nan))
-    acc = accumulate_dtype(xf.device)
     row = torch.cat([counts.to(acc), torch.stack([under, over, nonfinite]).to(acc),
                      lohi_dev.to(acc), moments.to(acc), torch.stack([dead, saturated]).to(acc)])
     return row, lohi_dev

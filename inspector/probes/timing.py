@@ -12,7 +12,8 @@ leaving through its (non-leaf) inputs ends it; a module with no such input (the 
 are token ids) ends when the backward pass ends (`queue_callback` on the autograd engine). Tensor
 hooks are used instead of `register_full_backward_hook`, which wraps inputs/outputs in a custom
 Function and then breaks in-place ops (`nn.ReLU(inplace=True)` after a hooked module raises).
-Optimizer time comes from the optimizer's step pre/post hooks (when `watch(optimizer=...)`).
+Optimizer time comes from the optimizer's step pre/post hooks (when `watch(optimizer=...)`); a
+closure given to the step (Lightning) is left out of it.
 A forward that runs inside backward (activation-checkpoint recomputation) is not forward time: it
 is part of the model's backward, and of the block's backward with non-reentrant checkpointing
 (recomputed inside the block's backward); with reentrant checkpointing the block's backward is
@@ -46,6 +47,7 @@ import torch
 from torch import nn
 
 from inspector.probes.base import Probe, ProbeContext
+from inspector.probes.closure import wrap_closure
 from inspector.probes.model_map import find_blocks
 from inspector.probes.registry import register_probe
 
@@ -263,9 +265,15 @@ class TimingProbe(Probe):
         self.track(module.register_forward_pre_hook(pre, with_kwargs=True))
         self.track(module.register_forward_hook(post, with_kwargs=True))
 
-    def _optimizer_pre(self, *_: Any) -> None:
-        if self._active:
-            self._opt_start = self.clock.mark()
+    def _optimizer_pre(self, optimizer: Any, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+        if not self._active:
+            return None
+        self._opt_start = self.clock.mark()
+        # With a closure, forward and backward run inside the step: they are not optimizer time.
+        return wrap_closure(args, kwargs, before=self._optimizer_post, after=self._optimizer_resume)
+
+    def _optimizer_resume(self) -> None:
+        self._opt_start = self.clock.mark()
 
     def _optimizer_post(self, *_: Any) -> None:
         if self._active and self._opt_start is not None:
