@@ -44,13 +44,14 @@ class CollapseTracker:
         median = float(np.median(np.fromiter(past, float))) if past else float("nan")
         reason = ""
         if not np.isfinite(entropy):
-            reason = "non-finite entropy"
-        elif len(past) >= MIN_HISTORY and median > 0 and entropy < ENTROPY_RATIO * median:
+            # A NaN in the model is the anomalies probe's to report (with its module), not a collapse
+            # of every head at once: such a sample is not judged and leaves the head's state alone.
+            return HeadVerdict(False, False, "", median)
+        if len(past) >= MIN_HISTORY and median > 0 and entropy < ENTROPY_RATIO * median:
             reason = f"entropy {entropy:.3f} nats < {ENTROPY_RATIO:g} x its median {median:.3f}"
         elif max_visible >= SINK_MIN_KEYS and sink_weight >= SINK_WEIGHT:
             reason = f"{sink_weight:.0%} of each row's mass on one token"
-        if np.isfinite(entropy):
-            past.append(float(entropy))
+        past.append(float(entropy))
         collapsed = bool(reason)
         newly = collapsed and not self.state.get(key, False)
         self.state[key] = collapsed

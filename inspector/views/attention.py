@@ -128,11 +128,8 @@ def entropy_matrix(run: LiveRun, *, rank: int = 0, max_steps: int = 500) -> tupl
 
 
 def collapsed_heads(run: LiveRun, *, rank: int = 0) -> list[tuple[int, int, int]]:
-    """(layer, head, first step) of every head ever flagged as collapsed.
-
-    Samples with a non-finite entropy are left out: a NaN in the model is reported as such, not
-    as every head of the layer collapsing at once.
-    """
+    """(layer, head, first step) of every head ever flagged as collapsed (samples with a
+    non-finite entropy left out: runs recorded before the probe stopped flagging those)."""
     df = _stats(run, rank)
     if df.empty:
         return []

@@ -102,8 +102,9 @@ def _expert_balance(run: LiveRun) -> list[ExpertBalance]:
 def run_summary(run: LiveRun, *, top_modules: int = 8) -> RunSummary:
     """The post-mortem report of `run` (works on live, finished and crashed runs alike)."""
     scalars = run.frame("scalar")
-    loss = scalars[(scalars["name"] == "loss") & (scalars["rank"] == 0)].sort_values("step")["value"] \
-        if not scalars.empty else pd.Series(dtype=float)
+    loss_rows = scalars[(scalars["name"] == "loss") & (scalars["rank"] == 0)].sort_values("step") \
+        if not scalars.empty else pd.DataFrame({"step": [], "value": []})
+    loss = loss_rows["value"]
     finite = loss[np.isfinite(loss)]
     groups = _groups(anomaly_list(run, limit=1 << 30))
     nonfinite = [g for g in groups if g.kind in NONFINITE_KINDS]
@@ -120,7 +121,7 @@ def run_summary(run: LiveRun, *, top_modules: int = 8) -> RunSummary:
             col = max(ratios, key=ratios.get)
             stragglers.append((int(r.rank), col, float(getattr(r, col)), float(table[col].median())))
     return RunSummary(
-        name=run.meta.name, status=run.status(), steps=run.last_step() + 1, ranks=len(run.ranks()),
+        name=run.meta.name, status=run.status(), steps=int(loss_rows["step"].max()) + 1 if len(loss_rows) else run.last_step() + 1, ranks=len(run.ranks()),
         loss_first=float(finite.iloc[0]) if len(finite) else None,
         loss_last=float(loss.iloc[-1]) if len(loss) else None,
         loss_min=float(finite.min()) if len(finite) else None,

@@ -107,3 +107,13 @@ def test_collapse_tracker_entropy_history_and_sink() -> None:
     assert not tracker.update("m", 0, 0.5, 0.5, 16).newly  # still collapsed, not new
     assert not tracker.update("m", 1, 3.0, 0.95, 4).collapsed  # too few keys to call it a sink
     assert tracker.update("m", 2, 3.0, 0.95, 16).collapsed  # mass on one token, no history needed
+
+
+def test_collapse_tracker_leaves_non_finite_samples_unjudged() -> None:
+    tracker = CollapseTracker()
+    for _ in range(3):
+        tracker.update("m", 0, 2.0, 0.2, 16)
+    nan = tracker.update("m", 0, float("nan"), float("nan"), 16)
+    assert not nan.collapsed and not nan.newly and nan.reason == ""
+    assert len(tracker.history[("m", 0)]) == 3          # the NaN did not enter the history
+    assert tracker.update("m", 0, 0.5, 0.5, 16).newly   # a real collapse afterwards is still news
