@@ -60,6 +60,8 @@ def rank_table(run: LiveRun, *, window: int = 20, straggler_factor: float = 1.25
         recent = (totals.sort_values("step").groupby("rank")["ms"]
                   .apply(lambda ms: float(np.median(ms.to_numpy()[-window:]))).to_dict()) if len(totals) else {}
         step_ms = {r: recent.get(r, float("nan")) for r in ranks}
+        # Progress: the last step timed (system samples carry the step still running).
+        timed = totals.groupby("rank")["step"].max().to_dict() if len(totals) else {}
         compute = compute_ms(run, window=window)
         slow_compute = straggler_flags({r: compute.get(r, float("nan")) for r in ranks}, straggler_factor)
         flags = {r: f or slow_compute.get(r, False) for r, f in straggler_flags(step_ms, straggler_factor).items()}
@@ -70,7 +72,7 @@ def rank_table(run: LiveRun, *, window: int = 20, straggler_factor: float = 1.25
         rows = []
         for r in ranks:
             g = gpu.loc[r] if r in gpu.index else {}
-            rows.append({"rank": r, "step": run.reader.last_step(r), "step_ms": step_ms[r],
+            rows.append({"rank": r, "step": int(timed.get(r, run.reader.last_step(r))), "step_ms": step_ms[r],
                          "compute_ms": compute.get(r, np.nan),
                          "tokens_per_s": tps.get(r, np.nan), "loss": loss.get(r, np.nan),
                          "grad_norm": gnorm.get(r, np.nan),
