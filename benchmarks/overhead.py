@@ -12,6 +12,7 @@ Variants:
   watch-none    ``inspector.watch(probes="none")``: the Recorder alone, ``w.step(loss=loss)``
   default       ``inspector.watch(probes="default")``, default sampling
   all-every-1   ``inspector.watch(probes="all", every=1)``: every probe, every step
+  probe-NAME    ``inspector.watch(probes=[NAME])`` with default sampling: one probe's share
   tb-hist-1     TensorBoard ``SummaryWriter.add_histogram`` of every parameter and gradient every
                 step, ``add_scalar("loss")`` every step; the writer's default queue and flush period
   tb-hist-10    the same histograms every 10th step
@@ -129,7 +130,7 @@ class InspectorLogger:
     """``inspector.watch`` with a probe set and sampling; steps advance from the optimizer's hook."""
 
     def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, run_dir: Path,
-                 probes: str, every: int | None) -> None:
+                 probes: str | list[str], every: int | None) -> None:
         import inspector
 
         before = set(threading.enumerate())
@@ -261,6 +262,8 @@ def make_logger(name: str, model: Transformer, optimizer: torch.optim.Optimizer,
         return InspectorLogger(model, optimizer, work / "runs" / name, "default", None)
     if name == "all-every-1":
         return InspectorLogger(model, optimizer, work / "runs" / name, "all", 1)
+    if name.startswith("probe-"):
+        return InspectorLogger(model, optimizer, work / "runs" / name, [name[len("probe-"):]], None)
     if name.startswith("tb-hist-"):
         return TensorBoardLogger(model, work / "tb" / name, int(name.rsplit("-", 1)[1]))
     if name.startswith("wandb-"):
@@ -502,7 +505,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     names = (args.variants.split(",") if args.variants
              else list(CUDA_VARIANTS if device.type == "cuda" else ALL_VARIANTS))
-    unknown = [n for n in names if n not in ALL_VARIANTS]
+    unknown = [n for n in names if n not in ALL_VARIANTS and not n.startswith("probe-")]
     if unknown:
         raise SystemExit(f"unknown variant(s) {unknown}; known: {', '.join(ALL_VARIANTS)}")
 

@@ -34,6 +34,22 @@ def _nonfinite(t: torch.Tensor) -> torch.Tensor:
     return ~torch.isfinite(t.sum(dtype=torch.float32))
 
 
+def _inside_experts(model: nn.Module) -> set[int]:
+    """Ids of the submodules of MoE experts (lists of two or more same-class modules inside a block).
+
+    The experts themselves stay hooked, so a NaN is still placed at its expert; their inner layers
+    (3 linears each, hundreds in a large MoE) are not, which keeps the forward hooks few.
+    """
+    out: set[int] = set()
+    for _, block in find_blocks(model):
+        for mod in block.modules():
+            kids = list(mod.children()) if isinstance(mod, nn.ModuleList) else []
+            if len(kids) >= 2 and len({type(k) for k in kids}) == 1:
+                for kid in kids:
+                    out.update(id(m) for m in kid.modules() if m is not kid)
+    return out
+
+
 @register_probe
 class AnomalyProbe(Probe):
     """Non-finite loss/activations with their first module, and loss spikes (robust z-score)."""
@@ -58,8 +74,9 @@ class AnomalyProbe(Probe):
         self.track(model.register_forward_pre_hook(self._root_pre))
         self.track(model.register_forward_hook(self._root_post))
         block_ids = {id(m) for _, m in find_blocks(model)}
+        inside = _inside_experts(model)
         for name, module in model.named_modules():
-            if name:
+            if name and id(module) not in inside:
                 self.track(module.register_forward_hook(self._make_hook(name, id(module) in block_ids)))
         return None  # loss checks apply to every model, even one without submodules
 

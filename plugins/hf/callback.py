@@ -3,31 +3,24 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 from transformers import TrainerCallback
 
 import inspector
+from plugins.watch_options import WatchOptions
 
 LOG_NAMES = {"learning_rate": "lr", "grad_norm": "grad_norm"}
 """Trainer log keys renamed to the Inspector's names (the rest keep theirs; eval ones get `eval/`)."""
 
 
-class InspectorCallback(TrainerCallback):
+class InspectorCallback(WatchOptions, TrainerCallback):
     """Attach the Inspector when training begins, record the Trainer's logs, close at the end.
 
     `run_dir` defaults to `<output_dir>/inspector`. Steps follow the optimizer (one record step per
     optimizer step, like `state.global_step`). Use `logging_steps=1` to give the anomaly probe a
     loss at every step (spike detection).
     """
-
-    def __init__(self, run_dir: str | Path | None = None, *, probes: str | Sequence[str] = "default",
-                 every: int | Mapping[str, int] | None = None, **watch_options: Any) -> None:
-        self.run_dir = run_dir
-        self.probes = probes
-        self.every = every
-        self.watch_options = watch_options
-        self.watch: inspector.Watch | None = None
 
     def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, optimizer: Any = None,
                        **kwargs: Any) -> None:
@@ -55,9 +48,7 @@ class InspectorCallback(TrainerCallback):
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         """Remove every hook and close the run."""
-        if self.watch is not None:
-            self.watch.close()
-            self.watch = None
+        self.close_watch()
 
 
 def _plain(d: Mapping[str, Any]) -> dict[str, Any]:

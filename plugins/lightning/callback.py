@@ -2,25 +2,18 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 import lightning
 import torch
 
 import inspector
+from plugins.watch_options import WatchOptions
 
 
-class InspectorCallback(lightning.Callback):
+class InspectorCallback(WatchOptions, lightning.Callback):
     """Attach the Inspector at fit start (first optimizer), record the training loss and logged
     metrics after each batch, close at fit end. `run_dir` defaults to `<log_dir>/inspector`."""
-
-    def __init__(self, run_dir: str | Path | None = None, *, probes: str | Sequence[str] = "default",
-                 every: int | Mapping[str, int] | None = None, **watch_options: Any) -> None:
-        self.run_dir = run_dir
-        self.probes = probes
-        self.every = every
-        self.watch_options = watch_options
-        self.watch: inspector.Watch | None = None
 
     def on_fit_start(self, trainer: "lightning.Trainer", pl_module: "lightning.LightningModule") -> None:
         """Start recording the module; steps advance with its (first) optimizer."""
@@ -48,6 +41,4 @@ class InspectorCallback(lightning.Callback):
 
     def on_fit_end(self, trainer: "lightning.Trainer", pl_module: "lightning.LightningModule") -> None:
         """Remove every hook and close the run."""
-        if self.watch is not None:
-            self.watch.close()
-            self.watch = None
+        self.close_watch()

@@ -112,3 +112,33 @@ def test_healthy_training_reports_nothing(tmp_path: Path) -> None:
     model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 1))
     _train(model, tmp_path / "run", 30, lambda: (torch.randn(4, 8), torch.randn(4, 1)), [0])
     assert len(inspector.open_run(tmp_path / "run").to_pandas("anomaly")) == 0
+
+
+def test_nan_inside_an_expert_is_placed_at_the_expert(tmp_path: Path) -> None:
+    from engine.config import get_config
+    from engine.model import Transformer
+
+    cfg = get_config("debug")
+    torch.manual_seed(0)
+    model = Transformer(cfg)
+    names = dict(model.named_modules())
+    expert = "layers.1.ffn.experts.3"
+    step_box = [0]
+    # every expert runs here: a NaN from its first linear must be traced to the expert, whose inner
+    # layers carry no hooks of their own (hundreds of them in a large MoE)
+    model.layers[1].ffn.router.register_forward_hook(
+        lambda mod, args, out: (out[0], out[1], torch.full_like(out[2], 3)) if step_box[0] == 2 else None)
+    _poison_at(names[f"{expert}.w1"], step_box, bad_step=2)
+    w = inspector.watch(model, tmp_path / "run", probes=["anomalies"], optimizer=torch.optim.SGD(model.parameters(), lr=0))
+    for s in range(4):
+        step_box[0] = s
+        tokens = torch.randint(0, cfg.vocab_size, (2, 16))
+        loss = model(tokens).float().mean()
+        loss.backward()
+        w.ctx.optimizer.step()
+        w.ctx.optimizer.zero_grad()
+        w.step(loss=loss)
+    w.close()
+    a = inspector.open_run(tmp_path / "run").to_pandas("anomaly")
+    first = a[a["kind"] == "nonfinite_activation"].sort_values("step").iloc[0]
+    assert (first["step"], first["module"]) == (2, expert)
