@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from inspector.probes.base import Probe, ProbeContext
-from inspector.probes.host import to_host
+from inspector.probes.host import HostSlice, to_host
 from inspector.probes.model_map import find_blocks
 from plugins.weight_norm.kind import WEIGHT_NORM
 
@@ -26,7 +26,10 @@ class WeightNormProbe(Probe):
                 self.groups.append((name, params))
         if not self.groups:
             return "the model has no floating-point parameters"
-        self.sizes = [sum(p.numel() for p in params) for _, params in self.groups]
+        first = self.groups[0][1][0]
+        # made once: a tensor built from a list on every sample would be a blocking host-to-device copy
+        self.sizes = torch.tensor([sum(p.numel() for p in params) for _, params in self.groups],
+                                  dtype=torch.float32, device=first.device)
         return None
 
     @torch.no_grad()
@@ -37,21 +40,9 @@ class WeightNormProbe(Probe):
         squares = torch.stack([torch.stack(torch._foreach_norm(params)).float().square().sum()
                                for _, params in self.groups])
         norm = squares.sqrt()
-        rms = (squares / torch.tensor(self.sizes, dtype=squares.dtype, device=squares.device)).sqrt()
+        rms = (squares / self.sizes).sqrt()
         both = to_host(torch.stack([norm, rms]))
         self.ctx.recorder.submit(WEIGHT_NORM, {"name": [n for n, _ in self.groups],
-                                               "norm": _Row(both, 0), "rms": _Row(both, 1)},
+                                               "norm": HostSlice(both, 0), "rms": HostSlice(both, 1)},
                                  len(self.groups), step=step)
 
-
-class _Row:
-    """Row `i` of a [2, blocks] host copy, resolved on the writer thread."""
-
-    __slots__ = ("value", "i")
-
-    def __init__(self, value, i: int) -> None:
-        self.value, self.i = value, i
-
-    def resolve(self):
-        """The row as a numpy array."""
-        return self.value.resolve()[self.i]
