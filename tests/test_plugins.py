@@ -4,7 +4,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +13,7 @@ import torch
 import inspector
 from inspector.plugins import PluginRegistry, PluginWarning, load_plugin, load_plugins
 from inspector.schema import KindSpec, get_kind
-from tests.conftest import ROOT, inspector_cli
+from tests.conftest import ROOT
 
 
 def _fake_distribution(site: Path, name: str, entry: str, module_source: str) -> None:

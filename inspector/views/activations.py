@@ -6,8 +6,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from inspector.views.downsample import DEFAULT_POINTS, downsample_indices
-from inspector.views.gradients import MAX_HEAT_STEPS, bin_columns, natural_key
+from inspector.views.downsample import DEFAULT_POINTS, MAX_HEAT_STEPS, bin_columns, downsample_series, natural_key
 from inspector.views.live import LiveRun
 
 PREFIX = "activations/"
@@ -95,9 +94,7 @@ def activation_stat_lines(run: LiveRun, stat: str = "dead_frac", *, rank: int = 
         out = {}
         for name in sorted(df["name"].unique().tolist(), key=natural_key):
             sel = df[df["name"] == name].drop_duplicates("step", keep="last").sort_values("step")
-            x, y = sel["step"].to_numpy(), sel[stat].to_numpy(np.float64)
-            idx = downsample_indices(x, y, max_points)
-            out[name] = pd.DataFrame({"step": x[idx], "value": y[idx]})
+            out[name] = downsample_series(sel["step"].to_numpy(), sel[stat].to_numpy(np.float64), max_points)
         return out
 
     return run.cached(("activation_stat_lines", stat, rank, max_points), ("activation_stats",), compute)

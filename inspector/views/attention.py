@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 
 from inspector.schema import ATTENTION_MAP
+from inspector.views.downsample import bin_columns
 from inspector.views.live import LiveRun
 from inspector.views.steps import nearest_at_or_before
 
@@ -111,18 +112,16 @@ def head_stats(run: LiveRun, *, step: int, rank: int = 0) -> pd.DataFrame:
 
 
 def entropy_matrix(run: LiveRun, *, rank: int = 0, max_steps: int = 500) -> tuple[list[str], list[int], np.ndarray]:
-    """(row labels "L0·H1", steps, entropy [layer·head, steps]); at most `max_steps` evenly spaced steps."""
+    """(row labels "L0·H1", steps, entropy [layer·head, steps]); above `max_steps` steps, consecutive
+    steps are binned with their minimum, so a collapsing head's dip stays visible."""
     def compute() -> tuple[list[str], list[int], np.ndarray]:
         df = _stats(run, rank)
         if df.empty:
             return [], [], np.zeros((0, 0))
         wide = df.pivot_table(index=["layer", "head"], columns="step", values="entropy", aggfunc="last")
-        steps = wide.columns.to_numpy()
-        if len(steps) > max_steps:
-            keep = np.unique(np.linspace(0, len(steps) - 1, max_steps).round().astype(int))
-            wide = wide.iloc[:, keep]
+        steps, z = bin_columns(wide.columns.to_numpy(np.int64), wide.to_numpy(np.float64), max_steps, "min")
         labels = [f"L{layer}·H{head}" for layer, head in wide.index]
-        return labels, [int(s) for s in wide.columns], wide.to_numpy(dtype=np.float64)
+        return labels, [int(s) for s in steps], z
 
     return run.cached(("entropy_matrix", rank, max_steps), ("attention_stats",), compute)
 

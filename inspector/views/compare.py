@@ -4,22 +4,13 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from inspector.views.downsample import DEFAULT_POINTS, downsample_indices
+from inspector.views.downsample import DEFAULT_POINTS, downsample_series
 from inspector.views.live import LiveRun
-from inspector.views.series import scalar_names, scalar_series
+from inspector.views.series import grad_norm_name, scalar_series
 
 COMPARE_METRICS = {"loss": "loss", "grad_norm": "global grad norm", "step_ms": "step time (ms)",
                    "imbalance": "expert imbalance (max/mean, mean over layers)"}
 """What the compare page overlays, and how to label it."""
-
-
-def grad_norm_name(run: LiveRun) -> str | None:
-    """The scalar that holds the global gradient norm in this run (None if none)."""
-    names = scalar_names(run)
-    for cand in ("grad_norm/global", "grad_norm"):
-        if cand in names:
-            return cand
-    return None
 
 
 def step_ms_series(run: LiveRun, *, rank: int = 0, max_points: int = DEFAULT_POINTS) -> pd.DataFrame:
@@ -39,9 +30,7 @@ def imbalance_mean_series(run: LiveRun, *, rank: int = 0, max_points: int = DEFA
         if df.empty:
             return pd.DataFrame(columns=["step", "value"])
         s = df[df["rank"] == rank].groupby("step", sort=True)["imbalance"].mean()
-        x, y = s.index.to_numpy(), s.to_numpy(np.float64)
-        idx = downsample_indices(x, y, max_points)
-        return pd.DataFrame({"step": x[idx], "value": y[idx]})
+        return downsample_series(s.index.to_numpy(), s.to_numpy(np.float64), max_points)
 
     return run.cached(("imbalance_mean_series", rank, max_points), ("expert_load",), compute)
 

@@ -1,15 +1,22 @@
-"""Server-side downsampling of long series that keeps their extremes (spikes stay visible).
+"""Bounding what a view hands a UI: long series downsampled keeping their extremes (spikes stay
+visible), heatmap columns binned, names in layer order.
 
 MinMaxLTTB from `tsdownsample` (Rust): min/max preselection, then largest-triangle-three-buckets;
 NaN-aware, so a non-finite loss is kept as a gap rather than dropped silently.
 """
 from __future__ import annotations
 
+import re
+
 import numpy as np
+import pandas as pd
 from tsdownsample import MinMaxLTTBDownsampler, NaNMinMaxLTTBDownsampler
 
 DEFAULT_POINTS = 2000
 """Most points any series is drawn with."""
+
+MAX_HEAT_STEPS = 500
+"""Most step columns any heatmap is drawn with."""
 
 _PLAIN = MinMaxLTTBDownsampler()
 _NAN = NaNMinMaxLTTBDownsampler()
@@ -44,3 +51,38 @@ def downsample_xy(x: np.ndarray, y: np.ndarray, n_out: int = DEFAULT_POINTS) -> 
     y = np.asarray(y)
     idx = downsample_indices(x, y, n_out)
     return x[idx], y[idx]
+
+
+def natural_key(name: str) -> list:
+    """Sort key that orders "layers.10" after "layers.2"."""
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
+
+
+def bin_columns(steps: np.ndarray, z: np.ndarray, max_cols: int = MAX_HEAT_STEPS,
+                how: str = "max") -> tuple[np.ndarray, np.ndarray]:
+    """Reduce a [rows, steps] matrix to at most `max_cols` columns by binning consecutive steps.
+
+    `how` is "max" (keeps spikes: norms, variances), "min" (keeps dips: entropies) or "mean"
+    (distributions); a bin is labelled with its first step. NaNs are ignored inside a bin.
+    """
+    n = z.shape[1] if z.ndim == 2 else 0
+    if n <= max_cols:
+        return steps, z
+    edges = np.linspace(0, n, max_cols + 1).astype(int)
+    starts = edges[:-1]
+    with np.errstate(all="ignore"):
+        if how == "max":
+            out = np.fmax.reduceat(z, starts, axis=1)
+        elif how == "min":
+            out = np.fmin.reduceat(z, starts, axis=1)
+        else:
+            filled = np.nan_to_num(z, nan=0.0)
+            counts = np.add.reduceat(np.isfinite(z).astype(float), starts, axis=1)
+            out = np.add.reduceat(filled, starts, axis=1) / np.where(counts > 0, counts, np.nan)
+    return steps[starts], out
+
+
+def downsample_series(step: np.ndarray, value: np.ndarray, max_points: int = DEFAULT_POINTS) -> pd.DataFrame:
+    """A `step`/`value` frame of at most `max_points` rows that keeps the series' extremes."""
+    idx = downsample_indices(step, value, max_points)
+    return pd.DataFrame({"step": np.asarray(step)[idx], "value": np.asarray(value, dtype=np.float64)[idx]})

@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from inspector.views.downsample import bin_columns
 from inspector.views.live import LiveRun
 from inspector.views.steps import nearest_at_or_before
 
@@ -68,8 +69,6 @@ def expert_share_over_time(run: LiveRun, *, layer: int, rank: int = 0,
 
     Added by the dashboard (experts page: "change over time").
     """
-    from inspector.views.gradients import bin_columns
-
     def compute() -> tuple[np.ndarray, np.ndarray]:
         df = _rows(run, rank)
         if df.empty:

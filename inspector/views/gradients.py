@@ -5,19 +5,18 @@ line series are downsampled to `max_points` with their extremes kept.
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
-from inspector.views.downsample import DEFAULT_POINTS, downsample_indices
+from inspector.views.downsample import (DEFAULT_POINTS, MAX_HEAT_STEPS, bin_columns, downsample_indices,
+                                        downsample_series, natural_key)
 from inspector.views.live import LiveRun
 
 GRAD_STATS = ("norm", "mean", "var", "max_abs", "zero_frac", "update_ratio", "var_over_steps")
 """The per-group columns of `grad_stats`."""
 
-MAX_HEAT_STEPS = 500
 MAX_HEAT_ROWS = 200
 
 
@@ -33,44 +32,6 @@ class Heatmap:
     def empty(self) -> bool:
         """True when there is nothing to draw."""
         return self.z.size == 0
-
-
-def natural_key(name: str) -> list:
-    """Sort key that orders "layers.10" after "layers.2"."""
-    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
-
-
-def bin_columns(steps: np.ndarray, z: np.ndarray, max_cols: int = MAX_HEAT_STEPS,
-                how: str = "max") -> tuple[np.ndarray, np.ndarray]:
-    """Reduce a [rows, steps] matrix to at most `max_cols` columns by binning consecutive steps.
-
-    `how` is "max" (keeps spikes: norms, variances) or "mean" (distributions); a bin is labelled
-    with its first step. NaNs are ignored inside a bin.
-    """
-    n = z.shape[1] if z.ndim == 2 else 0
-    if n <= max_cols:
-        return steps, z
-    edges = np.linspace(0, n, max_cols + 1).astype(int)
-    starts = edges[:-1]
-    with np.errstate(all="ignore"), _quiet():
-        if how == "max":
-            out = np.fmax.reduceat(z, starts, axis=1)
-        else:
-            filled = np.nan_to_num(z, nan=0.0)
-            counts = np.add.reduceat(np.isfinite(z).astype(float), starts, axis=1)
-            out = np.add.reduceat(filled, starts, axis=1) / np.where(counts > 0, counts, np.nan)
-    return steps[starts], out
-
-
-class _quiet:
-    def __enter__(self):
-        import warnings
-        self._w = warnings.catch_warnings()
-        self._w.__enter__()
-        warnings.simplefilter("ignore", RuntimeWarning)
-
-    def __exit__(self, *exc):
-        self._w.__exit__(*exc)
 
 
 def _rank_frame(run: LiveRun, rank: int) -> pd.DataFrame:
@@ -117,9 +78,7 @@ def grad_lines(run: LiveRun, stat: str = "update_ratio", *, rank: int = 0, group
             return out
         for name in groups or grad_groups(run, rank=rank):
             sel = df[df["name"] == name].drop_duplicates("step", keep="last").sort_values("step")
-            x, y = sel["step"].to_numpy(), sel[stat].to_numpy(np.float64)
-            idx = downsample_indices(x, y, max_points)
-            out[name] = pd.DataFrame({"step": x[idx], "value": y[idx]})
+            out[name] = downsample_series(sel["step"].to_numpy(), sel[stat].to_numpy(np.float64), max_points)
         return out
 
     key = ("grad_lines", stat, rank, tuple(groups or ()), max_points)

@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 
 from inspector.views.live import LiveRun
-from inspector.views.timing import step_totals
+from inspector.views.timing import phase_ms, recent_median
 
 RANK_COLUMNS = ["rank", "step", "step_ms", "compute_ms", "tokens_per_s", "loss", "grad_norm", "gpu_util", "gpu_mem_used",
                 "gpu_mem_total", "power_w", "temp_c", "status", "straggler"]
@@ -55,13 +55,11 @@ def rank_table(run: LiveRun, *, window: int = 20, straggler_factor: float = 1.25
     def compute() -> pd.DataFrame:
         ranks = run.ranks()
         scalars = run.frame("scalar")
-        timing = run.frame("timing")
-        totals = timing[(timing["name"] == "step") & (timing["phase"] == "total")] if not timing.empty else timing
-        recent = (totals.sort_values("step").groupby("rank")["ms"]
-                  .apply(lambda ms: float(np.median(ms.to_numpy()[-window:]))).to_dict()) if len(totals) else {}
+        totals = phase_ms(run, ("total",))
+        recent = recent_median(totals, window)
         step_ms = {r: recent.get(r, float("nan")) for r in ranks}
         # Progress: the last step timed (system samples carry the step still running).
-        timed = totals.groupby("rank")["step"].max().to_dict() if len(totals) else {}
+        timed = totals.groupby("rank")["step"].max().to_dict()
         compute = compute_ms(run, window=window)
         slow_compute = straggler_flags({r: compute.get(r, float("nan")) for r in ranks}, straggler_factor)
         flags = {r: f or slow_compute.get(r, False) for r, f in straggler_flags(step_ms, straggler_factor).items()}
@@ -90,25 +88,17 @@ def rank_summary(table: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame({"min": num.min(), "median": num.median(), "max": num.max()}).T
 
 
-def step_time_history(run: LiveRun, rank: int, *, last: int = 60) -> np.ndarray:
-    """The last `last` step times (ms) of `rank`, oldest first."""
-    return step_totals(run, rank=rank)[-last:]
-
-
 def step_time_histories(run: LiveRun, *, last: int = 60) -> dict[int, np.ndarray]:
     """The last `last` step times (ms) of every rank, oldest first, in one pass (for per-rank sparklines)."""
     def compute() -> dict[int, np.ndarray]:
-        timing = run.frame("timing")
-        if timing.empty:
-            return {}
-        totals = timing[(timing["name"] == "step") & (timing["phase"] == "total")]
-        tail = totals.drop_duplicates(["rank", "step"], keep="last").sort_values(["rank", "step"])
-        return {int(r): g["ms"].to_numpy(dtype=np.float64)[-last:] for r, g in tail.groupby("rank")}
+        totals = phase_ms(run, ("total",))
+        return {int(r): g["ms"].to_numpy(dtype=np.float64)[-last:] for r, g in totals.groupby("rank")}
 
     return run.cached(("step_time_histories", last), ("timing",), compute)
 
 
-_COMPUTE_ROWS = {"forward": "model", "data": "data", "optimizer": "optimizer"}
+COMPUTE_PHASES = ("forward", "data", "optimizer")
+"""The phases a rank spends outside collectives (backward holds the all-reduce wait)."""
 
 
 def compute_ms(run: LiveRun, *, window: int = 20) -> dict[int, float]:
@@ -117,17 +107,4 @@ def compute_ms(run: LiveRun, *, window: int = 20) -> dict[int, float]:
     Under synchronous data parallelism every rank's total step time is the slowest rank's (the others
     wait in backward's all-reduce), so only the time spent outside collectives shows who is slow.
     """
-    def compute() -> dict[int, float]:
-        timing = run.frame("timing")
-        if timing.empty:
-            return {}
-        mask = np.zeros(len(timing), dtype=bool)
-        for phase, owner in _COMPUTE_ROWS.items():
-            mask |= ((timing["phase"] == phase) & (timing["name"] == owner)).to_numpy()
-        sel = timing[mask]
-        if sel.empty:
-            return {}
-        per_step = sel.groupby(["rank", "step"])["ms"].sum().reset_index().sort_values(["rank", "step"])
-        return {int(r): float(np.median(g["ms"].to_numpy()[-window:])) for r, g in per_step.groupby("rank")}
-
-    return run.cached(("compute_ms", window), ("timing",), compute)
+    return recent_median(phase_ms(run, COMPUTE_PHASES), window)

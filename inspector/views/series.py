@@ -1,10 +1,9 @@
 """Scalar series (loss, lr, grad norm, user metrics) ready to plot, downsampled on the server."""
 from __future__ import annotations
 
-import numpy as np
 import pandas as pd
 
-from inspector.views.downsample import DEFAULT_POINTS, downsample_indices
+from inspector.views.downsample import DEFAULT_POINTS, downsample_series
 from inspector.views.live import LiveRun
 
 
@@ -34,7 +33,7 @@ def scalar_series(run: LiveRun, name: str, *, rank: int | None = 0, steps: tuple
     return run.cached(("scalar_series", name, rank, steps, max_points), ("scalar",), compute)
 
 
-def downsample_series(step: np.ndarray, value: np.ndarray, max_points: int = DEFAULT_POINTS) -> pd.DataFrame:
-    """A `step`/`value` frame of at most `max_points` rows that keeps the series' extremes."""
-    idx = downsample_indices(step, value, max_points)
-    return pd.DataFrame({"step": np.asarray(step)[idx], "value": np.asarray(value, dtype=np.float64)[idx]})
+def grad_norm_name(run: LiveRun) -> str | None:
+    """The scalar that holds the global gradient norm in this run (None if none)."""
+    names = scalar_names(run)
+    return next((n for n in ("grad_norm/global", "grad_norm") if n in names), None)

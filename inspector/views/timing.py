@@ -13,6 +13,27 @@ PHASES = ("forward", "backward", "optimizer", "data", "other")
 _STEP_ROW = {"forward": "model", "backward": "model", "optimizer": "optimizer", "data": "data", "other": "step", "total": "step"}
 
 
+def phase_ms(run: LiveRun, phases: tuple[str, ...]) -> pd.DataFrame:
+    """Per rank and step (every rank), the summed ms of the whole-step rows of `phases`
+    (columns `rank`, `step`, `ms`, sorted)."""
+    def compute() -> pd.DataFrame:
+        df = run.frame("timing")
+        if df.empty:
+            return pd.DataFrame(columns=["rank", "step", "ms"])
+        mask = np.zeros(len(df), dtype=bool)
+        for phase in phases:
+            mask |= ((df["phase"] == phase) & (df["name"] == _STEP_ROW[phase])).to_numpy()
+        last = df[mask].groupby(["rank", "step", "phase"], observed=True)["ms"].last()   # a step written twice counts once
+        return last.groupby(level=["rank", "step"]).sum().reset_index().sort_values(["rank", "step"])
+
+    return run.cached(("phase_ms", phases), ("timing",), compute)
+
+
+def recent_median(per_step: pd.DataFrame, window: int) -> dict[int, float]:
+    """Per rank: the median `ms` of the last `window` steps of a `phase_ms` frame."""
+    return {int(r): float(np.median(g["ms"].to_numpy()[-window:])) for r, g in per_step.groupby("rank")}
+
+
 def step_breakdown(run: LiveRun, *, rank: int = 0, max_points: int = DEFAULT_POINTS) -> pd.DataFrame:
     """Per step: milliseconds of forward, backward, optimizer, data, other and total (≤ `max_points` rows).
 
@@ -60,9 +81,3 @@ def slowest_modules(run: LiveRun, *, rank: int = 0, top: int = 10) -> pd.DataFra
             & ~df["name"].isin(["model", "step", "optimizer", "data"])]
     out = df.groupby(["name", "phase"], as_index=False)["ms"].mean()
     return out.sort_values("ms", ascending=False).head(top).reset_index(drop=True)
-
-
-def step_totals(run: LiveRun, *, rank: int) -> np.ndarray:
-    """Total ms of every timed step of `rank`, in step order (not downsampled)."""
-    df = step_breakdown(run, rank=rank, max_points=1 << 62)
-    return df["total"].to_numpy(dtype=np.float64) if not df.empty else np.empty(0)

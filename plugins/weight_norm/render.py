@@ -6,27 +6,22 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from inspector.views.downsample import bin_columns, natural_key
 from plugins.weight_norm.kind import WEIGHT_NORM
 
 NO_DATA = "no weight norms recorded: start the run with watch(..., probes=[..., \"weight_norm\"])"
 
 
 def weight_norm_matrix(run: Any, *, max_steps: int = 500) -> tuple[list[str], list[int], np.ndarray]:
-    """(block names, steps, norm [blocks, steps]) of rank 0; at most `max_steps` evenly spaced steps."""
+    """(block names, steps, norm [blocks, steps]) of rank 0; above `max_steps` steps, binned (mean)."""
     df = run.frame(WEIGHT_NORM.name)
     if df.empty:
         return [], [], np.zeros((0, 0))
     df = df[df["rank"] == 0]
     wide = df.pivot_table(index="name", columns="step", values="norm", aggfunc="last", observed=True)
-    wide = wide.reindex(sorted(wide.index, key=_natural))
-    if wide.shape[1] > max_steps:
-        keep = np.unique(np.linspace(0, wide.shape[1] - 1, max_steps).round().astype(int))
-        wide = wide.iloc[:, keep]
-    return [str(n) for n in wide.index], [int(s) for s in wide.columns], wide.to_numpy(np.float64)
-
-
-def _natural(name: str) -> list[Any]:
-    return [int(p) if p.isdigit() else p for p in str(name).replace(".", " ").split()]
+    wide = wide.reindex(sorted(wide.index, key=natural_key))
+    steps, z = bin_columns(wide.columns.to_numpy(np.int64), wide.to_numpy(np.float64), max_steps, "mean")
+    return [str(n) for n in wide.index], [int(s) for s in steps], z
 
 
 def latest_norms(run: Any, step: int) -> pd.DataFrame:

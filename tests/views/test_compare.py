@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from inspector.views import open_live
-from inspector.views.compare import COMPARE_METRICS, compare_series, grad_norm_name
+from inspector.views.compare import COMPARE_METRICS, compare_series
+from inspector.views.series import grad_norm_name
 from tests.synthetic_run import SyntheticSpec, write_synthetic_run
 
 

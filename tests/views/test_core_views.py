@@ -13,7 +13,7 @@ from inspector.views.anomalies import anomaly_list
 from inspector.views.attention import (attention_grid, attention_layers, attention_matrix, attention_steps,
                                        block_average, collapsed_heads, entropy_matrix, head_stats)
 from inspector.views.experts import expert_bias, expert_counts, expert_steps, imbalance_series
-from inspector.views.ranks import rank_summary, rank_table, step_time_history, straggler_flags
+from inspector.views.ranks import rank_summary, rank_table, step_time_histories, straggler_flags
 from inspector.views.series import scalar_series
 from inspector.views.steps import nearest_at_or_before
 from inspector.views.timing import phase_shares, step_breakdown
@@ -80,7 +80,7 @@ def test_rank_table_flags_slow_rank(synthetic) -> None:
     assert table["status"].tolist() == ["finished", "finished"]
     summary = rank_summary(table)
     assert summary.loc["max", "step_ms"] == table["step_ms"].max()
-    np.testing.assert_allclose(step_time_history(run, 1, last=5), written.step_ms[1][-5:])
+    np.testing.assert_allclose(step_time_histories(run, last=5)[1], written.step_ms[1][-5:])
     assert straggler_flags({0: 10.0}) == {0: False}
 
 

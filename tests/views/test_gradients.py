@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from inspector.views import open_live
-from inspector.views.gradients import bin_columns, grad_groups, grad_heatmap, grad_lines, group_detail
+from inspector.views.downsample import bin_columns
+from inspector.views.gradients import grad_groups, grad_heatmap, grad_lines, group_detail
 from tests.synthetic_run import PARAMS, SyntheticSpec, write_synthetic_run
 
 

@@ -10,7 +10,7 @@ from inspector.dash_app.context import AppContext, guarded, selected_step
 from inspector.dash_app.figures import HEAT, TEMPLATE, empty_figure, heatmap_figure
 from inspector.views.attention import (attention_grid, attention_matrix, attention_steps, collapsed_heads,
                                        entropy_matrix, head_stats)
-from inspector.views.gradients import bin_columns
+from inspector.views.downsample import bin_columns
 from inspector.views.steps import nearest_at_or_before
 
 PATH = "/attention"

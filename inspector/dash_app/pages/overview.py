@@ -10,7 +10,7 @@ from inspector.dash_app.components import graph, message, panel
 from inspector.dash_app.context import AppContext, guarded
 from inspector.dash_app.figures import PHASE_COLORS, TEMPLATE, empty_figure, line_figure
 from inspector.views.anomalies import anomaly_list
-from inspector.views.compare import grad_norm_name
+from inspector.views.series import grad_norm_name
 from inspector.views.overview import eval_loss_name
 from inspector.views.series import scalar_names, scalar_series
 from inspector.views.timing import PHASES, step_breakdown
