@@ -3,35 +3,36 @@ them) and loss spikes. Other probes report their own anomalies through `ProbeCon
 (exploding/vanishing/non-finite gradients, dead layers, starved experts, attention collapse).
 
 Finding the first non-finite module without slowing training:
-- CPU: every module's output is only *referenced* during the forward (autograd keeps most of them
-  anyway); the root output is checked once per forward, and only when it is non-finite are the
-  referenced outputs scanned, in the order the modules finished (inner before outer), for the
-  first bad one.
-- CUDA: every module output gets a device-side flag (a sum and `isfinite`, no sync); the flags are
-  stacked at the end of the forward and copied to the host asynchronously, then read one step later.
-Under `torch.no_grad()` on CPU (inference) only block outputs are referenced, to keep peak memory low.
+- CPU: only the model's blocks and the modules outside them are hooked, and their outputs (and
+  the blocks' inputs) are only *referenced* during the forward. The root output is checked once
+  per forward; only when it is non-finite are the referenced outputs scanned, in the order the
+  modules finished, and the first bad block is run again with every module inside it hooked
+  (`nonfinite_replay`) to name the module within. Under `torch.no_grad()` (inference, where a
+  block may append to a KV cache) the block is not rerun and is itself reported.
+- CUDA: every module output (MoE experts' inner layers excepted) gets a device-side sum, no sync;
+  the sums are stacked at the end of the forward and copied to the host asynchronously, then
+  judged one step later. Which scheme applies is decided where the parameters are at `watch()`.
 """
 from __future__ import annotations
 
 import math
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
 from inspector.probes.base import Probe, ProbeContext
 from inspector.probes.host import PendingCopies, to_host
 from inspector.probes.model_map import find_blocks, first_tensor
+from inspector.probes.nonfinite_replay import first_nonfinite_inside, is_nonfinite
 from inspector.probes.registry import register_probe
 from inspector.probes.robust import RobustZ
 
 LOSS_SPIKE_Z = 6.0
 LOSS_SPIKE_RATIO = 1.5
 
-
-def _nonfinite(t: torch.Tensor) -> torch.Tensor:
-    """0-d bool tensor on t's device: does t hold a NaN or an Inf? (one reduction; no sync)"""
-    return ~torch.isfinite(t.sum(dtype=torch.float32))
+_Call = tuple[nn.Module, tuple[Any, ...], dict[str, Any]]  # a block with the inputs it was called with
 
 
 def _inside_experts(model: nn.Module) -> set[int]:
@@ -59,11 +60,10 @@ class AnomalyProbe(Probe):
 
     def __init__(self) -> None:
         super().__init__()
-        self._order: list[str] = []
-        self._refs: list[tuple[str, torch.Tensor]] = []
-        self._flags: list[torch.Tensor] = []
-        self._flag_names: list[str] = []
-        self._pending = PendingCopies()  # (step, what, detail) -> flags or loss, judged in order
+        self._outputs: list[tuple[str, torch.Tensor, _Call | None]] = []
+        self._sums: list[torch.Tensor] = []
+        self._sum_names: list[str] = []
+        self._pending = PendingCopies()  # (step, what, detail) -> sums or loss, judged in order
         self._bad_module: dict[int, str] = {}
         self._loss_z = RobustZ(window=100, min_history=20)
         self._active = False
@@ -73,57 +73,79 @@ class AnomalyProbe(Probe):
         model = ctx.model
         self.track(model.register_forward_pre_hook(self._root_pre))
         self.track(model.register_forward_hook(self._root_post))
-        block_ids = {id(m) for _, m in find_blocks(model)}
-        inside = _inside_experts(model)
+        blocks = find_blocks(model)
+        block_ids = {id(m) for _, m in blocks}
+        if any(p.is_cuda for p in model.parameters()):
+            skip = _inside_experts(model)
+        else:
+            skip = {id(m) for _, b in blocks for m in b.modules() if m is not b}
         for name, module in model.named_modules():
-            if name and id(module) not in inside:
-                self.track(module.register_forward_hook(self._make_hook(name, id(module) in block_ids)))
+            if not name or id(module) in skip:
+                continue
+            if id(module) in block_ids:
+                self.track(module.register_forward_hook(self._make_block_hook(name), with_kwargs=True))
+            else:
+                self.track(module.register_forward_hook(self._make_hook(name)))
         return None  # loss checks apply to every model, even one without submodules
 
     # ---- forward hooks ------------------------------------------------------------------------
 
     def _root_pre(self, module: nn.Module, args: Any) -> None:
         self._active = self.ctx.sampling.due(self.name, self.ctx.step) and self.ctx.step not in self._bad_module
-        self._refs.clear()
-        self._flags.clear()
-        self._flag_names.clear()
+        self._clear()
 
-    def _make_hook(self, name: str, is_block: bool):
+    def _clear(self) -> None:
+        self._outputs.clear()
+        self._sums.clear()
+        self._sum_names.clear()
+
+    def _keep(self, name: str, out: Any, call: _Call | None = None) -> None:
+        t = first_tensor(out)
+        if t is None:
+            return
+        if t.device.type == "cuda":
+            self._sums.append(t.detach().sum(dtype=torch.float32))
+            self._sum_names.append(name)
+        else:
+            self._outputs.append((name, t, call))
+
+    def _make_hook(self, name: str):
         def hook(module: nn.Module, args: Any, out: Any) -> None:
-            if not self._active:
-                return
-            t = first_tensor(out)
-            if t is None:
-                return
-            if t.device.type == "cuda":
-                self._flags.append(_nonfinite(t.detach()))
-                self._flag_names.append(name)
-            elif is_block or torch.is_grad_enabled():
-                self._refs.append((name, t))
+            if self._active:
+                self._keep(name, out)
+        return hook
+
+    def _make_block_hook(self, name: str):
+        def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
+            if self._active:
+                self._keep(name, out, (module, args, kwargs))
         return hook
 
     def _root_post(self, module: nn.Module, args: Any, out: Any) -> None:
         if not self._active:
             return
+        self._active = False  # a block recomputed in backward (activation checkpointing) is not kept
         step = self.ctx.step
         try:
-            if self._flags:
-                flags = to_host(torch.stack(self._flags))
-                self._pending.push((step, "flags", list(self._flag_names)), flags)
-            elif self._refs:
+            if self._sums:
+                self._pending.push((step, "sums", list(self._sum_names)), to_host(torch.stack(self._sums)))
+            elif self._outputs:
                 root = first_tensor(out)
-                if root is not None and root.device.type != "cuda" and bool(_nonfinite(root.detach())):
+                if root is not None and root.device.type != "cuda" and is_nonfinite(root):
                     self._localise(step)
         finally:
-            self._refs.clear()
-            self._flags.clear()
-            self._flag_names.clear()
+            self._clear()
 
     def _localise(self, step: int) -> None:
-        for name, t in self._refs:
-            if bool(_nonfinite(t.detach())):
-                self._found(step, name)
-                return
+        """The first referenced output that is non-finite; inside a block, the module within it."""
+        for name, t, call in self._outputs:
+            if not is_nonfinite(t):
+                continue
+            if call is not None and torch.is_grad_enabled():
+                block, args, kwargs = call
+                name = first_nonfinite_inside(block, name, args, kwargs, self.ctx.hook_ids) or name
+            self._found(step, name)
+            return
 
     def _found(self, step: int, module: str) -> None:
         if step in self._bad_module:
@@ -150,8 +172,8 @@ class AnomalyProbe(Probe):
 
     def _drain(self) -> None:
         for (step, what, detail), host in self._pending.drain():
-            if what == "flags":
-                hits = host.reshape(-1).nonzero()[0]
+            if what == "sums":
+                hits = (~np.isfinite(host.reshape(-1))).nonzero()[0]
                 if len(hits):
                     self._found(step, detail[int(hits[0])])
             else:

@@ -37,6 +37,7 @@ class ProbeContext:
     optimizer: torch.optim.Optimizer | None = None
     names: dict[nn.Module, str] = field(default_factory=dict)
     shared: dict[str, Any] = field(default_factory=dict)
+    hook_ids: set[int] = field(default_factory=set)  # ids of every torch hook the probes registered
     _reported: set[tuple[str, str]] = field(default_factory=set)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -99,10 +100,14 @@ class Probe:
     def track(self, handle: Any) -> Any:
         """Remember a hook handle (anything with `.remove()`) for `detach()`."""
         self._handles.append(handle)
+        if self.ctx is not None and isinstance(getattr(handle, "id", None), int):
+            self.ctx.hook_ids.add(handle.id)
         return handle
 
     def detach(self) -> None:
         """Remove every hook this probe registered."""
         for h in self._handles:
             h.remove()
+            if self.ctx is not None:
+                self.ctx.hook_ids.discard(getattr(h, "id", None))
         self._handles.clear()
