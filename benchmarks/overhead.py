@@ -57,6 +57,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import importlib.util
 import json
 import math
 import os
@@ -508,6 +509,11 @@ def main(argv: list[str] | None = None) -> None:
     unknown = [n for n in names if n not in ALL_VARIANTS and not n.startswith("probe-")]
     if unknown:
         raise SystemExit(f"unknown variant(s) {unknown}; known: {', '.join(ALL_VARIANTS)}")
+    missing = sorted({lib for n in names for prefix, lib in (("tb-", "tensorboard"), ("wandb-", "wandb"))
+                      if n.startswith(prefix) and importlib.util.find_spec(lib) is None})
+    if missing:
+        raise SystemExit(f"the variants need {', '.join(missing)}: pip install -e '.[bench]' (or leave those"
+                         " variants out of --variants)")
 
     with contextlib.ExitStack() as stack:
         work = Path(args.workdir) if args.workdir else Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="overhead-")))

@@ -21,18 +21,29 @@ def _poison_at(module: nn.Module, step_box: list[int], bad_step: int) -> None:
     module.register_forward_hook(hook)
 
 
-def _train(model: nn.Module, run: Path, steps: int, make_batch, step_box: list[int]) -> None:
-    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+def _train(model: nn.Module, run: Path, steps: int, loss_of, step_box: list[int], lr: float = 1e-3) -> None:
+    """`steps` SGD steps of `loss_of(model)` under the anomalies probe; `step_box[0]` is the step."""
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
     w = inspector.watch(model, run, probes=["anomalies"], optimizer=opt)
     for s in range(steps):
         step_box[0] = s
-        x, y = make_batch()
-        loss = nn.functional.mse_loss(model(x), y)
+        loss = loss_of(model)
         opt.zero_grad()
         loss.backward()
         opt.step()
         w.step(loss=loss)
     w.close()
+
+
+def _first_nonfinite(run: Path) -> tuple[int, str]:
+    """(step, module) of the earliest non-finite activation recorded in `run`."""
+    a = inspector.open_run(run).to_pandas("anomaly")
+    first = a[a["kind"] == "nonfinite_activation"].sort_values("step").iloc[0]
+    return int(first["step"]), str(first["module"])
+
+
+def _mse(model: nn.Module) -> torch.Tensor:
+    return nn.functional.mse_loss(model(torch.randn(4, 8)), torch.randn(4, 1))
 
 
 def test_nan_in_a_known_module_is_reported_at_that_module_and_step(tmp_path: Path,
@@ -42,7 +53,7 @@ def test_nan_in_a_known_module_is_reported_at_that_module_and_step(tmp_path: Pat
     step_box = [0]
     _poison_at(model[2][0], step_box, bad_step=7)   # the Linear inside the nested block
     caplog.set_level(logging.WARNING, logger="inspector")
-    _train(model, tmp_path / "run", 12, lambda: (torch.randn(4, 8), torch.randn(4, 1)), step_box)
+    _train(model, tmp_path / "run", 12, _mse, step_box)
     a = inspector.open_run(tmp_path / "run").to_pandas("anomaly")
     first = a[a["kind"] == "nonfinite_activation"].sort_values("step").iloc[0]
     assert (first["step"], first["module"]) == (7, "2.0")
@@ -72,23 +83,13 @@ def test_nan_in_the_engine_is_traced_to_the_module(tmp_path: Path) -> None:
             return q, k
         return out
     names[target].register_forward_hook(poison)
-    opt = torch.optim.SGD(model.parameters(), lr=1e-4)
-    w = inspector.watch(model, tmp_path / "run", probes=["anomalies"], optimizer=opt)
-    for s in range(5):
-        step_box[0] = s
+
+    def loss_of(m: nn.Module) -> torch.Tensor:
         tokens = torch.randint(0, cfg.vocab_size, (2, 16))
-        logits = model(tokens)
-        logits = logits[0] if isinstance(logits, tuple) else logits
-        loss = nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.size(-1)), tokens[:, 1:].reshape(-1))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        w.step(loss=loss)
-    w.close()
-    a = inspector.open_run(tmp_path / "run").to_pandas("anomaly")
-    first = a[a["kind"] == "nonfinite_activation"].sort_values("step").iloc[0]
-    assert first["step"] == 3
-    assert first["module"] == target
+        logits = m(tokens)
+        return nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), tokens[:, 1:].flatten())
+    _train(model, tmp_path / "run", 5, loss_of, step_box, lr=1e-4)
+    assert _first_nonfinite(tmp_path / "run") == (3, target)
 
 
 def test_loss_spike_is_flagged_once_at_its_step(tmp_path: Path) -> None:
@@ -110,7 +111,7 @@ def test_loss_spike_is_flagged_once_at_its_step(tmp_path: Path) -> None:
 def test_healthy_training_reports_nothing(tmp_path: Path) -> None:
     torch.manual_seed(1)
     model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 1))
-    _train(model, tmp_path / "run", 30, lambda: (torch.randn(4, 8), torch.randn(4, 1)), [0])
+    _train(model, tmp_path / "run", 30, _mse, [0])
     assert len(inspector.open_run(tmp_path / "run").to_pandas("anomaly")) == 0
 
 
@@ -139,9 +140,7 @@ def test_nan_inside_an_expert_is_placed_at_the_expert_linear(tmp_path: Path) -> 
         w.ctx.optimizer.zero_grad()
         w.step(loss=loss)
     w.close()
-    a = inspector.open_run(tmp_path / "run").to_pandas("anomaly")
-    first = a[a["kind"] == "nonfinite_activation"].sort_values("step").iloc[0]
-    assert (first["step"], first["module"]) == (2, f"{expert}.w1")
+    assert _first_nonfinite(tmp_path / "run") == (2, f"{expert}.w1")
 
 
 class _CallCounter(nn.Module):
@@ -192,8 +191,7 @@ def test_rerunning_the_block_to_place_a_nan_leaves_no_trace(tmp_path: Path) -> N
     _forward_backward(plain, box_p, None)
 
     run = inspector.open_run(tmp_path / "run")
-    first = run.to_pandas("anomaly").query("kind == 'nonfinite_activation'").sort_values("step").iloc[0]
-    assert (first["step"], first["module"]) == (3, "1.0")
+    assert _first_nonfinite(tmp_path / "run") == (3, "1.0")
     # the rerun drew no random numbers (dropout), moved no BatchNorm statistics, and no other probe
     # recorded it: step 3 has as many timing and histogram rows as step 2
     assert torch.equal(rng_watched, torch.get_rng_state())
@@ -216,8 +214,7 @@ def test_nan_in_inference_is_placed_at_its_block_without_a_rerun(tmp_path: Path)
     with torch.no_grad():
         model(torch.randn(4, 8))
     w.close()
-    first = inspector.open_run(tmp_path / "run").to_pandas("anomaly").query("kind == 'nonfinite_activation'").iloc[0]
-    assert first["module"] == "1"  # a block may append to a KV cache: inference does not rerun it
+    assert _first_nonfinite(tmp_path / "run") == (0, "1")  # a block may append to a KV cache: inference does not rerun it
     assert calls == [1]
 
 
@@ -252,8 +249,7 @@ def _engine_losses(watched: bool, run: Path) -> tuple[list[float], nn.Module]:
 def test_the_engine_trains_on_unchanged_through_a_rerun(tmp_path: Path) -> None:
     watched_losses, watched = _engine_losses(True, tmp_path / "run")
     plain_losses, plain = _engine_losses(False, tmp_path / "unused")
-    first = inspector.open_run(tmp_path / "run").to_pandas("anomaly").query("kind == 'nonfinite_activation'").iloc[0]
-    assert (first["step"], first["module"]) == (1, "layers.1.attn.qk_capture")
+    assert _first_nonfinite(tmp_path / "run") == (1, "layers.1.attn.qk_capture")
     # the rerun of layers.1 kept the routers' aux losses (set in forward) and load counters (buffers)
     assert watched_losses[0] == plain_losses[0] and watched_losses[2:] == plain_losses[2:]
     for (name, a), (_, b) in zip(watched.named_buffers(), plain.named_buffers()):
@@ -270,17 +266,9 @@ def test_nan_in_a_hugging_face_llama_is_traced_inside_its_decoder_layer(tmp_path
     model = transformers.LlamaForCausalLM(cfg).train()
     step_box = [0]
     _poison_at(model.model.layers[1].mlp.up_proj, step_box, bad_step=1)
-    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
-    w = inspector.watch(model, tmp_path / "run", probes=["anomalies"], optimizer=opt)
-    for s in range(3):
-        step_box[0] = s
+
+    def loss_of(m: nn.Module) -> torch.Tensor:
         ids = torch.randint(0, 64, (2, 12))
-        loss = model(input_ids=ids, labels=ids).loss
-        loss.backward()
-        opt.step()
-        opt.zero_grad()
-        w.step(loss=loss)
-    w.close()
-    a = inspector.open_run(tmp_path / "run").to_pandas("anomaly")
-    first = a[a["kind"] == "nonfinite_activation"].sort_values("step").iloc[0]
-    assert (first["step"], first["module"]) == (1, "model.layers.1.mlp.up_proj")
+        return m(input_ids=ids, labels=ids).loss
+    _train(model, tmp_path / "run", 3, loss_of, step_box)
+    assert _first_nonfinite(tmp_path / "run") == (1, "model.layers.1.mlp.up_proj")
