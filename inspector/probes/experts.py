@@ -35,9 +35,11 @@ record nothing):
 - `bias`: the balance bias as it is at step end: the engine's `bias` buffer in sigmoid mode,
   an HF router's `e_score_correction_bias`, else null.
 
-Anomaly `expert_starved` (module = router name): an expert received no token for
-`STARVED_STEPS` consecutive recorded steps; reported once per such stretch, from host values
-(one step late on CUDA, when the copy has landed; the training thread never waits).
+Anomaly `expert_starved` (module = router name): an expert received no token on every recorded
+step across `STARVED_STEPS` training steps (so recording every 10th step reports it as soon as
+recording every step would), seen on at least `STARVED_MIN_SAMPLES` recorded steps; reported once
+per such stretch, from host values (one step late on CUDA, when the copy has landed; the training
+thread never waits).
 """
 from __future__ import annotations
 
@@ -59,7 +61,32 @@ from inspector.probes.registry import register_probe
 log = logging.getLogger("inspector")
 
 STARVED_STEPS = 50
-"""Consecutive recorded steps with zero tokens after which an expert is reported as starved."""
+"""Training steps without a token (on every step recorded) after which an expert is starved."""
+STARVED_MIN_SAMPLES = 5
+"""Recorded steps with zero tokens an expert must also have before it is reported (sparse sampling)."""
+
+
+@dataclass
+class _Streak:
+    """Per expert of one router: the step its run of empty recorded steps began (-1: none), the
+    number of recorded steps in that run, and whether the run was reported."""
+
+    since: np.ndarray
+    seen: np.ndarray
+    told: np.ndarray
+
+    @classmethod
+    def empty(cls, n: int) -> "_Streak":
+        return cls(np.full(n, -1, dtype=np.int64), np.zeros(n, dtype=np.int64), np.zeros(n, dtype=bool))
+
+    def update(self, step: int, counts: np.ndarray) -> np.ndarray:
+        """Add one recorded step's counts; the experts that became starved at it."""
+        zero = counts == 0
+        self.since = np.where(zero, np.where(self.since < 0, step, self.since), -1)
+        self.seen = np.where(zero, self.seen + 1, 0)
+        due = zero & ~self.told & (step - self.since + 1 >= STARVED_STEPS) & (self.seen >= STARVED_MIN_SAMPLES)
+        self.told = zero & (self.told | due)
+        return np.flatnonzero(due)
 
 _EXPERT_ATTRS = ("n_experts", "num_experts", "num_local_experts", "n_routed_experts", "moe_num_experts")
 _TOPK_ATTRS = ("top_k", "num_experts_per_tok", "moe_top_k", "n_activated_experts")
@@ -218,7 +245,7 @@ class ExpertsProbe(Probe):
         self.routers: list[RouterInfo] = []
         self._acc: dict[str, _Acc] = {}
         self._pending: list[_StepLoad] = []
-        self._streak: dict[str, np.ndarray] = {}
+        self._streak: dict[str, _Streak] = {}
         self._warned = False
 
     def attach(self, ctx: ProbeContext) -> str | None:
@@ -285,16 +312,15 @@ class ExpertsProbe(Probe):
             for i, info in enumerate(load.rows):
                 counts = load.values()["counts"][i]
                 streak = self._streak.get(info.name)
-                if streak is None or streak.shape != counts.shape:
-                    streak = np.zeros(counts.shape, dtype=np.int64)
-                streak = np.where(counts == 0, streak + 1, 0)
-                self._streak[info.name] = streak
-                starved = np.flatnonzero(streak == STARVED_STEPS)
+                if streak is None or streak.since.shape != counts.shape:
+                    streak = self._streak[info.name] = _Streak.empty(counts.shape[0])
+                starved = streak.update(load.step, counts)
                 if starved.size:
+                    since = int(streak.since[starved].min())
                     self.ctx.report(
                         "expert_starved",
-                        f"{info.name}: expert(s) {starved.tolist()} received no token for "
-                        f"{STARVED_STEPS} consecutive recorded steps",
+                        f"{info.name}: expert(s) {starved.tolist()} received no token in any recorded step "
+                        f"from step {since} to {load.step} ({int(streak.seen[starved].min())} recorded)",
                         module=info.name, value=float(starved.size), step=load.step)
         del self._pending[:-64]  # copies that never land (a dead device) must not pile up
 

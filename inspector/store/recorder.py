@@ -45,6 +45,7 @@ log = logging.getLogger("inspector")
 
 _FLUSH, _STOP = object(), object()
 BLOB_SLICE_S = 0.010
+COALESCE_POLL_S = 0.05   # how often a coalescing writer looks at the queue's depth
 _OPEN: "weakref.WeakSet[Recorder]" = weakref.WeakSet()
 
 
@@ -59,7 +60,7 @@ class Recorder:
                  world_size: int | None = None, local_rank: int | None = None,
                  config: Mapping[str, Any] | None = None, model: Mapping[str, Any] | None = None,
                  probes: Mapping[str, Any] | None = None, queue_size: int = 8192,
-                 flush_interval: float = 0.5, coalesce_s: float = 0.02, heartbeat_s: float = 2.0,
+                 flush_interval: float = 0.5, coalesce_s: float = 0.2, heartbeat_s: float = 2.0,
                  segment_bytes: int = 64 << 20, blob_codec: str = "lz4") -> None:
         env = DistEnv.from_environ()
         self.rank = env.rank if rank is None else rank
@@ -79,6 +80,7 @@ class Recorder:
         self._failed: str | None = None
         self._warned: set[str] = set()
         self._blobs: deque[tuple] = deque()   # blob items not written yet (see _write)
+        self._urgent = threading.Event()      # a flush or close is waiting: stop coalescing
 
         self.run_dir.mkdir(parents=True, exist_ok=True)
         meta_path = self.run_dir / RUN_META_FILE
@@ -159,6 +161,7 @@ class Recorder:
             self._queue.put((_FLUSH, done, 0, None), timeout=timeout)
         except queue.Full:
             return False
+        self._urgent.set()
         return done.wait(timeout) and self._failed is None
 
     def close(self, timeout: float = 30.0) -> None:
@@ -172,6 +175,7 @@ class Recorder:
             self._queue.put((_STOP, None, 0, None), timeout=timeout)
         except queue.Full:
             pass
+        self._urgent.set()
         self._thread.join(timeout)
 
     def __enter__(self) -> "Recorder":
@@ -214,9 +218,8 @@ class Recorder:
             except queue.Empty:
                 first = None
             if first is not None and first[0] is not _FLUSH and first[0] is not _STOP and not self._blobs:
-                wait = self._coalesce_s - (time.monotonic() - last_write)
-                if wait > 0:
-                    time.sleep(wait)
+                self._coalesce(last_write + self._coalesce_s)
+            self._urgent.clear()
             items = [] if first is None else [first]
             while True:
                 try:
@@ -230,6 +233,19 @@ class Recorder:
             stop = self._write(items)
             last_write = time.monotonic()
         self._finish()
+
+    def _coalesce(self, until: float) -> None:
+        """Let records gather until `until`, a flush or close, or a quarter-full queue.
+
+        One write per kind per wake-up: on a machine whose cores the training threads keep busy,
+        every wake-up of this thread delays a step, so fewer and larger writes cost training less.
+        """
+        full = max(1, self._queue.maxsize // 4)
+        while not self._urgent.is_set() and self._queue.qsize() < full:
+            left = until - time.monotonic()
+            if left <= 0:
+                return
+            self._urgent.wait(min(left, COALESCE_POLL_S))
 
     def _stats_columns(self) -> dict[str, Any]:
         step = self._max_step if self._max_step >= 0 else self.step  # never ahead of the data

@@ -71,6 +71,7 @@ class InspectorApp(App):
         self._idle_wait = min(interval, 0.5)
         self.draws = 0
         self.plugin_modes: set[str] = set()
+        self.plugin_keys: list[tuple[str, str]] = []  # (key, title) of each plugin screen given a key
 
     def on_mount(self) -> None:
         """Start on the requested screen, start the poller and the 4 Hz redraw timer."""
@@ -115,6 +116,7 @@ class InspectorApp(App):
             self.plugin_modes.add(mode)
             if key not in taken:
                 self.bind(key, f"screen('{mode}')", description=title)
+                self.plugin_keys.append((key, title))
                 taken.add(key)
         self.refresh_bindings()
 
@@ -217,7 +219,7 @@ class InspectorApp(App):
 
     def action_help(self) -> None:
         """Show the key reference."""
-        self.push_screen(HelpScreen())
+        self.push_screen(HelpScreen(self.plugin_keys))
 
     def on_unmount(self) -> None:
         """Stop the poller thread."""

@@ -124,6 +124,22 @@ def test_a_starved_expert_is_reported_once_at_the_fiftieth_empty_step(tmp_path: 
     assert sum("received no token" in m for m in caplog.messages) == 1
 
 
+def test_starvation_is_judged_in_training_steps_when_experts_are_recorded_every_tenth_step(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = Transformer(get_config("debug_v3", n_expert_groups=1, n_limited_groups=1)).train()
+    model.routers()[0].bias[5] = -100.0
+    w = inspector.watch(model, tmp_path / "run", probes=["experts"], every={"experts": 10})
+    with torch.no_grad():
+        for _ in range(4 * STARVED_STEPS):
+            model(torch.randint(0, 256, (1, 8)))
+            w.step()
+    w.close()
+    found = inspector.open_run(tmp_path / "run").to_pandas("anomaly").query("kind == 'expert_starved'")
+    # recorded at steps 0, 10, ..., 50: the first recorded step 50 training steps into the stretch
+    assert found["step"].tolist() == [STARVED_STEPS]
+    assert "from step 0 to 50 (6 recorded)" in found["message"].iloc[0]
+
+
 def test_a_model_without_routers_is_not_applicable(tmp_path: Path) -> None:
     w = inspector.watch(nn.Sequential(nn.Linear(4, 4), nn.ReLU()), tmp_path / "run", probes=["experts"], every={"experts": 1})
     w.close()

@@ -10,6 +10,7 @@ from textual.widgets import Static
 from inspector.plugins import load_plugins
 from inspector.store.recorder import Recorder
 from inspector.tui.app import InspectorApp
+from inspector.tui.screens.help import HelpScreen
 from inspector.tui.screens.plugin import PluginScreen
 from tests.tui.conftest import FROZEN_NOW, wait_until
 
@@ -56,3 +57,16 @@ async def test_weight_norm_screen_without_records(tmp_path) -> None:
         await wait_until(pilot, lambda: isinstance(app.screen, PluginScreen) and app.settled)
         message = app.screen.query_one("#message", Static)
         assert "no weight norms recorded" in str(message.render())
+
+
+async def test_help_lists_the_plugin_screen_keys(tmp_path) -> None:
+    with Recorder(tmp_path / "plain", rank=0, world_size=1) as rec:
+        rec.scalar("loss", 1.0, step=0)
+    app = InspectorApp(tmp_path / "plain", frozen_now=FROZEN_NOW)
+    async with app.run_test(size=(120, 30)) as pilot:
+        await wait_until(pilot, lambda: "plugin:weight_norm" in app.plugin_modes)
+        await pilot.press("question_mark")
+        await wait_until(pilot, lambda: isinstance(app.screen, HelpScreen))
+        text = str(app.screen.query_one("#help-text", Static).render())
+        title = next(s.title for s in load_plugins().tui_screens if s.name == "weight_norm")
+        assert any(line.split()[:1] == ["w"] and f"{title} (plugin screen)" in line for line in text.splitlines())

@@ -22,13 +22,23 @@ HELP = """\
 """
 
 
+def help_text(plugin_keys: list[tuple[str, str]]) -> str:
+    """The key reference, with a line for each plugin screen's (key, title)."""
+    lines = [f"[b]{key:<12}[/b] {title} (plugin screen)" for key, title in plugin_keys]
+    return HELP + "".join(line + "\n" for line in lines)
+
+
 class HelpScreen(ModalScreen):
     """Key reference; any of Esc, ? or q closes it."""
 
     BINDINGS = [Binding("escape", "dismiss", "Close"), Binding("question_mark", "dismiss", "Close"),
                 Binding("q", "dismiss", "Close")]
 
+    def __init__(self, plugin_keys: list[tuple[str, str]] | None = None) -> None:
+        super().__init__()
+        self.plugin_keys = list(plugin_keys or [])
+
     def compose(self) -> ComposeResult:
         """The help text in a box."""
         with Vertical(id="help-box"):
-            yield Static(HELP, id="help-text")
+            yield Static(help_text(self.plugin_keys), id="help-text")
