@@ -47,10 +47,15 @@ async def test_weight_norm_screen(tmp_path) -> None:
         assert "1.000" in _body(app)
 
 
-async def test_weight_norm_screen_without_records(tmp_path) -> None:
+def _app_on_a_run_without_weight_norms(tmp_path) -> InspectorApp:
+    """The app on a one-step run that recorded only a loss."""
     with Recorder(tmp_path / "plain", rank=0, world_size=1) as rec:
         rec.scalar("loss", 1.0, step=0)
-    app = InspectorApp(tmp_path / "plain", frozen_now=FROZEN_NOW)
+    return InspectorApp(tmp_path / "plain", frozen_now=FROZEN_NOW)
+
+
+async def test_weight_norm_screen_without_records(tmp_path) -> None:
+    app = _app_on_a_run_without_weight_norms(tmp_path)
     async with app.run_test(size=(120, 30)) as pilot:
         await wait_until(pilot, lambda: "plugin:weight_norm" in app.plugin_modes)
         await pilot.press("w")
@@ -60,9 +65,7 @@ async def test_weight_norm_screen_without_records(tmp_path) -> None:
 
 
 async def test_help_lists_the_plugin_screen_keys(tmp_path) -> None:
-    with Recorder(tmp_path / "plain", rank=0, world_size=1) as rec:
-        rec.scalar("loss", 1.0, step=0)
-    app = InspectorApp(tmp_path / "plain", frozen_now=FROZEN_NOW)
+    app = _app_on_a_run_without_weight_norms(tmp_path)
     async with app.run_test(size=(120, 30)) as pilot:
         await wait_until(pilot, lambda: "plugin:weight_norm" in app.plugin_modes)
         await pilot.press("question_mark")
