@@ -26,6 +26,19 @@ class AppContext:
             return RunRef(state.get("key") or "", None, state["message"])
         return self.registry.get(state.get("key"))
 
+    def with_run(self, fallback: Callable[[str], Any]) -> Callable:
+        """Decorator for a callback whose first input is the `run-state` store: the function is
+        called as `fn(run, *other_inputs)` with the open run; without one (loading, missing,
+        corrupt) the callback returns `fallback(message)`. Errors are `guarded` the same way."""
+        def wrap(fn: Callable) -> Callable:
+            @guarded(fallback)
+            @functools.wraps(fn)
+            def inner(state: dict | None, *args: Any) -> Any:
+                ref = self.run_for(state)
+                return fallback(ref.message) if ref.run is None else fn(ref.run, *args)
+            return inner
+        return wrap
+
 
 def run_key_from_search(search: str | None) -> str | None:
     """The `run` query parameter of a URL's search string (None when absent)."""

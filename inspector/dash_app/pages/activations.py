@@ -7,7 +7,7 @@ import plotly.graph_objects as go
 from dash import Input, Output, dcc, html
 
 from inspector.dash_app.components import graph, panel
-from inspector.dash_app.context import AppContext, guarded, selected_step
+from inspector.dash_app.context import AppContext, selected_step
 from inspector.dash_app.figures import TEMPLATE, empty_figure, heatmap_figure, line_figure
 from inspector.views.activations import activation_modules, activation_stat_lines, histogram_over_time
 from inspector.views.steps import nearest_at_or_before
@@ -61,12 +61,8 @@ def register(app, context: AppContext) -> None:
     """Histogram and dead fraction follow the run; the per-step histogram also follows the step control."""
     @app.callback(Output("act-hist", "figure"), Output("act-dead", "figure"), Output("act-module", "options"),
                   Output("act-module", "value"), Input("run-state", "data"), Input("act-module", "value"))
-    @guarded(lambda msg: (empty_figure(msg, height=380), empty_figure(msg, height=300), [], None))
-    def draw(state, module):
-        ref = context.run_for(state)
-        if ref.run is None:
-            return empty_figure(ref.message, height=380), empty_figure(ref.message, height=300), [], None
-        run = ref.run
+    @context.with_run(lambda msg: (empty_figure(msg, height=380), empty_figure(msg, height=300), [], None))
+    def draw(run, module):
         modules = activation_modules(run)
         value = module if module in modules else (modules[0] if modules else None)
         dead = line_figure(activation_stat_lines(run, "dead_frac"), title="dead-unit fraction per module",
@@ -75,9 +71,6 @@ def register(app, context: AppContext) -> None:
 
     @app.callback(Output("act-step", "figure"), Input("run-state", "data"), Input("act-module", "value"),
                   Input("step", "data"))
-    @guarded(lambda msg: empty_figure(msg, height=300))
-    def draw_step(state, module, step):
-        ref = context.run_for(state)
-        if ref.run is None:
-            return empty_figure(ref.message, height=300)
-        return step_hist_figure(ref.run, module, selected_step(step))
+    @context.with_run(lambda msg: empty_figure(msg, height=300))
+    def draw_step(run, module, step):
+        return step_hist_figure(run, module, selected_step(step))

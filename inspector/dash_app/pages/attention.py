@@ -6,7 +6,7 @@ import plotly.graph_objects as go
 from dash import Input, Output, html
 
 from inspector.dash_app.components import graph, panel
-from inspector.dash_app.context import AppContext, guarded, selected_step
+from inspector.dash_app.context import AppContext, selected_step
 from inspector.dash_app.figures import HEAT, TEMPLATE, empty_figure, heatmap_figure
 from inspector.views.attention import (attention_grid, attention_matrix, attention_steps, collapsed_heads,
                                        entropy_matrix, head_stats)
@@ -151,20 +151,17 @@ def entropy_figure(run) -> go.Figure:
 def register(app, context: AppContext) -> None:
     """Grid and large map follow the step control; entropy follows the run."""
     @app.callback(Output("attn-grid", "figure"), Input("run-state", "data"), Input("step", "data"))
-    @guarded(lambda msg: empty_figure(msg, height=460))
-    def draw_grid(state, step):
-        ref = context.run_for(state)
-        return grid_figure(ref.run, selected_step(step)) if ref.run else empty_figure(ref.message, height=460)
+    @context.with_run(lambda msg: empty_figure(msg, height=460))
+    def draw_grid(run, step):
+        return grid_figure(run, selected_step(step))
 
     @app.callback(Output("attn-big", "figure"), Input("run-state", "data"), Input("step", "data"),
                   Input("attn-grid", "clickData"))
-    @guarded(lambda msg: empty_figure(msg, height=460))
-    def draw_big(state, step, click):
-        ref = context.run_for(state)
-        return big_figure(ref.run, selected_step(step), click) if ref.run else empty_figure(ref.message, height=460)
+    @context.with_run(lambda msg: empty_figure(msg, height=460))
+    def draw_big(run, step, click):
+        return big_figure(run, selected_step(step), click)
 
     @app.callback(Output("attn-entropy", "figure"), Input("run-state", "data"))
-    @guarded(lambda msg: empty_figure(msg, height=340))
-    def draw_entropy(state):
-        ref = context.run_for(state)
-        return entropy_figure(ref.run) if ref.run else empty_figure(ref.message, height=340)
+    @context.with_run(lambda msg: empty_figure(msg, height=340))
+    def draw_entropy(run):
+        return entropy_figure(run)

@@ -7,7 +7,7 @@ import pandas as pd
 from dash import Input, Output, dcc, html
 
 from inspector.dash_app.components import graph, panel
-from inspector.dash_app.context import AppContext, guarded, selected_step
+from inspector.dash_app.context import AppContext, selected_step
 from inspector.dash_app.figures import empty_figure, heatmap_figure, line_figure
 from inspector.views.downsample import downsample_indices
 from inspector.views.experts import (expert_bias, expert_counts, expert_share_over_time, expert_steps,
@@ -88,22 +88,16 @@ def register(app, context: AppContext) -> None:
     """Counts and bias follow the step control; imbalance and shares follow the run."""
     @app.callback(Output("exp-counts", "figure"), Output("exp-bias", "figure"), Input("run-state", "data"),
                   Input("step", "data"))
-    @guarded(lambda msg: (empty_figure(msg, height=340), empty_figure(msg, height=340)))
-    def draw_step(state, step):
-        ref = context.run_for(state)
-        if ref.run is None:
-            return empty_figure(ref.message, height=340), empty_figure(ref.message, height=340)
+    @context.with_run(lambda msg: (empty_figure(msg, height=340), empty_figure(msg, height=340)))
+    def draw_step(run, step):
         s = selected_step(step)
-        return counts_figure(ref.run, s), bias_figure(ref.run, s)
+        return counts_figure(run, s), bias_figure(run, s)
 
     @app.callback(Output("exp-imbalance", "figure"), Output("exp-share", "figure"), Output("exp-layer", "options"),
                   Output("exp-layer", "value"), Input("run-state", "data"), Input("exp-layer", "value"))
-    @guarded(lambda msg: (empty_figure(msg, height=300), empty_figure(msg, height=340), [], None))
-    def draw_run(state, layer):
-        ref = context.run_for(state)
-        if ref.run is None:
-            return empty_figure(ref.message, height=300), empty_figure(ref.message, height=340), [], None
-        layers = sorted(imbalance_series(ref.run)["layer"].unique().tolist())
+    @context.with_run(lambda msg: (empty_figure(msg, height=300), empty_figure(msg, height=340), [], None))
+    def draw_run(run, layer):
+        layers = sorted(imbalance_series(run)["layer"].unique().tolist())
         value = layer if layer in layers else (layers[0] if layers else None)
-        return (imbalance_figure(ref.run), share_figure(ref.run, value),
+        return (imbalance_figure(run), share_figure(run, value),
                 [{"label": f"layer {l}", "value": l} for l in layers], value)

@@ -6,7 +6,7 @@ from dash import Input, Output, dcc, html
 from plotly.subplots import make_subplots
 
 from inspector.dash_app.components import graph, panel
-from inspector.dash_app.context import AppContext, guarded
+from inspector.dash_app.context import AppContext
 from inspector.dash_app.figures import TEMPLATE, empty_figure, heatmap_figure, line_figure
 from inspector.views.gradients import grad_groups, grad_heatmap, grad_lines, group_detail
 
@@ -64,13 +64,8 @@ def register(app, context: AppContext) -> None:
     @app.callback(Output("grad-norm", "figure"), Output("grad-var", "figure"), Output("grad-ratio", "figure"),
                   Output("grad-group", "options"), Output("grad-group", "value"),
                   Input("run-state", "data"), Input("grad-group", "value"))
-    @guarded(lambda msg: (empty_figure(msg), empty_figure(msg), empty_figure(msg), [], None))
-    def draw(state, group):
-        ref = context.run_for(state)
-        if ref.run is None:
-            m = ref.message
-            return empty_figure(m), empty_figure(m), empty_figure(m), [], None
-        run = ref.run
+    @context.with_run(lambda msg: (empty_figure(msg), empty_figure(msg), empty_figure(msg), [], None))
+    def draw(run, group):
         groups = grad_groups(run)
         lines = grad_lines(run, "update_ratio")
         ratio = line_figure(lines, title="update / weight ratio per group", ytitle="|Δw| / |w|", log_y=True,
@@ -79,10 +74,7 @@ def register(app, context: AppContext) -> None:
         return (heat(run, "norm", "gradient norm (group × step)"), heat(run, "var", "gradient variance (group × step)"),
                 ratio, [{"label": g, "value": g} for g in groups], value)
 
-    @app.callback(Output("grad-detail", "figure"), Input("grad-group", "value"), Input("run-state", "data"))
-    @guarded(lambda msg: empty_figure(msg, height=420))
-    def draw_detail(group, state):
-        ref = context.run_for(state)
-        if ref.run is None:
-            return empty_figure(ref.message, height=420)
-        return detail_figure(ref.run, group)
+    @app.callback(Output("grad-detail", "figure"), Input("run-state", "data"), Input("grad-group", "value"))
+    @context.with_run(lambda msg: empty_figure(msg, height=420))
+    def draw_detail(run, group):
+        return detail_figure(run, group)

@@ -7,7 +7,7 @@ import plotly.graph_objects as go
 from dash import Input, Output, html
 
 from inspector.dash_app.components import graph, message, panel
-from inspector.dash_app.context import AppContext, guarded
+from inspector.dash_app.context import AppContext
 from inspector.dash_app.figures import PHASE_COLORS, TEMPLATE, empty_figure, line_figure
 from inspector.views.anomalies import anomaly_list
 from inspector.views.series import grad_norm_name
@@ -91,12 +91,8 @@ def register(app, context: AppContext) -> None:
     """The page's callback: every panel from the run state (redrawn only when new records arrive)."""
     @app.callback(*[Output(g, "figure") for g in GRAPHS], Output("ov-anomalies", "children"),
                   Input("run-state", "data"))
-    @guarded(_fallback)
-    def draw(state):
-        ref = context.run_for(state)
-        if ref.run is None:
-            return _fallback(ref.message)
-        run = ref.run
+    @context.with_run(_fallback)
+    def draw(run):
         names = scalar_names(run)
         lr = line_figure({"lr": scalar_series(run, "lr", rank=0)} if "lr" in names else {},
                          title="learning rate", empty="no learning rate recorded")

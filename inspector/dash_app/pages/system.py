@@ -7,7 +7,7 @@ import pandas as pd
 from dash import Input, Output, html
 
 from inspector.dash_app.components import graph, message, panel
-from inspector.dash_app.context import AppContext, guarded
+from inspector.dash_app.context import AppContext
 from inspector.dash_app.figures import empty_figure, line_figure
 from inspector.views.ranks import rank_table
 from inspector.views.system import GPU_METRICS, HOST_METRICS, has_gpu_samples, system_series
@@ -58,12 +58,8 @@ def register(app, context: AppContext) -> None:
         return (message(msg), *[empty_figure(msg, height=240) for _ in GRAPHS])
 
     @app.callback(Output("sys-ranks", "children"), *[Output(g, "figure") for g in GRAPHS], Input("run-state", "data"))
-    @guarded(fallback)
-    def draw(state):
-        ref = context.run_for(state)
-        if ref.run is None:
-            return fallback(ref.message)
-        run = ref.run
+    @context.with_run(fallback)
+    def draw(run):
         gpu = has_gpu_samples(run)
         figs = []
         for metric, label in METRICS.items():
