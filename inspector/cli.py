@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from inspector import __version__
-from inspector.cli_format import human_bytes, human_age, parse_steps
+from inspector.cli_format import count, human_age, human_bytes, parse_steps, safe
+from inspector.schema.run_meta import printable
 from inspector.store.errors import RunError
 
 
@@ -30,7 +31,8 @@ def _cmd_ls(args: argparse.Namespace) -> int:
     for col, justify in [("run", "left"), ("name", "left"), ("status", "left"), ("step", "right"),
                          ("ranks", "right"), ("size", "right"), ("updated", "right")]:
         table.add_column(col, justify=justify)
-    colours = {"live": "green", "finished": "blue", "crashed": "red", "empty": "yellow"}
+    colours = {"live": "green", "finished": "blue", "crashed": "red", "damaged": "red", "failed": "red",
+               "empty": "yellow"}
     for path in runs:
         rel = str(path.relative_to(root)) if path != root else str(path)
         try:
@@ -38,12 +40,13 @@ def _cmd_ls(args: argparse.Namespace) -> int:
                 reader = RunReader(path)
             status = reader.status()
             updated = max((reader.last_update(r) for r in reader.ranks), default=0.0)
-            table.add_row(rel, reader.meta.name, f"[{colours.get(status, 'white')}]{status}[/]",
+            table.add_row(safe(rel), safe(reader.meta.name, 60), f"[{colours.get(status, 'white')}]{status}[/]",
                           str(max(reader.last_step(), 0)), f"{len(reader.ranks)}/{reader.meta.world_size}",
                           human_bytes(reader.size_bytes()), human_age(time.time() - updated) if updated else "-")
             reader.close()
-        except RunError as exc:
-            table.add_row(rel, "-", "[red]unreadable[/]", "-", "-", "-", str(exc).split(": ", 1)[-1][:40])
+        except Exception as exc:  # noqa: BLE001 - one bad run must not hide the others
+            reason = str(exc).split(": ", 1)[-1] if isinstance(exc, RunError) else f"{type(exc).__name__}: {exc}"
+            table.add_row(safe(rel), "-", "[red]unreadable[/]", "-", "-", "-", safe(reason, 60))
     Console().print(table if runs else f"no runs under {root}")
     return 0
 
@@ -57,28 +60,32 @@ def _cmd_info(args: argparse.Namespace) -> int:
     with _quiet_warnings():
         reader = RunReader(args.run)
     meta, con = reader.meta, Console()
-    con.print(f"[bold]{meta.name}[/]  {reader.path}")
+    con.print(f"[bold]{safe(meta.name)}[/]  {safe(reader.path, 400)}")
     con.print(f"status {reader.status()} · format v{meta.format_version} · world size {meta.world_size} · "
               f"created {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(meta.created))} · "
               f"{human_bytes(reader.size_bytes())}")
     if meta.model:
-        con.print(f"model {meta.model.get('class', '?')} · {meta.model.get('parameters', '?'):,} parameters")
+        con.print(f"model {safe(meta.model.get('class', '?'), 80)} · {count(meta.model.get('parameters', '?'))} "
+                  "parameters")
     ranks = Table(title="ranks", title_justify="left")
     for col in ("rank", "host", "status", "last step", "dropped"):
         ranks.add_column(col)
     for r in reader.ranks:
         info, closed = reader.rank_info(r), reader.closed_info(r)
-        ranks.add_row(str(r), str(info.get("host", "?")), reader.rank_status(r), str(reader.last_step(r)),
-                      str(closed.get("dropped", "?")) if closed else "-")
+        status = reader.rank_status(r)
+        if status == "failed":
+            status += f": {safe(reader.failure(r), 80)}"
+        ranks.add_row(str(r), safe(info.get("host", "?"), 64), status, str(reader.last_step(r)),
+                      count(closed.get("dropped", "?")) if closed else "-")
     con.print(ranks)
     kinds = Table(title="record kinds", title_justify="left")
     for col in ("kind", "frames", "first step", "last step"):
         kinds.add_column(col)
     for name, d in sorted(reader.kinds().items()):
-        kinds.add_row(name, str(d["frames"]), str(d["step_min"]), str(d["step_max"]))
+        kinds.add_row(safe(name), str(d["frames"]), str(d["step_min"]), str(d["step_max"]))
     con.print(kinds)
     for problem in reader.problems:
-        con.print(f"[yellow]warning:[/] {problem}")
+        con.print(f"[yellow]warning:[/] {safe(problem, 600)}")
     return 0
 
 
@@ -97,7 +104,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     for f in files:
         print(f)
     for problem in reader.problems:
-        print(f"warning: {problem}", file=sys.stderr)
+        print(f"warning: {printable(problem, 600)}", file=sys.stderr)
     if not files:
         print(f"{args.run}: nothing to export", file=sys.stderr)
     return 0
@@ -113,7 +120,7 @@ def _cmd_summary(args: argparse.Namespace) -> int:
     run = LiveRun(args.run)
     print_summary(run_summary(run), Console(width=args.width))
     for problem in run.reader.problems:
-        print(f"warning: {problem}", file=sys.stderr)
+        print(f"warning: {printable(problem, 600)}", file=sys.stderr)
     return 0
 
 
@@ -258,10 +265,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return func(args)
     except RunError as exc:
-        print(f"inspector: error: {exc}", file=sys.stderr)
+        print(f"inspector: error: {printable(str(exc), 600)}", file=sys.stderr)
         return 2
     except ValueError as exc:
-        print(f"inspector: error: {exc}", file=sys.stderr)
+        print(f"inspector: error: {printable(str(exc), 600)}", file=sys.stderr)
+        return 2
+    except OSError as exc:      # e.g. `export --out` somewhere unwritable
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"inspector: error: {printable(where + (exc.strerror or str(exc)), 600)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

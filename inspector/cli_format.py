@@ -1,5 +1,24 @@
-"""Small text helpers for the CLI: sizes, ages, step ranges."""
+"""Small text helpers for the CLI: sizes, ages, step ranges, and text from runs made safe to print."""
 from __future__ import annotations
+
+from typing import Any
+
+from rich.markup import escape
+
+from inspector.schema.run_meta import printable
+
+
+def safe(value: Any, limit: int = 200) -> str:
+    """Text from a run (a name, a host, a module, a message) ready for rich: control characters
+    replaced, cut to `limit` characters, and markup such as "x[/]" shown as written."""
+    return escape(printable(str(value), limit))
+
+
+def count(value: Any) -> str:
+    """An integer with thousands separators; anything else as it is (cut short)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"{value:,}"
+    return safe(value, 40)
 
 
 def human_bytes(n: float) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
+from inspector.cli_format import safe
 from inspector.views.summary import RunSummary
 
 
@@ -14,14 +15,14 @@ def _fmt(value: float | None, spec: str = ".4g") -> str:
 def print_summary(summary: RunSummary, console: Console | None = None) -> None:
     """Print `summary` as a few titled tables; sections with nothing to say print one line."""
     con = console or Console()
-    con.print(f"[bold]{summary.name}[/] · {summary.status} · {summary.steps} steps · {summary.ranks} rank(s) · "
+    con.print(f"[bold]{safe(summary.name)}[/] · {summary.status} · {summary.steps} steps · {summary.ranks} rank(s) · "
               f"loss {_fmt(summary.loss_first)} → {_fmt(summary.loss_last)} (best {_fmt(summary.loss_min)})")
 
     nf = summary.first_nonfinite
     if nf is not None:
-        where = nf.first_module or "unknown module"
+        where = safe(nf.first_module, 120) if nf.first_module else "unknown module"
         con.print(f"[bold red]first non-finite value:[/] step {nf.first_step}, rank {nf.first_rank}, "
-                  f"{where} ({nf.kind}): {nf.first_message}")
+                  f"{where} ({safe(nf.kind, 40)}): {safe(nf.first_message, 300)}")
     else:
         con.print("no non-finite values recorded")
 
@@ -31,9 +32,9 @@ def print_summary(summary: RunSummary, console: Console | None = None) -> None:
             table.add_column(col, overflow="fold")
         for g in summary.anomalies:
             steps = ", ".join(map(str, g.steps[:6])) + (" …" if len(g.steps) > 6 else "")
-            modules = g.first_module + (f" (+{len(g.modules) - 1})" if len(g.modules) > 1 else "")
-            table.add_row(g.kind, str(g.count), str(g.first_step), str(g.first_rank), modules or "-", steps,
-                          g.first_message)
+            modules = safe(g.first_module, 120) + (f" (+{len(g.modules) - 1})" if len(g.modules) > 1 else "")
+            table.add_row(safe(g.kind, 40), str(g.count), str(g.first_step), str(g.first_rank), modules or "-", steps,
+                          safe(g.first_message, 300))
         con.print(table)
     else:
         con.print("no anomalies recorded")
@@ -44,7 +45,7 @@ def print_summary(summary: RunSummary, console: Console | None = None) -> None:
             table.add_column(col)
         for e in summary.experts:
             starved = ", ".join(map(str, e.starved_experts)) or "-"
-            table.add_row(str(e.layer), e.name, f"{e.mean_imbalance:.2f}", f"{e.max_imbalance:.2f}",
+            table.add_row(str(e.layer), safe(e.name, 120), f"{e.mean_imbalance:.2f}", f"{e.max_imbalance:.2f}",
                           str(e.worst_step), f"{e.last_imbalance:.2f}",
                           f"[red]{starved}[/]" if e.starved_experts else starved)
         con.print(table)
@@ -60,7 +61,7 @@ def print_summary(summary: RunSummary, console: Console | None = None) -> None:
         for col in ("module", "phase", "ms"):
             table.add_column(col)
         for row in summary.slowest.itertuples():
-            table.add_row(str(row.name), str(row.phase), f"{row.ms:.2f}")
+            table.add_row(safe(row.name, 120), safe(row.phase, 20), f"{row.ms:.2f}")
         con.print(table)
 
     if summary.stragglers:

@@ -1,6 +1,7 @@
 """`inspector.watch`: attach the Inspector's probes to any `torch.nn.Module` and record a run.
 
-`watch()` opens a Recorder for this rank (rank and world size from torchrun's environment),
+`watch()` opens a Recorder for this rank (rank and world size from an initialised
+torch.distributed process group, else from torchrun's environment: `DistEnv.detect`),
 writes the model summary and probe settings into run.json, attaches the selected probes, and
 advances the step counter from the optimizer's step hook when an optimizer is given, else from
 `Watch.step()`. `close()` removes every hook: the model then computes exactly what it did before.

@@ -18,6 +18,8 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     return "${PIPESTATUS[0]}"
   }
   pip_quiet install -q --upgrade pip
-  pip_quiet install -q -e ".${extras:+[$extras]}"
+  # The torch this project is tested with, pinned here only (pyproject.toml declares a range): the
+  # CPU build a local wheel cache holds; any other version downloads GBs of CUDA packages.
+  pip_quiet install -q -e ".${extras:+[$extras]}" "torch==${TORCH_VERSION:-2.13.0}"
   touch "$stamp"
 fi

@@ -79,3 +79,19 @@ def test_ranks_come_from_torchrun_environment(tmp_path: Path, monkeypatch: pytes
     import json
     info = json.loads((tmp_path / "run" / "rank-00003" / "rank.json").read_text())
     assert (info["rank"], info["local_rank"], info["world_size"]) == (3, 1, 4)
+
+
+def test_watch_on_a_read_only_filesystem_trains_on_with_one_warning(caplog: pytest.LogCaptureFixture) -> None:
+    torch.manual_seed(0)
+    model = _mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    w = inspector.watch(model, run_dir="/proc/inspector-read-only/run")   # /proc refuses new directories
+    x = torch.randn(8, 4)
+    for _ in range(3):
+        loss = model(x).pow(2).mean()
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        w.step(loss=loss)
+    w.close()
+    assert caplog.text.count("recording to /proc/inspector-read-only/run stopped") == 1

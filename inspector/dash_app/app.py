@@ -1,7 +1,8 @@
 """The Dash app: chrome, URL router, run state, global step control; pages register the rest.
 
-`create_app(root_or_run, token=None)` serves one run or every run under a directory. Pages are
-routed by URL path (`/`, `/attention`, ...) and the run by `?run=<path under the root>`.
+`create_app(root_or_run, token=None, host="127.0.0.1")` serves one run or every run under a
+directory; `host` is the address the server binds (it decides which Host headers are accepted, see
+`security`). Pages are routed by URL path (`/`, `/attention`, ...) and the run by `?run=<path under the root>`.
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from inspector.dash_app import components
 from inspector.dash_app.context import AppContext, run_key_from_search
 from inspector.dash_app.pages import PAGE_MODULES
 from inspector.dash_app.runs import RunRegistry
-from inspector.dash_app.security import install_token_guard
+from inspector.dash_app.security import install_guards
 from inspector.views.live import TABULAR_KINDS
 from inspector.views.overview import run_header
 
@@ -53,15 +54,16 @@ function(state, slider, m10, m1, p1, p10, play, gotos, follow, current) {
 """
 
 
-def create_app(root_or_run: str | Path, token: str | None = None, *, poll_s: float = 0.5) -> dash.Dash:
-    """A dashboard over one run or all runs under a directory; with `token`, every request must present it."""
+def create_app(root_or_run: str | Path, token: str | None = None, *, host: str = "127.0.0.1",
+               poll_s: float = 0.5) -> dash.Dash:
+    """A dashboard over one run or all runs under a directory, to be served on `host`; with `token`,
+    every request must present it. Host/Origin/body/run-key checks guard every route."""
     registry = RunRegistry(root_or_run, poll_s=poll_s)
     context = AppContext(registry)
     app = dash.Dash(__name__, title="DeepSeek Inspector", assets_folder=str(ASSETS),
                     suppress_callback_exceptions=True, update_title=None, eager_loading=True)
     app.inspector_registry = registry
-    if token:
-        install_token_guard(app.server, token)
+    install_guards(app.server, host=host, token=token)
     app.layout = components.chrome(html.Div(id="page"))
     routes = {m.PATH: m for m in PAGE_MODULES}
     _register_core(app, context, routes)
@@ -126,6 +128,12 @@ def _register_core(app: dash.Dash, context: AppContext, routes: dict) -> None:
         elif status == "crashed":
             note = (f"this run stopped without closing (crashed or killed); showing what it wrote, up to step "
                     f"{run.last_step():,}")
+        elif status == "failed":
+            note = "recording stopped on an error (see `inspector info`); showing what was written before it"
+        problems = run.problems()
+        if problems:
+            more = f" (and {len(problems) - 1} more: `inspector info` lists them)" if len(problems) > 1 else ""
+            note = (note + " · " if note else "") + f"⚠ {problems[0]}{more}"
         return state, head, note
 
     # In the browser (a clientside callback): no round trip, and quick clicks never read a stale step.

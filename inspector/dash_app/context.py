@@ -42,7 +42,9 @@ class AppContext:
 
 def run_key_from_search(search: str | None) -> str | None:
     """The `run` query parameter of a URL's search string (None when absent)."""
-    values = parse_qs((search or "").lstrip("?")).get("run")
+    if not isinstance(search, str):      # a crafted callback may send anything
+        return None
+    values = parse_qs(search.lstrip("?")).get("run")
     return values[0] if values else None
 
 

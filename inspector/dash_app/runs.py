@@ -1,13 +1,18 @@
 """The runs the dashboard serves: paths confined to one root, one LiveRun each, tailed by one thread.
 
-A run is named in URLs by its path relative to the root (`?run=sub/dir`). Anything that resolves
-outside the root (`..`, absolute paths, symlinks out) is refused with a message. Each run is opened
+A run is named in URLs by its path relative to the root (`?run=sub/dir`). A key is checked before
+anything touches the filesystem (`key_problem`: at most 512 characters and 32 components, printable,
+no backslash, not absolute, no `..`), so resolving it costs a bounded amount of work; then it must
+resolve (symlinks followed) to a real path at or below the root, and a run whose `run.json` or
+rank directories (or the files in them) are symlinks leading outside the root is refused. Every
+refusal is a one-line message. Each run is opened
 once and kept in a cache; a background thread calls `LiveRun.poll()` (which reads only what was
 appended since the last poll) on the runs a page looked at recently. A directory that is not a run
 yet is retried on every poll, so a run that appears later shows up by itself.
 """
 from __future__ import annotations
 
+import os
 import threading
 import time
 from dataclasses import dataclass
@@ -15,7 +20,50 @@ from pathlib import Path
 
 from inspector.store.discovery import find_runs
 from inspector.store.errors import RunError
+from inspector.store.format import RANK_PREFIX, RUN_META_FILE
 from inspector.views.live import LiveRun, open_live
+
+MAX_KEY_CHARS = 512
+MAX_KEY_PARTS = 32
+
+
+def _shown(key: str, limit: int = 60) -> str:
+    """A key for a message: repr (one line), cut short."""
+    return repr(key if len(key) <= limit else key[:limit] + "…")
+
+
+def key_bounds_problem(key: object) -> str | None:
+    """Why `key` is too big or malformed to be looked at (one line), or None: text, at most
+    `MAX_KEY_CHARS` characters and `MAX_KEY_PARTS` components, printable. Cheap: no filesystem."""
+    if not isinstance(key, str):
+        return f"a run key must be text, not {type(key).__name__}"
+    if len(key) > MAX_KEY_CHARS:
+        return f"run {_shown(key)} is too long ({len(key):,} characters; at most {MAX_KEY_CHARS})"
+    if not key.isprintable():
+        return f"run {_shown(key)} contains control characters"
+    parts = key.count("/") + 1
+    if parts > MAX_KEY_PARTS:
+        return f"run {_shown(key)} has too many path components ({parts}; at most {MAX_KEY_PARTS})"
+    return None
+
+
+def key_problem(key: object) -> str | None:
+    """Why `key` cannot name a run under the root (one line), or None: its bounds, then its shape
+    (no backslash, not absolute, no `..`). No filesystem access."""
+    problem = key_bounds_problem(key)
+    if problem:
+        return problem
+    key = str(key).strip()
+    if "\\" in key or key.startswith("/") or (len(key) > 1 and key[1] == ":"):
+        return f"run {_shown(key)} is not a path under the dashboard's root"
+    if ".." in key.split("/"):
+        return f"run {_shown(key)} is outside the dashboard's root"
+    return None
+
+
+def _inside(path: Path, root: Path) -> bool:
+    """True when the resolved `path` is `root` or below it."""
+    return path == root or path.is_relative_to(root)
 
 
 @dataclass
@@ -65,14 +113,37 @@ class RunRegistry:
         return "" if rel == Path(".") else rel.as_posix()
 
     def resolve(self, key: str | None) -> Path:
-        """The directory for `key`, which must stay under the root (ValueError otherwise)."""
-        key = (key or "").strip()
-        if "\x00" in key or key.startswith(("/", "\\")) or (len(key) > 1 and key[1] == ":"):
-            raise ValueError(f"run {key!r} is not a path under the dashboard's root")
-        path = (self.root / key).resolve()
-        if not path.is_relative_to(self.root):
-            raise ValueError(f"run {key!r} is outside the dashboard's root")
+        """The real directory for `key`, the root or below it (ValueError, one line, otherwise)."""
+        key = "" if key is None else key
+        problem = key_problem(key)
+        if problem:
+            raise ValueError(problem)
+        key = key.strip()
+        try:
+            path = (self.root / key).resolve()
+        except (OSError, RuntimeError) as exc:       # too long a name, a symlink loop, ...
+            raise ValueError(f"run {_shown(key)} cannot be resolved: {_reason(exc)}") from None
+        if not _inside(path, self.root):
+            raise ValueError(f"run {_shown(key)} is outside the dashboard's root")
         return path
+
+    def escaping_link(self, run_dir: Path) -> str | None:
+        """The first of `run_dir`'s run.json, rank dirs and their files that is a symlink leading
+        outside the root (relative to `run_dir`), or None."""
+        for entry in _entries(run_dir):
+            if entry.name != RUN_META_FILE and not entry.name.startswith(RANK_PREFIX):
+                continue
+            inner = [] if entry.is_symlink() else _entries(Path(entry.path))
+            for item in [entry, *inner]:          # is_symlink() comes from the listing: no extra syscall
+                if item.is_symlink() and not self._link_inside(Path(item.path)):
+                    return Path(item.path).relative_to(run_dir).as_posix()
+        return None
+
+    def _link_inside(self, link: Path) -> bool:
+        try:
+            return _inside(link.resolve(), self.root)
+        except (OSError, RuntimeError):
+            return False
 
     def get(self, key: str | None) -> RunRef:
         """The run named `key` (the default run when None), opened once and cached."""
@@ -80,10 +151,12 @@ class RunRegistry:
             key = self.default_key()
             if key is None:
                 return RunRef("", None, f"no runs under {self.root} yet (waiting for one to appear)")
+        if not isinstance(key, str):
+            return RunRef("", None, key_problem(key))
         try:
             path = self.resolve(key)
         except ValueError as exc:
-            return RunRef(key, None, str(exc))
+            return RunRef(key[:MAX_KEY_CHARS], None, str(exc))
         with self._lock:
             self._seen[path] = time.monotonic()
             run = self._runs.get(path)
@@ -94,8 +167,15 @@ class RunRegistry:
 
     def _open(self, path: Path) -> tuple[LiveRun | None, str | None]:
         shown = path.relative_to(self.root).as_posix() if path != self.root else path.name
-        if not path.exists():
-            return None, f"run {shown!r} does not exist (yet); waiting for it to appear"
+        try:
+            exists = path.exists()
+        except OSError as exc:
+            return None, f"run {_shown(shown)} cannot be read: {_reason(exc)}"
+        if not exists:
+            return None, f"run {_shown(shown)} does not exist (yet); waiting for it to appear"
+        link = self.escaping_link(path)
+        if link is not None:
+            return None, f"run {_shown(shown)} is refused: {link} is a symlink outside the dashboard's root"
         try:
             run = open_live(path)
         except RunError as exc:
@@ -132,6 +212,21 @@ class RunRegistry:
             runs, self._runs = list(self._runs.values()), {}
         for run in runs:
             run.close()
+
+
+def _entries(path: Path) -> list[os.DirEntry]:
+    """The entries of a directory (none when it cannot be listed)."""
+    try:
+        with os.scandir(path) as it:
+            return list(it)
+    except OSError:
+        return []
+
+
+def _reason(exc: BaseException) -> str:
+    """One line saying why a filesystem call failed."""
+    text = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc) or type(exc).__name__
+    return text.splitlines()[0][:200]
 
 
 def _mtime(path: Path) -> float:

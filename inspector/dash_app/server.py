@@ -7,9 +7,22 @@ import webbrowser
 from pathlib import Path
 from typing import Any
 
-from werkzeug.serving import BaseWSGIServer, make_server
+from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 
 from inspector.dash_app.security import check_bind
+
+
+class OneLineErrorHandler(WSGIRequestHandler):
+    """werkzeug's handler, with the errors it answers itself (414 URI too long, 431 headers too
+    large, 400 malformed request line) as one line of text rather than an HTML page."""
+
+    error_message_format = "%(code)d %(message)s\n"
+    error_content_type = "text/plain; charset=utf-8"
+
+
+def make_http_server(host: str, port: int, wsgi_app: Any) -> BaseWSGIServer:
+    """A threaded werkzeug server for `wsgi_app` bound to host:port (port 0: a free one)."""
+    return make_server(host, port, wsgi_app, threaded=True, request_handler=OneLineErrorHandler)
 
 
 def start_server(root_or_run: str | Path, *, host: str = "127.0.0.1", port: int = 8050,
@@ -19,8 +32,8 @@ def start_server(root_or_run: str | Path, *, host: str = "127.0.0.1", port: int 
 
     check_bind(host, token)
     logging.getLogger("werkzeug").setLevel(logging.WARNING)     # no line per request on the console
-    app = create_app(root_or_run, token=token)
-    srv = make_server(host, port, app.server, threaded=True)
+    app = create_app(root_or_run, token=token, host=host)
+    srv = make_http_server(host, port, app.server)
     shown = f"[{host}]" if ":" in host else host
     url = f"http://{shown}:{srv.server_port}/" + (f"?token={token}" if token else "")
     return srv, app, url

@@ -12,9 +12,14 @@ Finding the first non-finite module without slowing training:
 - CUDA: every module output (MoE experts' inner layers excepted) gets a device-side sum, no sync;
   the sums are stacked at the end of the forward and copied to the host asynchronously, then
   judged one step later. Which scheme applies is decided where the parameters are at `watch()`.
+
+Outputs may be structured (tuples, namedtuples, dicts, `ModelOutput`s, dataclasses): every
+floating-point tensor in them is checked (up to `tensor_tree.MAX_TENSORS`), so a NaN in `logits`
+is seen even when a finite `aux_loss` comes first.
 """
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any
 
@@ -24,15 +29,27 @@ from torch import nn
 
 from inspector.probes.base import Probe, ProbeContext
 from inspector.probes.host import PendingCopies, to_host
-from inspector.probes.model_map import find_blocks, first_tensor
-from inspector.probes.nonfinite_replay import first_nonfinite_inside, is_nonfinite
+from inspector.probes.model_map import find_blocks
+from inspector.probes.nonfinite_replay import any_nonfinite, first_nonfinite_inside, nonfinite_witness
 from inspector.probes.registry import register_probe
 from inspector.probes.robust import RobustZ
+from inspector.probes.tensor_tree import floating_tensors
+
+log = logging.getLogger("inspector")
 
 LOSS_SPIKE_Z = 6.0
 LOSS_SPIKE_RATIO = 1.5
 
 _Call = tuple[nn.Module, tuple[Any, ...], dict[str, Any]]  # a block with the inputs it was called with
+
+
+def _witness(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """One 0-d tensor, non-finite when any of `tensors` on the first one's device holds a NaN or
+    an Inf (no sync)."""
+    if len(tensors) == 1:
+        return nonfinite_witness(tensors[0])
+    device = tensors[0].device
+    return torch.stack([nonfinite_witness(t) for t in tensors if t.device == device]).sum()
 
 
 def _inside_experts(model: nn.Module) -> set[int]:
@@ -60,13 +77,14 @@ class AnomalyProbe(Probe):
 
     def __init__(self) -> None:
         super().__init__()
-        self._outputs: list[tuple[str, torch.Tensor, _Call | None]] = []
+        self._outputs: list[tuple[str, list[torch.Tensor], _Call | None]] = []
         self._sums: list[torch.Tensor] = []
         self._sum_names: list[str] = []
         self._pending = PendingCopies()  # (step, what, detail) -> sums or loss, judged in order
         self._bad_module: dict[int, str] = {}
         self._loss_z = RobustZ(window=100, min_history=20)
         self._active = False
+        self._failed = False
 
     def attach(self, ctx: ProbeContext) -> str | None:
         super().attach(ctx)
@@ -90,8 +108,20 @@ class AnomalyProbe(Probe):
 
     # ---- forward hooks ------------------------------------------------------------------------
 
+    def _guarded(self, fn: Any, *args: Any) -> None:
+        """Run a hook body; a failure switches the activation checks off with one warning."""
+        if self._failed:
+            return
+        try:
+            fn(*args)
+        except Exception as exc:  # nothing a probe raises may reach the training loop
+            self._failed, self._active = True, False
+            self._clear()
+            log.warning("inspector: anomalies probe stopped checking activations: %s: %s", type(exc).__name__, exc)
+
     def _root_pre(self, module: nn.Module, args: Any) -> None:
-        self._active = self.ctx.sampling.due(self.name, self.ctx.step) and self.ctx.step not in self._bad_module
+        self._active = (not self._failed and self.ctx.sampling.due(self.name, self.ctx.step)
+                        and self.ctx.step not in self._bad_module)
         self._clear()
 
     def _clear(self) -> None:
@@ -100,46 +130,50 @@ class AnomalyProbe(Probe):
         self._sum_names.clear()
 
     def _keep(self, name: str, out: Any, call: _Call | None = None) -> None:
-        t = first_tensor(out)
-        if t is None:
+        tensors = floating_tensors(out)
+        if not tensors:
             return
-        if t.device.type == "cuda":
-            self._sums.append(t.detach().sum(dtype=torch.float32))
+        if tensors[0].device.type == "cuda":
+            self._sums.append(_witness(tensors))
             self._sum_names.append(name)
         else:
-            self._outputs.append((name, t, call))
+            self._outputs.append((name, tensors, call))
 
     def _make_hook(self, name: str):
         def hook(module: nn.Module, args: Any, out: Any) -> None:
             if self._active:
-                self._keep(name, out)
+                self._guarded(self._keep, name, out)
         return hook
 
     def _make_block_hook(self, name: str):
         def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
             if self._active:
-                self._keep(name, out, (module, args, kwargs))
+                self._guarded(self._keep, name, out, (module, args, kwargs))
         return hook
 
     def _root_post(self, module: nn.Module, args: Any, out: Any) -> None:
         if not self._active:
             return
         self._active = False  # a block recomputed in backward (activation checkpointing) is not kept
+        self._guarded(self._check_forward, out)
+
+    def _check_forward(self, out: Any) -> None:
+        """Queue the CUDA sums, or on CPU look for the first non-finite output if the root's is."""
         step = self.ctx.step
         try:
             if self._sums:
                 self._pending.push((step, "sums", list(self._sum_names)), to_host(torch.stack(self._sums)))
             elif self._outputs:
-                root = first_tensor(out)
-                if root is not None and root.device.type != "cuda" and is_nonfinite(root):
+                roots = [t for t in floating_tensors(out) if t.device.type != "cuda"]
+                if any_nonfinite(roots):
                     self._localise(step)
         finally:
             self._clear()
 
     def _localise(self, step: int) -> None:
         """The first referenced output that is non-finite; inside a block, the module within it."""
-        for name, t, call in self._outputs:
-            if not is_nonfinite(t):
+        for name, tensors, call in self._outputs:
+            if not any_nonfinite(tensors):
                 continue
             if call is not None and torch.is_grad_enabled():
                 block, args, kwargs = call

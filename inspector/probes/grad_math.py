@@ -4,6 +4,10 @@ Everything here is pure tensor math (no recording, no hooks). Per-parameter redu
 foreach launches or one small op per parameter tensor (O(#params) launches, never a Python loop
 over elements); the combination into groups is a handful of `index_add_` calls on vectors of
 length #params, in float64 (float32 on MPS).
+
+Precision follows the gradients: fp16/bf16/fp32 tensors are reduced with fp32 accumulation, float64
+tensors in float64 (`stat_dtype`), so a float64 model keeps float64 statistics; a model mixing
+both gets its per-parameter vectors in float64.
 """
 from __future__ import annotations
 
@@ -42,6 +46,36 @@ def group_parameters(names: list[str], max_groups: int = 64) -> tuple[list[str],
     return list(groups), of
 
 
+def stat_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The accumulation dtype for reductions of a tensor of `dtype`: float64 stays, the rest use fp32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def common_stat_dtype(tensors: list[torch.Tensor]) -> torch.dtype:
+    """float64 if any tensor is float64, else float32: the dtype of per-tensor result vectors."""
+    return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
+
+
+def norms(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """2-norm of each tensor as one vector, each accumulated in its `stat_dtype` (foreach launches).
+
+    `torch._foreach_norm(..., dtype=torch.float32)` refuses float64 input (it would narrow), so
+    float64 tensors are reduced in float64 and, beside narrower ones, the vector is float64.
+    """
+    wide = [i for i, t in enumerate(tensors) if t.dtype == torch.float64]
+    if not wide:
+        return torch.stack(torch._foreach_norm(tensors, 2, dtype=torch.float32))
+    if len(wide) == len(tensors):
+        return torch.stack(torch._foreach_norm(tensors, 2))
+    narrow = [i for i, t in enumerate(tensors) if t.dtype != torch.float64]
+    out: list[torch.Tensor | None] = [None] * len(tensors)
+    for i, v in zip(wide, torch._foreach_norm([tensors[i] for i in wide], 2)):
+        out[i] = v
+    for i, v in zip(narrow, torch._foreach_norm([tensors[i] for i in narrow], 2, dtype=torch.float32)):
+        out[i] = v.to(torch.float64)
+    return torch.stack(out)
+
+
 def to_device(values: list[float] | list[int], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """A small constant vector on `device`, copied without making the host wait for the device."""
     cpu = torch.tensor(values, dtype=dtype)
@@ -72,9 +106,10 @@ class GroupLayout:
         compact: dict[int, int] = {}
         rows = [compact.setdefault(group_of[i], len(compact)) for i in present]
         groups = list(compact)
+        acc = acc_dtype(device)
         index_P = to_device(rows, torch.int64, device)
-        numel_P = to_device([float(numels[i]) for i in present], torch.float32, device)
-        numel_G = torch.zeros(len(groups), device=device).index_add_(0, index_P, numel_P)
+        numel_P = to_device([float(numels[i]) for i in present], acc, device)
+        numel_G = torch.zeros(len(groups), dtype=acc, device=device).index_add_(0, index_P, numel_P)
         return cls([group_names[g] for g in groups], groups, to_device(groups, torch.int64, device),
                    index_P, numel_P, numel_G)
 
@@ -95,11 +130,12 @@ def acc_dtype(device: torch.device) -> torch.dtype:
 
 def param_sums(grads: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(sum_P, max |g|_P, nonzero count_P), one entry per tensor, each from one pass over it
-    (fp32 accumulation, no copy of a low-precision gradient)."""
-    sum_P = torch.stack([g.sum(dtype=torch.float32) for g in grads])
+    (accumulated in `stat_dtype`: no copy of a low-precision gradient, no narrowing of float64)."""
+    vec = common_stat_dtype(grads)
+    sum_P = torch.stack([g.sum(dtype=stat_dtype(g.dtype)) for g in grads]).to(vec)
     extremes = [torch.aminmax(g) for g in grads]
-    low_P = torch.stack([lo for lo, _ in extremes]).float()
-    high_P = torch.stack([hi for _, hi in extremes]).float()
+    low_P = torch.stack([lo.to(vec) for lo, _ in extremes])
+    high_P = torch.stack([hi.to(vec) for _, hi in extremes])
     nnz_P = torch.stack([torch.count_nonzero(g) for g in grads])
     return sum_P, torch.maximum(-low_P, high_P), nnz_P
 
@@ -109,10 +145,10 @@ def group_stats(layout: GroupLayout, norms_P: torch.Tensor, grads: list[torch.Te
     """[G, 6] matrix of `STATS` per group, all elements of a group's gradients pooled.
 
     `var` is the population variance (divisor n, like `torch.var(unbiased=False)`) over all
-    elements of the group, E[g^2] - E[g]^2 from fp32 per-tensor sums combined in float64: one
-    pass per tensor (torch's two-pass `var_mean` costs 10x more on CPU); it stays accurate to
-    ~1e-5 relative while |mean| < 10 std, which gradients are (with rare exceptions such as a
-    bias whose every element has the same gradient).
+    elements of the group, E[g^2] - E[g]^2 from per-tensor sums (fp32, float64 for float64
+    tensors) combined in float64: one pass per tensor (torch's two-pass `var_mean` costs 10x more
+    on CPU); it stays accurate to ~1e-5 relative while |mean| < 10 std, which gradients are (with
+    rare exceptions such as a bias whose every element has the same gradient).
     """
     acc = acc_dtype(norms_P.device)
     sum_P, max_P, nnz_P = param_sums(grads)
@@ -120,7 +156,8 @@ def group_stats(layout: GroupLayout, norms_P: torch.Tensor, grads: list[torch.Te
     mean_G = layout.sum(sum_P.to(acc)) / n_G
     sq_G = layout.sum(norms_P.to(acc).square())
     var_G = (sq_G / n_G - mean_G.square()).clamp(min=0)
-    max_G = torch.zeros_like(layout.numel_G).scatter_reduce_(0, layout.index_P, max_P, "amax", include_self=False)
+    max_G = torch.zeros(len(layout.groups), dtype=max_P.dtype, device=max_P.device).scatter_reduce_(
+        0, layout.index_P, max_P, "amax", include_self=False)
     zero_G = 1.0 - layout.sum(nnz_P.to(acc)) / n_G
     return torch.stack([sq_G.sqrt(), mean_G, var_G, max_G.to(acc), zero_G, var_over_steps_G.to(acc)], dim=1)
 
@@ -131,7 +168,8 @@ class ElementWelford:
 
     An element's M2 grows by (k-1)/k * d^2 at its k-th observation (d = g - mean before the update),
     so a tensor's summed M2 grows by (k-1)/k * ||d||^2: the per-element M2 is never stored. State:
-    one fp32 tensor per parameter (memory 1x the parameters) and one float64 number per tensor.
+    one tensor per parameter in its `stat_dtype` (memory 1x the parameters in fp32, or in float64
+    for float64 parameters) and one float64 number per tensor.
     `update` returns, per group, the mean over the group's elements of each element's population
     variance over the steps seen (sum of M2 / k / elements): the gradient-noise signal. A
     non-finite gradient makes its tensor's state NaN.
@@ -148,12 +186,13 @@ class ElementWelford:
         """Add one observation of every present gradient; the per-group noise variance [G]."""
         for i, g in zip(present, grads):
             if self.mean[i] is None:
-                self.mean[i] = torch.zeros_like(g, dtype=torch.float32)
+                self.mean[i] = torch.zeros_like(g, dtype=stat_dtype(g.dtype))
             self.count[i] += 1
         ks = [float(self.count[i]) for i in present]
         means = [self.mean[i] for i in present]
-        delta = torch._foreach_sub([g.float() if g.dtype != torch.float32 else g for g in grads], means)
-        dnorm_P = torch.stack(torch._foreach_norm(delta, 2))
+        delta = torch._foreach_sub([g if g.dtype == m.dtype else g.to(m.dtype) for g, m in zip(grads, means)],
+                                   means)
+        dnorm_P = norms(delta)
         same = len(set(ks)) == 1
         if same:  # the usual case: one pass less than per-tensor factors
             torch._foreach_add_(means, delta, alpha=1.0 / ks[0])
@@ -199,7 +238,7 @@ class NormWelford:
                norms_G: torch.Tensor) -> torch.Tensor:
         """Add one observation of each present group's norm; the per-group variance [G]."""
         if self.state is None:
-            self.state = torch.zeros(3, self.n_groups, device=norms_G.device)
+            self.state = torch.zeros(3, self.n_groups, dtype=norms_G.dtype, device=norms_G.device)
         count, mean, m2 = self.state
         gid = layout.group_ids
         count.index_add_(0, gid, torch.ones_like(norms_G))

@@ -21,16 +21,17 @@ Gradient clipping happens before the optimizer step, so these are the post-clipp
 Sampled steps (`Sampling.gradients`, default every 50): one `grad_stats` row per group. Groups are
 the parameters, or, above `max_groups` (64) parameter tensors, layers (`grad_math.group_key`).
 Columns: `norm` (2-norm of the group's gradient), `mean`, `var` (population variance, divisor n,
-over all the group's elements, E[g^2] - E[g]^2 from fp32 sums: see `grad_math.group_stats`),
-`max_abs`, `zero_frac` (exact zeros), `update_ratio`
+over all the group's elements, E[g^2] - E[g]^2 from fp32 sums, float64 sums for float64
+gradients: see `grad_math.group_stats`), `max_abs`, `zero_frac` (exact zeros), `update_ratio`
 (||w_after - w_before|| / ||w_before|| over the group), `var_over_steps` (gradient noise: a
 Welford running variance over the sampled steps; per element when the model has at most
 `elementwise_welford_max_params` (50M) parameters, reported as the mean over the group's elements
 of each element's population variance (state: the running mean per element, 1x the parameters'
-memory in fp32, and the summed M2 per tensor, see `grad_math.ElementWelford`); above that, to
-save that memory, the population variance of the group's norm instead). Memory on sampled
-steps: one transient copy of the weights (for `update_ratio`) and one fp32 copy of the gradients
-(the Welford delta).
+memory in fp32, or in float64 for float64 parameters, and the summed M2 per tensor, see
+`grad_math.ElementWelford`); above that, to save that memory, the population variance of the
+group's norm instead). Memory on sampled steps: one transient copy of the weights (for
+`update_ratio`) and one fp32 (float64 for float64) copy of the gradients (the Welford delta).
+Every dtype is measured: fp16/bf16/fp32 gradients with fp32 accumulation, float64 ones in float64.
 """
 from __future__ import annotations
 
@@ -51,6 +52,7 @@ from inspector.probes.grad_math import (
     NormWelford,
     group_parameters,
     group_stats,
+    norms,
 )
 from inspector.probes.host import HostSlice, PendingCopies, to_host
 from inspector.probes.registry import register_probe
@@ -163,7 +165,7 @@ class GradientsProbe(Probe):
         if not present:
             return
         grads = [grads_all[i] for i in present]
-        norms_P = torch.stack(torch._foreach_norm(grads, 2, dtype=torch.float32))
+        norms_P = norms(grads)
         total = torch.linalg.vector_norm(norms_P).reshape(1)
         host = to_host(torch.cat([total, norms_P]))
         self.ctx.recorder.scalar("grad_norm/global", HostSlice(host, 0), step=step)
@@ -178,7 +180,7 @@ class GradientsProbe(Probe):
             return
         params = [self._params[i] for i in present]
         before = torch._foreach_mul(params, 1.0)
-        weight_norms_P = torch.stack(torch._foreach_norm(before, 2, dtype=torch.float32))
+        weight_norms_P = norms(before)
         self._sampled = _Sampled(step, layout, stats_G6, present, before, weight_norms_P)
 
     def _finish_sampled(self) -> None:
@@ -186,7 +188,7 @@ class GradientsProbe(Probe):
         if s is None:
             return
         torch._foreach_sub_(s.before, [self._params[i] for i in s.present])
-        delta_P = torch.stack(torch._foreach_norm(s.before, 2, dtype=torch.float32))
+        delta_P = norms(s.before)
         ratio_G = s.layout.root_sum_sq(delta_P) / s.layout.root_sum_sq(s.weight_norms_P)
         self._submit(s.step, s.layout, s.stats_G6, ratio_G)
 

@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
 from typing import Any
 
 import torch
-
 from torch import nn
+
+from inspector.probes.tensor_tree import first_floating
 
 _LAYER_RE = re.compile(r"(?:^|\.)(\d+)(?:\.|$)")
 
@@ -51,14 +51,6 @@ def leaf_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
 
 
 def first_tensor(out: Any) -> torch.Tensor | None:
-    """The first floating-point tensor in a module output (tensor, tuple/list, dict, ModelOutput)."""
-    if isinstance(out, torch.Tensor):
-        return out if out.is_floating_point() else None
-    if isinstance(out, Mapping):
-        out = list(out.values())
-    if isinstance(out, (tuple, list)):
-        for item in out:
-            t = first_tensor(item)
-            if t is not None:
-                return t
-    return None
+    """The first floating-point tensor in a module output (tensor, tuple/list/namedtuple, dict,
+    ModelOutput, dataclass; see `tensor_tree`)."""
+    return first_floating(out)

@@ -8,7 +8,9 @@ inside it; the first one (in the order modules finish, inner before outer) whose
 non-finite is the answer. The rerun leaves no trace: it runs on copies of the inputs and of the
 buffers (BatchNorm's running statistics), module attributes are put back, the Inspector's own
 hooks are set aside (the user's stay, so a fault a hook injects happens again), and the global
-CPU random state is forked.
+CPU random state is forked. Outputs and inputs may be tensors or any structure of them (tuples,
+namedtuples, dicts, `ModelOutput`s, dataclasses: see `tensor_tree`); every floating-point tensor
+in an output is checked, not only the first.
 """
 from __future__ import annotations
 
@@ -20,18 +22,28 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils._pytree import tree_map_only
 
-from inspector.probes.model_map import first_tensor
+from inspector.probes.tensor_tree import floating_tensors, map_tensors
 
 log = logging.getLogger("inspector")
 
 _HOOK_DICTS = ("_forward_pre_hooks", "_forward_hooks", "_backward_pre_hooks", "_backward_hooks")
 
 
+def nonfinite_witness(t: torch.Tensor) -> torch.Tensor:
+    """A 0-d tensor that is NaN or Inf when `t` holds one: its sum (fp32, float64 for float64 `t`,
+    so a float64 value beyond fp32's range is not taken for an Inf). One reduction, no sync."""
+    return t.detach().sum(dtype=torch.float64 if t.dtype == torch.float64 else torch.float32)
+
+
 def is_nonfinite(t: torch.Tensor) -> bool:
     """Does `t` hold a NaN or an Inf? (one reduction, then a host read: CPU tensors only)"""
-    return not bool(torch.isfinite(t.detach().sum(dtype=torch.float32)))
+    return not bool(torch.isfinite(nonfinite_witness(t)))
+
+
+def any_nonfinite(out: Any) -> bool:
+    """Does any floating-point tensor in a module output hold a NaN or an Inf? (CPU only)"""
+    return any(is_nonfinite(t) for t in floating_tensors(out))
 
 
 @contextlib.contextmanager
@@ -89,8 +101,7 @@ def first_nonfinite_inside(block: nn.Module, block_name: str, args: tuple[Any, .
     found: list[str] = []
 
     def check(module: nn.Module, _args: Any, out: Any) -> None:
-        t = first_tensor(out)
-        if not found and t is not None and is_nonfinite(t):
+        if not found and any_nonfinite(out):
             found.append(names[module])
 
     handles = []
@@ -101,7 +112,7 @@ def first_nonfinite_inside(block: nn.Module, block_name: str, args: tuple[Any, .
             stack.enter_context(torch.random.fork_rng(devices=[]))
             stack.enter_context(torch.no_grad())
             handles = [m.register_forward_hook(check) for m in names]
-            args, kwargs = tree_map_only(torch.Tensor, lambda t: t.detach().clone(), (args, kwargs))
+            args, kwargs = map_tensors(lambda t: t.detach().clone(), (args, kwargs))
             block(*args, **kwargs)
     except Exception as exc:  # a block that cannot be rerun must not stop training
         log.debug("inspector: rerunning %s to place a non-finite value failed: %s", block_name, exc)

@@ -7,8 +7,18 @@ RUN/
     rank.json              rank, local rank, world size, host, pid, start time
     seg-000000.dsi         frames, appended; a new segment starts past `segment_bytes`
     blob-000000.bin        raw tensor bytes (attention maps), appended; indexed by frames
-    closed.json            written by a clean close: last step, records, dropped records
+    writer.json            the writer's lock and state: pid, host, session, "writing" / "closed" /
+                           "failed" (with why); preallocated, so a failure is recorded in place
+                           even on a full disk
+    closed.json            written by a clean close: last step, records, dropped records, and the
+                           byte size of every segment and blob file, which the reader checks
 ```
+
+Only one process writes a rank directory at a time: a writer holds an exclusive `flock` on
+`writer.json` while it lives, and a second writer of the same rank is refused. Each writer
+session starts a new segment (and blob file), so the segments a session wrote are known from
+the `sessions` list in rank.json (`first_segment` of each), and records written again after a
+crash and resume are told apart by session.
 
 A segment is a sequence of *frames*. A frame is a 36-byte little-endian header followed by its
 payload:
@@ -38,6 +48,7 @@ Blob bytes are the tensor in C order, optionally compressed by the codec named i
 """
 from __future__ import annotations
 
+import re
 import struct
 import zlib
 from dataclasses import dataclass
@@ -52,6 +63,10 @@ SEGMENT_PREFIX, SEGMENT_SUFFIX = "seg-", ".dsi"
 BLOB_PREFIX, BLOB_SUFFIX = "blob-", ".bin"
 RANK_PREFIX = "rank-"
 RUN_META_FILE, RANK_META_FILE, CLOSED_FILE = "run.json", "rank.json", "closed.json"
+WRITER_FILE = "writer.json"
+WRITER_FILE_BYTES = 1024
+_SEGMENT_NAME = re.compile(re.escape(SEGMENT_PREFIX) + r"(\d{6,9})" + re.escape(SEGMENT_SUFFIX))
+_BLOB_NAME = re.compile(re.escape(BLOB_PREFIX) + r"(\d{6,9})" + re.escape(BLOB_SUFFIX))
 
 
 def segment_name(index: int) -> str:
@@ -62,6 +77,18 @@ def segment_name(index: int) -> str:
 def blob_name(index: int) -> str:
     """File name of blob file number `index`."""
     return f"{BLOB_PREFIX}{index:06d}{BLOB_SUFFIX}"
+
+
+def segment_index(name: str) -> int | None:
+    """The number of a segment file name, or None when `name` is not one (e.g. "seg-000000 (copy).dsi")."""
+    m = _SEGMENT_NAME.fullmatch(name)
+    return int(m.group(1)) if m else None
+
+
+def blob_index(name: str) -> int | None:
+    """The number of a blob file name, or None when `name` is not one."""
+    m = _BLOB_NAME.fullmatch(name)
+    return int(m.group(1)) if m else None
 
 
 def rank_dir_name(rank: int) -> str:
@@ -95,6 +122,6 @@ def decode_header(buf: bytes | memoryview, offset: int = 0) -> FrameHeader | Non
     if zlib.crc32(buf[offset:offset + HEADER.size]) != crc:
         return None
     _, version, kid, length, pcrc, smin, smax = HEADER.unpack_from(buf, offset)
-    if length > MAX_PAYLOAD:
+    if length > MAX_PAYLOAD or smin > smax:
         return None
     return FrameHeader(version, kid, length, pcrc, smin, smax)

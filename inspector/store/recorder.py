@@ -62,7 +62,7 @@ class Recorder:
                  probes: Mapping[str, Any] | None = None, queue_size: int = 8192,
                  flush_interval: float = 0.5, coalesce_s: float = 0.2, heartbeat_s: float = 2.0,
                  segment_bytes: int = 64 << 20, blob_codec: str = "lz4") -> None:
-        env = DistEnv.from_environ()
+        env = DistEnv.detect()
         self.rank = env.rank if rank is None else rank
         self.world_size = env.world_size if world_size is None else world_size
         self.local_rank = env.local_rank if local_rank is None else local_rank
@@ -82,6 +82,18 @@ class Recorder:
         self._blobs: deque[tuple] = deque()   # blob items not written yet (see _write)
         self._urgent = threading.Event()      # a flush or close is waiting: stop coalescing
 
+        self._writer: RankWriter | None = None
+        self._thread = threading.Thread(target=self._run, name=f"inspector-writer-{self.rank}", daemon=True)
+        try:
+            self._open(name, model, config, probes, segment_bytes, blob_codec)
+        except OSError as exc:      # read-only filesystem, no permission, rank taken: train on
+            self._fail(exc)
+            return
+        self._thread.start()
+        _OPEN.add(self)
+
+    def _open(self, name: str | None, model: Mapping[str, Any] | None, config: Mapping[str, Any] | None,
+              probes: Mapping[str, Any] | None, segment_bytes: int, blob_codec: str) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         meta_path = self.run_dir / RUN_META_FILE
         if self.rank == 0 and not meta_path.exists():
@@ -92,9 +104,6 @@ class Recorder:
         self._writer = RankWriter(self.run_dir, self.rank, segment_bytes=segment_bytes, blob_codec=blob_codec,
                                   rank_info={"local_rank": self.local_rank, "world_size": self.world_size})
         (self._writer.dir / CLOSED_FILE).unlink(missing_ok=True)
-        self._thread = threading.Thread(target=self._run, name=f"inspector-writer-{self.rank}", daemon=True)
-        self._thread.start()
-        _OPEN.add(self)
 
     # ---- producer side (any thread) ------------------------------------------------------------
 
@@ -171,6 +180,8 @@ class Recorder:
                 return
             self._closed = True
         _OPEN.discard(self)
+        if not self._thread.is_alive():
+            return
         try:
             self._queue.put((_STOP, None, 0, None), timeout=timeout)
         except queue.Full:
@@ -251,7 +262,8 @@ class Recorder:
         step = self._max_step if self._max_step >= 0 else self.step  # never ahead of the data
         return {"step": step, "wall_time": time.time(),
                 "name": ["inspector/dropped_records", "inspector/queue_depth", "inspector/bytes_written"],
-                "value": [float(self.dropped), float(self._queue.qsize()), float(self._writer.bytes_written)]}
+                "value": [float(self.dropped), float(self._queue.qsize()),
+                          float(self._writer.bytes_written if self._writer else 0)]}
 
     def _write(self, items: list[tuple]) -> bool:
         by_kind: dict[KindSpec, list[Chunk]] = defaultdict(list)
@@ -294,6 +306,11 @@ class Recorder:
                     continue
                 blob_kinds[spec].append((cols, rows))
             self._write_kinds(blob_kinds)
+        if self._failed is None:
+            try:
+                self._writer.checkpoint()
+            except OSError as exc:
+                self._fail(exc)
         for ev in events:
             ev.set()
         return stop
@@ -310,6 +327,7 @@ class Recorder:
             rows = batch.num_rows
             try:
                 self._writer.write_table(spec, batch)
+                self._writer.check_alive()
             except OSError as exc:
                 self._fail(exc)
                 self.dropped += rows
@@ -341,6 +359,8 @@ class Recorder:
             self._failed = f"{type(exc).__name__}: {exc}"
             self._warn_once("oserror", f"inspector: recording to {self.run_dir} stopped ({self._failed}); "
                                        "training goes on, further records are counted as dropped")
+            if self._writer is not None:
+                self._writer.fail(self._failed, step=self._max_step, dropped=self.dropped)
 
     def _warn_once(self, key: str, message: str) -> None:
         if key not in self._warned:
@@ -358,10 +378,10 @@ class Recorder:
                 cols.set()
             else:
                 self.dropped += rows
-        summary = None
-        if self._failed is None:
-            summary = {"last_step": max(self._max_step, 0), "records": self.records_written,
-                       "dropped": self.dropped}
+        summary = {"last_step": max(self._max_step, 0), "records": self.records_written,
+                   "dropped": self.dropped}
+        if self._failed is not None:
+            summary["failed"] = self._failed
         try:
             self._writer.close(summary)
         except OSError as exc:

@@ -3,9 +3,11 @@ from __future__ import annotations
 
 import mmap
 import os
+import zlib
 from dataclasses import dataclass, field
 
 from inspector.store.format import HEADER_SIZE, MAGIC, FrameHeader, decode_header
+from inspector.store.safe_io import open_regular
 
 
 @dataclass(frozen=True)
@@ -29,15 +31,16 @@ class ScanResult:
 
 
 def scan_segment(path: str, rank: int, segment: int, start: int) -> ScanResult:
-    """Read frame headers of `path` from byte `start` on; payloads are not read or checked here.
+    """Read frame headers of `path` from byte `start` on; payloads are only read to resynchronise.
 
     An incomplete frame at the end is left for the next scan (`pending_bytes` says how large it
     is): a live writer may still be completing it, a dead one tore it. Bytes that do not start a
-    valid header are skipped up to the next valid header, and reported.
+    valid header are skipped up to the next valid header, and reported. Only a regular file is
+    read (OSError otherwise; a missing file is an empty scan).
     """
     result = ScanResult(resume_at=start)
     try:
-        fd = os.open(path, os.O_RDONLY)
+        fd = open_regular(path)
     except FileNotFoundError:
         return result
     try:
@@ -56,10 +59,18 @@ def _scan(mm: mmap.mmap, size: int, rank: int, segment: int, pos: int, out: Scan
         head = decode_header(mm, pos) if size - pos >= HEADER_SIZE else None
         if head is not None:
             end = pos + HEADER_SIZE + head.length
-            if end > size:
+            if end <= size and (end == size or decode_header(mm, end) is not None or _payload_ok(mm, pos, head)):
+                out.frames.append(FrameRef(rank, segment, pos + HEADER_SIZE, head))
+                pos = end
+                continue
+            # The payload is cut short (a frame in flight, or a torn tail), or bytes went missing
+            # inside it: then a valid header lies within the length it claims, and the frame that
+            # starts there is intact. Do not swallow it.
+            inner = _next_header(mm, size, pos + HEADER_SIZE)
+            if inner is None:
                 break  # whole header, partial payload: pending or torn
-            out.frames.append(FrameRef(rank, segment, pos + HEADER_SIZE, head))
-            pos = end
+            out.skipped.append((pos, inner - pos))
+            pos = inner
             continue
         if size - pos < HEADER_SIZE and MAGIC.startswith(bytes(mm[pos:pos + 4])[: size - pos][:4]):
             break  # a header still being written (or torn)
@@ -75,6 +86,13 @@ def _scan(mm: mmap.mmap, size: int, rank: int, segment: int, pos: int, out: Scan
         pos = nxt
     out.resume_at = pos
     out.pending_bytes = size - pos
+
+
+def _payload_ok(mm: mmap.mmap, pos: int, head: FrameHeader) -> bool:
+    """Whether the payload of the frame at `pos` holds its checksum (read only when in doubt)."""
+    start = pos + HEADER_SIZE
+    with memoryview(mm) as view:
+        return zlib.crc32(view[start:start + head.length]) == head.crc32
 
 
 def _next_header(mm: mmap.mmap, size: int, pos: int) -> int | None:

@@ -142,8 +142,12 @@ class LiveRun:
         return value
 
     def status(self) -> str:
-        """'live', 'finished', 'crashed' or 'empty'."""
+        """The run's status, one of `inspector.store.reader.RUN_STATUSES`."""
         return self.reader.status()
+
+    def problems(self) -> list[str]:
+        """Damage and loss the reader found so far (one line each), oldest first."""
+        return list(self.reader.problems)
 
     def last_step(self) -> int:
         """Largest step any rank recorded (-1 when none)."""

@@ -21,12 +21,15 @@ class RunHeader:
     world_size: int
     elapsed_s: float
     tokens_per_s: float | None
+    problems: int = 0
 
     def line(self) -> str:
-        """One line of text: "name · live · step 120 · 2/2 ranks · 3m 05s · 12,345 tok/s"."""
+        """One line of text: "name · live · step 120 · 2/2 ranks · 3m 05s · 12,345 tok/s" (and
+        "· ⚠ 2 problems" when the reader found damage or loss)."""
         tps = f"{self.tokens_per_s:,.0f} tok/s" if self.tokens_per_s is not None else "tok/s N/A"
+        warn = f" · ⚠ {self.problems} problem{'s' if self.problems != 1 else ''}" if self.problems else ""
         return (f"{self.name} · {self.status} · step {max(self.step, 0):,} · {self.ranks}/{self.world_size} ranks"
-                f" · {format_duration(self.elapsed_s)} · {tps}")
+                f" · {format_duration(self.elapsed_s)} · {tps}{warn}")
 
 
 def format_duration(seconds: float) -> str:
@@ -57,7 +60,8 @@ def run_header(run: LiveRun, *, window: int = 10, now: float | None = None) -> R
     end = (now or time.time()) if status == "live" else last_wall
     return RunHeader(name=run.meta.name, status=status, step=run.last_step(), ranks=len(run.ranks()),
                      world_size=run.meta.world_size, elapsed_s=max(0.0, end - float(run.meta.created)),
-                     tokens_per_s=tps if tps is None or np.isfinite(tps) else None)
+                     tokens_per_s=tps if tps is None or np.isfinite(tps) else None,
+                     problems=len(run.problems()))
 
 
 def eval_loss_name(run: LiveRun) -> str | None:

@@ -7,6 +7,8 @@ import pandas as pd
 from inspector.views.live import LiveRun
 from inspector.views.timing import phase_ms, recent_median
 
+MAX_MISSING_ROWS = 64
+"""Missing ranks listed in the rank table (the rest are counted in the run's problems)."""
 RANK_COLUMNS = ["rank", "step", "step_ms", "compute_ms", "tokens_per_s", "loss", "grad_norm", "gpu_util", "gpu_mem_used",
                 "gpu_mem_total", "power_w", "temp_c", "status", "straggler"]
 """Columns of `rank_table`, in display order."""
@@ -77,6 +79,8 @@ def rank_table(run: LiveRun, *, window: int = 20, straggler_factor: float = 1.25
                          **{c: float(g[c]) if len(g) and pd.notna(g[c]) else np.nan
                             for c in ("gpu_util", "gpu_mem_used", "gpu_mem_total", "power_w", "temp_c")},
                          "status": run.reader.rank_status(r), "straggler": flags.get(r, False)})
+        for r in run.reader.missing_ranks()[:MAX_MISSING_ROWS]:     # in the world, never wrote: say so
+            rows.append({"rank": r, "step": np.nan, "status": "missing", "straggler": False})
         return pd.DataFrame(rows, columns=RANK_COLUMNS)
 
     return run.cached(("rank_table", window, straggler_factor), ("scalar", "timing", "system"), compute)

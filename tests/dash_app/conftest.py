@@ -15,9 +15,9 @@ from types import SimpleNamespace
 
 import pytest
 from playwright.sync_api import sync_playwright
-from werkzeug.serving import make_server
 
 from inspector.dash_app import create_app
+from inspector.dash_app.server import make_http_server
 from tests.synthetic_run import SyntheticSpec, write_synthetic_run
 
 CHROMIUM = "/usr/bin/chromium"
@@ -36,14 +36,16 @@ def artifacts_dir() -> Path:
 
 @contextlib.contextmanager
 def dash_server(root, token=None, host="127.0.0.1"):
-    """The real app served by werkzeug on a free port, in a thread."""
+    """The real app served by werkzeug on a free port, in a thread (`host` is both the bind address
+    and what the app's Host check is configured with, as `inspector dash --host` does)."""
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
-    app = create_app(root, token=token, poll_s=0.3)
-    srv = make_server(host, 0, app.server, threaded=True)
+    app = create_app(root, token=token, host=host, poll_s=0.3)
+    srv = make_http_server(host, 0, app.server)
     thread = threading.Thread(target=srv.serve_forever, daemon=True)
     thread.start()
     try:
-        yield SimpleNamespace(url=f"http://{host}:{srv.server_port}", app=app, root=Path(root))
+        yield SimpleNamespace(url=f"http://{host}:{srv.server_port}", app=app, root=Path(root),
+                              port=srv.server_port, host=host, token=token)
     finally:
         srv.shutdown()
         thread.join(5)

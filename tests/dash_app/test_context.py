@@ -26,3 +26,11 @@ def test_with_run_hands_over_the_open_run_or_the_reason_there_is_none(tmp_path: 
         assert kind == "fallback" and message.startswith("could not draw this panel: TypeError")
     finally:
         registry.close()
+
+
+def test_run_key_from_search_ignores_what_is_not_a_query_string() -> None:
+    from inspector.dash_app.context import run_key_from_search
+    assert run_key_from_search("?run=a/b&x=1") == "a/b"
+    assert run_key_from_search(None) is None
+    assert run_key_from_search({"run": "x"}) is None       # a crafted callback body: no 500
+    assert run_key_from_search(["?run=x"]) is None

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import pytest
 import torch
@@ -272,3 +274,138 @@ def test_nan_in_a_hugging_face_llama_is_traced_inside_its_decoder_layer(tmp_path
         return m(input_ids=ids, labels=ids).loss
     _train(model, tmp_path / "run", 3, loss_of, step_box)
     assert _first_nonfinite(tmp_path / "run") == (1, "model.layers.1.mlp.up_proj")
+
+
+@dataclass
+class _BlockOut:
+    aux: torch.Tensor      # a finite side output listed before the hidden state
+    hidden: torch.Tensor
+
+
+@dataclass(frozen=True)
+class _ModelOut:
+    aux_loss: torch.Tensor
+    logits: torch.Tensor
+    loss: torch.Tensor | None = None
+
+
+class _NamedOut(NamedTuple):
+    aux_loss: torch.Tensor
+    logits: torch.Tensor
+    loss: torch.Tensor | None
+
+
+class _Block(nn.Module):
+    """A residual MLP block that returns a dataclass (finite `aux` first), or a dict of one."""
+
+    def __init__(self, wrap: str) -> None:
+        super().__init__()
+        self.up, self.act, self.down = nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 8)
+        self.wrap = wrap
+
+    def forward(self, x: torch.Tensor) -> Any:
+        out = _BlockOut(aux=self.up.weight.pow(2).mean(), hidden=x + self.down(self.act(self.up(x))))
+        return {"block": [out]} if self.wrap == "nested" else out
+
+
+class _StructuredModel(nn.Module):
+    """Blocks returning structured outputs; the model returns a dataclass, namedtuple or dict."""
+
+    def __init__(self, wrap: str) -> None:
+        super().__init__()
+        self.inp = nn.Linear(8, 8)
+        self.blocks = nn.ModuleList([_Block(wrap) for _ in range(3)])
+        self.head = nn.Linear(8, 1)
+        self.wrap = wrap
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> Any:
+        h, aux = self.inp(x), x.new_zeros(())
+        for block in self.blocks:
+            out = block(h)
+            out = out["block"][0] if isinstance(out, dict) else out
+            h, aux = out.hidden, aux + out.aux
+        logits = self.head(h)
+        loss = nn.functional.mse_loss(logits, y) + 1e-3 * aux
+        if self.wrap == "namedtuple":
+            return _NamedOut(aux, logits, loss)
+        if self.wrap == "dict":
+            return {"aux_loss": aux, "logits": logits, "loss": loss}
+        return _ModelOut(aux_loss=aux, logits=logits, loss=loss)
+
+
+def _loss(out: Any) -> torch.Tensor:
+    return out["loss"] if isinstance(out, dict) else out.loss
+
+
+@pytest.mark.parametrize("wrap", ["dataclass", "namedtuple", "dict", "nested"])
+def test_nan_is_traced_through_dataclass_and_structured_outputs(tmp_path: Path, wrap: str) -> None:
+    torch.manual_seed(0)
+    model = _StructuredModel(wrap)
+    step_box = [0]
+    _poison_at(model.blocks[1].up, step_box, bad_step=4)
+    gen = torch.Generator().manual_seed(0)
+    _train(model, tmp_path / "run", 6, lambda m: _loss(m(torch.randn(4, 8, generator=gen),
+                                                         torch.randn(4, 1, generator=gen))), step_box)
+    assert _first_nonfinite(tmp_path / "run") == (4, "blocks.1.up")
+    a = inspector.open_run(tmp_path / "run").to_pandas("anomaly")
+    assert a[a["kind"] == "nonfinite_loss"].sort_values("step")["module"].iloc[0] == "blocks.1.up"
+
+
+def test_dataclass_outputs_are_bit_identical_watched_and_unwatched(tmp_path: Path) -> None:
+    def run(watched: bool) -> list[torch.Tensor]:
+        torch.manual_seed(0)
+        model = _StructuredModel("dataclass")
+        step_box = [0]
+        _poison_at(model.blocks[1].up, step_box, bad_step=2)
+        w = inspector.watch(model, tmp_path / "run", probes=["anomalies"]) if watched else None
+        gen = torch.Generator().manual_seed(0)
+        outs = []
+        for s in range(4):
+            step_box[0] = s
+            out = model(torch.randn(4, 8, generator=gen), torch.randn(4, 1, generator=gen))
+            out.loss.backward()
+            outs += [out.logits.detach(), out.aux_loss.detach()] + [p.grad.clone() for p in model.parameters()]
+            model.zero_grad()
+            if w is not None:
+                w.step(loss=out.loss)
+        if w is not None:
+            w.close()
+        return outs
+
+    for a, b in zip(run(True), run(False), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, equal_nan=True)
+
+
+def test_a_failing_activation_check_switches_itself_off_with_one_warning(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    import inspector.probes.anomalies as anomalies
+
+    def broken(out: Any, limit: int = 16) -> list[torch.Tensor]:
+        raise RuntimeError("walk failed")
+    monkeypatch.setattr(anomalies, "floating_tensors", broken)
+    caplog.set_level(logging.WARNING, logger="inspector")
+    torch.manual_seed(0)
+    model = _StructuredModel("dataclass")
+    gen = torch.Generator().manual_seed(0)
+    _train(model, tmp_path / "run", 3, lambda m: m(torch.randn(4, 8, generator=gen),
+                                                   torch.randn(4, 1, generator=gen)).loss, [0])
+    stopped = [r for r in caplog.records if "anomalies probe stopped" in r.getMessage()]
+    assert len(stopped) == 1 and "walk failed" in stopped[0].getMessage()
+
+
+def test_huge_but_finite_float64_activations_are_not_taken_for_inf(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.Sequential(nn.Linear(16, 16), nn.Tanh()), nn.Linear(16, 1)).double()
+    with torch.no_grad():
+        model[0].weight.mul_(1e200)  # outputs ~1e200: finite in float64, Inf once summed in fp32
+    _train(model, tmp_path / "run", 2, lambda m: m(torch.randn(4, 8, dtype=torch.float64)).tanh().mean(), [0], lr=0)
+    assert len(inspector.open_run(tmp_path / "run").to_pandas("anomaly")) == 0
+
+
+def test_the_cuda_witness_is_non_finite_when_any_tensor_of_an_output_is() -> None:
+    from inspector.probes.anomalies import _witness
+
+    ok, bad, huge = torch.ones(3), torch.tensor([1.0, float("nan")]), torch.full((2,), 1e300, dtype=torch.float64)
+    assert torch.isfinite(_witness([ok])) and torch.isfinite(_witness([ok, huge]))
+    assert not torch.isfinite(_witness([ok, bad])) and not torch.isfinite(_witness([bad.half(), ok]))
+    assert not torch.isfinite(_witness([torch.tensor([float("inf")]), torch.tensor([-float("inf")])]))

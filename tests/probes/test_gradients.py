@@ -258,3 +258,77 @@ def test_cuda_steps_never_synchronise_the_training_thread(tmp_path: Path) -> Non
     assert not probe._failed  # noqa: SLF001 — a sync would have raised inside the probe and stopped it
     df = _stats(tmp_path / "run")
     assert sorted(df["step"].unique()) == list(range(5)) and df["update_ratio"].notna().all()
+
+
+def test_float64_model_stats_match_numpy_at_float64_precision(tmp_path: Path) -> None:
+    model = _mlp().double()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    gen = torch.Generator().manual_seed(4)
+    w = inspector.watch(model, tmp_path / "run", probes=["gradients"], optimizer=opt, every=1)
+    grads: dict[int, dict[str, np.ndarray]] = {}
+    ratios: dict[int, dict[str, float]] = {}
+    for s in range(3):
+        x, y = _batch(gen)
+        opt.zero_grad()
+        nn.functional.mse_loss(model(x.double()), y.double()).backward()
+        grads[s] = _grads(model)
+        before = {n: p.detach().numpy().copy() for n, p in model.named_parameters()}
+        opt.step()
+        ratios[s] = {n: np.linalg.norm(p.detach().numpy() - before[n]) / np.linalg.norm(before[n])
+                     for n, p in model.named_parameters()}
+        w.step()
+    probe = w.probes["gradients"]
+    w.close()
+    assert not probe._failed  # noqa: SLF001
+    df = _stats(tmp_path / "run")
+    assert sorted(df["step"].unique()) == [0, 1, 2]
+    for s in range(3):
+        rows = df[df["step"] == s].set_index("name")
+        for name, g in grads[s].items():
+            row = rows.loc[name]
+            for key, want in _oracle(g).items():  # float64 end to end: far tighter than fp32 could give
+                assert row[key] == pytest.approx(want, rel=1e-9, abs=1e-15), (s, name, key)
+            seen = np.stack([grads[t][name] for t in range(s + 1)])
+            assert row["var_over_steps"] == pytest.approx(seen.var(axis=0).mean(), rel=1e-9, abs=1e-15)
+            assert row["update_ratio"] == pytest.approx(ratios[s][name], rel=1e-9)
+    norms = inspector.open_run(tmp_path / "run").to_pandas("scalar", names=["grad_norm/global"])
+    want = [np.sqrt(sum((g ** 2).sum() for g in grads[s].values())) for s in range(3)]
+    np.testing.assert_allclose(norms["value"].to_numpy(), want, rtol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_model_stats_match_numpy(tmp_path: Path, dtype: torch.dtype) -> None:
+    model = _mlp().to(dtype)
+    gen = torch.Generator().manual_seed(5)
+    w = inspector.watch(model, tmp_path / "run", probes=["gradients"], every=1)
+    grads: dict[int, dict[str, np.ndarray]] = {}
+    for s in range(2):
+        x, y = _batch(gen)
+        model.zero_grad()
+        nn.functional.mse_loss(model(x.to(dtype)).float(), y).backward()
+        grads[s] = _grads(model)
+        w.step()
+    probe = w.probes["gradients"]
+    w.close()
+    assert not probe._failed  # noqa: SLF001
+    df = _stats(tmp_path / "run")
+    for s in range(2):
+        rows = df[df["step"] == s].set_index("name")
+        for name, g in grads[s].items():
+            _check_row(rows.loc[name], g)
+
+
+def test_mixed_float64_and_float32_parameters_are_measured(tmp_path: Path) -> None:
+    model = _mlp()
+    model[2].double()
+    w = inspector.watch(model, tmp_path / "run", probes=["gradients"], every=1)
+    x, _ = _batch(torch.Generator().manual_seed(6))
+    model[2](model[1](model[0](x)).double()).pow(2).mean().backward()
+    grads = _grads(model)
+    w.step()
+    probe = w.probes["gradients"]
+    w.close()
+    assert not probe._failed  # noqa: SLF001
+    rows = _stats(tmp_path / "run").set_index("name")
+    for name, g in grads.items():
+        _check_row(rows.loc[name], g)

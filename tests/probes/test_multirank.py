@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 import inspector
 from tests.conftest import inspector_cli
@@ -26,3 +27,72 @@ def test_two_rank_torchrun_records_both_ranks(tmp_path: Path) -> None:
     assert by_rank[0] == by_rank[1]
     loss = r.to_pandas("scalar", names=["loss"])
     assert sorted(loss.groupby("rank")["step"].apply(list).tolist()) == [list(range(6))] * 2
+
+
+def _spawned_worker(rank: int, world_size: int, run: str, rendezvous: str) -> None:
+    """One `torch.multiprocessing.spawn` worker: a gloo group (rank passed in, no RANK env), 3 watched steps."""
+    import torch.distributed as dist
+    from torch import nn
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world_size, init_method=rendezvous)
+    try:
+        torch.manual_seed(rank)
+        model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1))
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        with inspector.watch(model, run, optimizer=opt, probes=["gradients", "anomalies"]) as w:
+            for _ in range(3):
+                opt.zero_grad()
+                loss = model(torch.randn(2, 4)).pow(2).mean()
+                loss.backward()
+                for p in model.parameters():
+                    dist.all_reduce(p.grad)
+                opt.step()
+                w.step(loss=loss)
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.multiproc
+def test_spawned_workers_without_rank_env_take_their_rank_from_the_process_group(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch.multiprocessing as mp
+
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK"):
+        monkeypatch.delenv(key, raising=False)
+    run = tmp_path / "spawned"
+    mp.spawn(_spawned_worker, args=(2, str(run), f"file://{tmp_path / 'rendezvous'}"), nprocs=2, join=True)
+    assert sorted(p.name for p in run.glob("rank-*")) == ["rank-00000", "rank-00001"]
+    r = inspector.open_run(run)
+    assert r.ranks == [0, 1] and r.meta.world_size == 2
+    loss = r.to_pandas("scalar", names=["loss"])
+    assert loss.groupby("rank")["step"].apply(list).to_dict() == {0: [0, 1, 2], 1: [0, 1, 2]}
+
+
+def test_detect_prefers_an_initialised_process_group_over_the_environment(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch.distributed as dist
+
+    from inspector.distenv import DistEnv
+
+    env = {"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1"}
+    assert DistEnv.detect(env) == DistEnv(rank=3, local_rank=1, world_size=4)  # no group: the environment
+    dist.init_process_group("gloo", rank=0, world_size=1, init_method=f"file://{tmp_path / 'rdzv'}")
+    try:
+        assert DistEnv.detect(env) == DistEnv(rank=0, local_rank=1, world_size=1)
+        assert DistEnv.detect({}) == DistEnv(rank=0, local_rank=0, world_size=1)
+        monkeypatch.setattr(dist, "get_rank", lambda *a, **k: 1 / 0)  # a broken torch never raises
+        assert DistEnv.detect(env) == DistEnv(rank=3, local_rank=1, world_size=4)
+    finally:
+        monkeypatch.undo()
+        dist.destroy_process_group()
+
+
+def test_detect_does_not_import_torch(python: str) -> None:
+    import subprocess
+
+    code = ("import sys; from inspector.distenv import DistEnv; d = DistEnv.detect({'RANK': '2', 'WORLD_SIZE': '3'}); "
+            "assert 'torch' not in sys.modules, 'torch imported'; assert (d.rank, d.world_size) == (2, 3)")
+    res = subprocess.run([python, "-c", code], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr

@@ -204,3 +204,12 @@ def test_resuming_after_a_torn_tail_keeps_old_and_new_records(tmp_path: Path) ->
     with pytest.warns(RunWarning, match="torn"):
         steps = open_run(run).to_pandas("scalar", names=["x"])["step"].tolist()
     assert steps == list(range(10))
+
+
+@pytest.mark.multiproc
+def test_kill_9_rounds_lose_no_acknowledged_record(tmp_path: Path) -> None:
+    from tests.store.kill_loop import kill_loop
+
+    report = kill_loop(tmp_path / "run", rounds=6, seed=1)
+    assert report.rounds == 6 and report.acked >= 6
+    assert report.lost == 0 and report.checksum_failures == 0, report.problems

@@ -175,3 +175,22 @@ def test_live_run_tails_only_new_records(tmp_path) -> None:
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_rank_table_lists_ranks_that_never_wrote_and_the_header_counts_problems(tmp_path) -> None:
+    import warnings
+
+    from inspector.views.overview import run_header
+    from tests.store.damaged_runs import record_run
+
+    record_run(tmp_path / "run", steps=3, world_size=3, maps=False)     # ranks 1 and 2 never start
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        run = LiveRun(tmp_path / "run")
+        table = rank_table(run)
+        header = run_header(run)
+    assert table["rank"].tolist() == [0, 1, 2]
+    assert table["status"].tolist() == ["finished", "missing", "missing"]
+    assert header.status == "damaged" and header.problems == 1 and "⚠ 1 problem" in header.line()
+    summary = rank_summary(table)
+    assert summary.loc["min", "step"] == 2                  # missing ranks do not drag the step range

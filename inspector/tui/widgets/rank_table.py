@@ -24,7 +24,8 @@ WIDTHS = {"rank": 6, "step": 6, "step_ms": 7, "compute_ms": 10, "tokens_per_s": 
 
 SORTABLE = [k for k, _ in COLUMNS if k not in ("history",)]
 SPARK_WIDTH = 14
-STATUS_STYLE = {"live": "green", "finished": "blue", "crashed": "bold red"}
+STATUS_STYLE = {"live": "green", "finished": "blue", "crashed": "bold red", "damaged": "bold red", "failed": "bold red",
+                "missing": "bold yellow"}
 
 
 def cells(row: pd.Series | dict, history: np.ndarray | None = None,

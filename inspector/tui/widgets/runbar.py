@@ -7,7 +7,8 @@ from textual.widgets import Static
 from inspector.tui.state import SCREENS, Snapshot
 
 TITLES = {"ranks": "Ranks", "run": "Run", "attention": "Attention", "experts": "Experts"}
-STATUS_STYLE = {"live": "bold green", "finished": "bold blue", "crashed": "bold red", "empty": "bold yellow"}
+STATUS_STYLE = {"live": "bold green", "finished": "bold blue", "crashed": "bold red", "damaged": "bold red",
+                "failed": "bold red", "empty": "bold yellow"}
 
 
 def runbar_text(snap: Snapshot | None, screen: str, *, playing: bool) -> Text:
