@@ -75,10 +75,26 @@ class Watch:
         self._end_step()
 
     def _end_step(self) -> None:
-        for probe in self.probes.values():
-            probe.on_step_end(self.global_step)
+        for name, probe in list(self.probes.items()):
+            self._guard(name, probe.on_step_end, self.global_step)
         self.global_step += 1
         self.recorder.step = self.global_step
+
+    def _guard(self, name: str, fn: Any, *args: Any) -> None:
+        """Call a probe's step callback; a probe that raises is detached with one warning, and
+        training goes on (nothing a probe raises reaches the training loop)."""
+        try:
+            fn(*args)
+        except Exception as exc:  # noqa: BLE001 - a probe's bug must not stop training
+            probe = self.probes.pop(name, None)
+            if probe is not None:
+                try:
+                    probe.detach()
+                except Exception:  # noqa: BLE001
+                    pass
+            self.not_applicable[name] = f"switched off after an error: {type(exc).__name__}: {exc}"
+            log.warning("inspector: %s probe switched off at step %d: %s: %s", name, self.global_step,
+                        type(exc).__name__, exc)
 
     def step(self, **scalars: Any) -> int:
         """Record `scalars` (tensors are fine: read on the writer thread) for the step just done.
@@ -89,8 +105,8 @@ class Watch:
         at = max(self.global_step - 1, 0) if self._auto else self.global_step
         if scalars:
             self.recorder.scalars({k: _detach(v) for k, v in scalars.items()}, step=at)
-            for probe in self.probes.values():
-                probe.on_scalars(at, scalars)
+            for name, probe in list(self.probes.items()):
+                self._guard(name, probe.on_scalars, at, scalars)
         if not self._auto:
             self._end_step()
         return at

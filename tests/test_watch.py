@@ -95,3 +95,35 @@ def test_watch_on_a_read_only_filesystem_trains_on_with_one_warning(caplog: pyte
         w.step(loss=loss)
     w.close()
     assert caplog.text.count("recording to /proc/inspector-read-only/run stopped") == 1
+
+
+def _train(model: nn.Module, steps: int, watch_dir: Path | None = None, *, break_probe: str | None = None):
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    w = inspector.watch(model, watch_dir, optimizer=opt) if watch_dir is not None else None
+    if w is not None and break_probe is not None:
+        def broken(*_: object) -> None:
+            raise RuntimeError("a probe bug")
+        w.probes[break_probe].on_step_end = broken
+        w.probes[break_probe].on_scalars = broken
+    torch.manual_seed(1)
+    for _ in range(steps):
+        opt.zero_grad()
+        loss = model(torch.randn(4, 4)).pow(2).mean()
+        loss.backward()
+        opt.step()
+        if w is not None:
+            w.step(loss=loss)
+    if w is not None:
+        w.close()
+    return [p.detach().clone() for p in model.parameters()], w
+
+
+def test_a_probe_that_raises_at_step_end_is_switched_off_and_training_goes_on(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    plain, _ = _train(_mlp(), 4)
+    watched, w = _train(_mlp(), 4, tmp_path / "run", break_probe="gradients")
+    assert all(torch.equal(a, b) for a, b in zip(plain, watched))     # the model computed the same
+    assert "gradients" not in w.probes and "a probe bug" in w.not_applicable["gradients"]
+    assert caplog.text.count("gradients probe switched off") == 1
+    steps = inspector.open_run(tmp_path / "run").to_pandas("scalar", names=["loss"])["step"].tolist()
+    assert steps == [0, 1, 2, 3]

@@ -450,3 +450,17 @@ def test_cli_server_checks_host_and_body(tree):
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_compare_opens_only_listed_runs_once_each(plain, monkeypatch):
+    from inspector.dash_app.runs import RunRegistry
+
+    asked = []
+    real_get = RunRegistry.get
+    monkeypatch.setattr(RunRegistry, "get", lambda self, key: (asked.append(key), real_get(self, key))[1])
+    dep = next(d for d in dependencies(plain) if "cmp-" in d["output"] and "cmp-runs.value" in
+               [f"{i['id']}.{i['property']}" for i in d["inputs"]] and "figure" in d["output"])
+    chosen = ["a"] * 1000 + [f"nope-{i}" for i in range(5000)] + [None, 7, {"x": 1}, ["a"], "../outside"]
+    reply = post_callback(plain, callback_body(dep, {**key_values("a"), "cmp-runs.value": chosen}))
+    assert reply.status == 200, reply.text[:300]
+    assert asked == ["a"], (asked, reply.text[:300])   # not 6,005 lookups, nothing outside the listing

@@ -13,6 +13,10 @@ TITLE = "Compare"
 GRAPHS = [f"cmp-{m}" for m in COMPARE_METRICS]
 
 
+MAX_COMPARED = 12
+"""Runs drawn together on the compare page at most."""
+
+
 def layout() -> html.Div:
     """A multi-run picker and one overlay chart per metric."""
     return html.Div(className="page", children=[
@@ -42,6 +46,11 @@ def register(app, context: AppContext) -> None:
     @app.callback(*[Output(g, "figure") for g in GRAPHS], Input("cmp-runs", "value"), Input("run-state", "data"))
     @guarded(lambda msg: tuple(empty_figure(msg, height=300) for _ in GRAPHS))
     def draw(chosen, _state):
+        # Only runs the picker offers, once each and at most MAX_COMPARED: a crafted callback body
+        # cannot make the server open thousands of paths.
+        listed = set(registry.run_keys())
+        strings = [k for k in chosen if isinstance(k, str)] if isinstance(chosen, list) else []
+        chosen = [k for k in dict.fromkeys(strings) if k in listed][:MAX_COMPARED]
         if not chosen:
             return tuple(empty_figure("pick runs to compare", height=300) for _ in GRAPHS)
         runs = {}
