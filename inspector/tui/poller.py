@@ -107,7 +107,8 @@ class Poller:
             header, status = head.line(), head.status
         except Exception as exc:  # a damaged record must not take the UI down
             header, status = f"{run.meta.name} · header unavailable ({type(exc).__name__}: {exc})", run.status()
-        snap = Snapshot(request=req, header=header, status=status, last_step=run.last_step(), ranks=run.ranks())
+        snap = Snapshot(request=req, header=header, status=status, last_step=run.last_step(), ranks=run.ranks(),
+                        data_problems=run.problems())
         if status == "finished" and self._dirty:
             rebuild = True         # a finished run is not polled again: its last picture must be complete
         if not rebuild and self._last is not None:

@@ -97,6 +97,7 @@ class Snapshot:
     error: str | None = None
     payload: RanksData | RunData | AttentionData | ExpertsData | PluginData | None = None
     problem: str | None = None
+    data_problems: list[str] = field(default_factory=list)   # damage and loss the reader found
     serial: int = 0
 
     @property

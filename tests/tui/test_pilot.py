@@ -240,3 +240,26 @@ async def test_256_ranks_fill_the_table_and_flag_the_last(tmp_path) -> None:
         col = column(table, "step ms")
         assert base_ms(0, 256) <= float(summary[0][col]) <= base_ms(0, 256) + 2      # jitter is uniform(0, 2)
         assert base_ms(255, 256) <= float(summary[2][col]) <= base_ms(255, 256) + 2
+
+
+async def test_run_screen_lists_data_problems(tmp_path) -> None:
+    import warnings
+
+    from tests.store.damaged_runs import record_run
+
+    record_run(tmp_path / "run", steps=5, world_size=3, maps=False)     # ranks 1 and 2 never wrote
+    app = InspectorApp(tmp_path / "run", frozen_now=FROZEN_NOW)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        await _show_problems(app)
+
+
+async def _show_problems(app: InspectorApp) -> None:
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_until(pilot, lambda: app.settled)
+        await pilot.press("2")
+        await wait_until(pilot, lambda: app.settled and app.screen.query("#data-problems"))
+        widget = app.screen.query_one("#data-problems", Static)
+        await wait_until(pilot, lambda: widget.display)
+        text = str(widget.render())
+        assert "1 data problem" in text and "rank 1, 2 of 3 never wrote" in text

@@ -9,12 +9,14 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.widgets import DataTable, Sparkline, Static
 
+from inspector.schema.run_meta import printable
 from inspector.tui.screens.base import InspectorScreen
 from inspector.tui.state import RUN_SERIES, RunData, Snapshot
 from inspector.tui.widgets.bars import share_bar
 from inspector.tui.widgets.format import num
 
 CHART_IDS = {title: title.replace(" ", "-") for title in RUN_SERIES}
+MAX_PROBLEM_LINES = 3
 
 
 class RunScreen(InspectorScreen):
@@ -32,6 +34,9 @@ class RunScreen(InspectorScreen):
                     yield Static(title, id=f"label-{cid}", classes="chart-label")
                     yield Sparkline([], id=f"spark-{cid}", summary_function=max)
         yield Static("", id="shares")
+        problems = Static("", id="data-problems")
+        problems.display = False
+        yield problems
         yield Static("anomalies (newest first · Enter jumps to the step)", classes="title")
         yield DataTable(id="anomalies", cursor_type="row", zebra_stripes=True)
 
@@ -70,6 +75,7 @@ class RunScreen(InspectorScreen):
             shares.update(bar)
         else:
             shares.update(Text("step time: no timing recorded in this run", style="dim"))
+        self._draw_data_problems(snap.data_problems)
         feed = self.query_one("#anomalies", DataTable)
         row = feed.cursor_row
         feed.clear()
@@ -81,6 +87,17 @@ class RunScreen(InspectorScreen):
         if payload.anomalies.empty:
             return "no anomalies recorded in this run"
         return None
+
+    def _draw_data_problems(self, problems: list[str]) -> None:
+        """The first few losses or damage the reader found (hidden when there are none)."""
+        widget = self.query_one("#data-problems", Static)
+        widget.display = bool(problems)
+        if problems:
+            text = Text(f"⚠ {len(problems)} data problem{'s' if len(problems) != 1 else ''} "
+                        "(`inspector info` lists them all)\n", style="bold yellow")
+            for line in problems[:MAX_PROBLEM_LINES]:
+                text.append(f"  {printable(line, 300)}\n")
+            widget.update(text)
 
     def action_next_rank(self) -> None:
         """Show the next rank."""
