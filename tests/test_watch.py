@@ -127,3 +127,18 @@ def test_a_probe_that_raises_at_step_end_is_switched_off_and_training_goes_on(
     assert caplog.text.count("gradients probe switched off") == 1
     steps = inspector.open_run(tmp_path / "run").to_pandas("scalar", names=["loss"])["step"].tolist()
     assert steps == [0, 1, 2, 3]
+
+
+def test_scalars_are_recorded_as_of_the_call_not_after_the_loop_changes_them(tmp_path: Path) -> None:
+    model = _mlp()
+    w = inspector.watch(model, tmp_path / "run", probes=[])
+    tr_loss = torch.zeros(())
+    for step in range(3):
+        tr_loss += 1.5 + step            # accumulate as Hugging Face Trainer does ...
+        w.step(loss=tr_loss)
+        tr_loss -= tr_loss               # ... then reset it in place right after logging
+        w.log("after_reset", tr_loss)
+    w.close()
+    df = inspector.open_run(tmp_path / "run").to_pandas("scalar")
+    assert df[df["name"] == "loss"].sort_values("step")["value"].tolist() == [1.5, 2.5, 3.5]
+    assert df[df["name"] == "after_reset"]["value"].tolist() == [0.0, 0.0, 0.0]

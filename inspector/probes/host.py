@@ -14,7 +14,8 @@ class HostValue:
     On CUDA the copy goes into pinned memory with `non_blocking=True` and a CUDA event marks its
     end; `ready()` asks the event without waiting, and `resolve()` (called on the Recorder's writer
     thread, or by a probe one step later) waits for it. On CPU the value is ready at once. Either
-    way the training thread never synchronises with the device. The Recorder accepts a HostValue
+    way the training thread never synchronises with the device, and the value is the one the
+    tensor held at the call, whatever the loop does to it later. The Recorder accepts a HostValue
     wherever it accepts an array (it calls `resolve()`).
     """
 
@@ -28,7 +29,10 @@ class HostValue:
             self._event: Any = torch.cuda.Event()
             self._event.record()
         else:
-            self._host = value
+            # A copy, not a reference: the loop may change the tensor in place right after the call
+            # (Hugging Face Trainer's `tr_loss -= tr_loss`), and the record must hold the value as of
+            # the call. On CUDA the copy above is stream-ordered before any later in-place op.
+            self._host = value.clone()
             self._event = None
 
     def ready(self) -> bool:
