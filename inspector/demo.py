@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -153,13 +154,22 @@ def _launch_torchrun(ranks: int, worker_args: Sequence[str]) -> int:
 
 def _print_summary(run_dir: Path) -> None:
     reader = inspector.open_run(run_dir)
-    loss = reader.to_pandas("scalar", names=["loss"], ranks=[0])["value"]
+    losses = reader.to_pandas("scalar", names=["loss"], ranks=[0])
+    loss = losses["value"]
     anomalies = reader.to_pandas("anomaly")
-    print(f"inspector demo: {reader.status()} run, {reader.last_step() + 1} steps, {len(reader.ranks)} rank(s), "
+    # Steps trained are the steps with a loss: system samples and the last heartbeat carry the
+    # step counter after the last step ends, which would read "61 steps" for `--steps 60`.
+    print(f"inspector demo: {reader.status()} run, {losses['step'].nunique()} steps, {len(reader.ranks)} rank(s), "
           f"{human_bytes(reader.size_bytes())} in {run_dir}")
     if len(loss) >= 2:
         print(f"inspector demo: loss {loss.iloc[0]:.3f} -> {loss.iloc[-1]:.3f}; {len(anomalies)} anomaly record(s)")
-    print(f"inspect it with: inspector info {run_dir}")
+    print(f"inspect it with: {_inspector_command()} info {run_dir}")
+
+
+def _inspector_command() -> str:
+    """How to call `inspector` from here: the venv's script when it is not on PATH."""
+    script = Path(sys.executable).with_name("inspector")
+    return "inspector" if shutil.which("inspector") == str(script) or not script.exists() else str(script)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

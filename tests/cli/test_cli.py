@@ -70,3 +70,16 @@ def test_export_parquet_and_csv_match_the_recorded_values(tmp_path: Path) -> Non
     h = pd.read_csv(tmp_path / "csv" / "histogram.csv")
     assert len(h) == 20 and h["counts"][3] == "[3, 4, 5, 6]"
     assert not (tmp_path / "csv" / "scalar.csv").exists()
+
+
+def test_demo_summary_counts_trained_steps_not_the_step_counter(tmp_path: Path, capsys) -> None:
+    from inspector.demo import _print_summary
+    from inspector.store.recorder import Recorder
+
+    with Recorder(tmp_path / "run") as rec:
+        for s in range(60):
+            rec.scalars({"loss": 3.0 - s / 100}, step=s)
+        rec.scalars({"cpu_percent": 5.0}, step=60)      # sampled after the last step ended
+    _print_summary(tmp_path / "run")
+    out = capsys.readouterr().out
+    assert ", 60 steps," in out and "info " in out
