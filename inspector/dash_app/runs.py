@@ -20,6 +20,7 @@ from pathlib import Path
 
 from inspector.store.discovery import find_runs
 from inspector.store.errors import RunError
+from inspector.store.errors import one_line
 from inspector.store.format import RANK_PREFIX, RUN_META_FILE
 from inspector.views.live import LiveRun, open_live
 
@@ -27,7 +28,7 @@ MAX_KEY_CHARS = 512
 MAX_KEY_PARTS = 32
 
 
-def _shown(key: str, limit: int = 60) -> str:
+def shown(key: str, limit: int = 60) -> str:
     """A key for a message: repr (one line), cut short."""
     return repr(key if len(key) <= limit else key[:limit] + "…")
 
@@ -38,12 +39,12 @@ def key_bounds_problem(key: object) -> str | None:
     if not isinstance(key, str):
         return f"a run key must be text, not {type(key).__name__}"
     if len(key) > MAX_KEY_CHARS:
-        return f"run {_shown(key)} is too long ({len(key):,} characters; at most {MAX_KEY_CHARS})"
+        return f"run {shown(key)} is too long ({len(key):,} characters; at most {MAX_KEY_CHARS})"
     if not key.isprintable():
-        return f"run {_shown(key)} contains control characters"
+        return f"run {shown(key)} contains control characters"
     parts = key.count("/") + 1
     if parts > MAX_KEY_PARTS:
-        return f"run {_shown(key)} has too many path components ({parts}; at most {MAX_KEY_PARTS})"
+        return f"run {shown(key)} has too many path components ({parts}; at most {MAX_KEY_PARTS})"
     return None
 
 
@@ -55,9 +56,9 @@ def key_problem(key: object) -> str | None:
         return problem
     key = str(key).strip()
     if "\\" in key or key.startswith("/") or (len(key) > 1 and key[1] == ":"):
-        return f"run {_shown(key)} is not a path under the dashboard's root"
+        return f"run {shown(key)} is not a path under the dashboard's root"
     if ".." in key.split("/"):
-        return f"run {_shown(key)} is outside the dashboard's root"
+        return f"run {shown(key)} is outside the dashboard's root"
     return None
 
 
@@ -122,9 +123,9 @@ class RunRegistry:
         try:
             path = (self.root / key).resolve()
         except (OSError, RuntimeError) as exc:       # too long a name, a symlink loop, ...
-            raise ValueError(f"run {_shown(key)} cannot be resolved: {_reason(exc)}") from None
+            raise ValueError(f"run {shown(key)} cannot be resolved: {one_line(exc)}") from None
         if not _inside(path, self.root):
-            raise ValueError(f"run {_shown(key)} is outside the dashboard's root")
+            raise ValueError(f"run {shown(key)} is outside the dashboard's root")
         return path
 
     def escaping_link(self, run_dir: Path) -> str | None:
@@ -166,22 +167,22 @@ class RunRegistry:
         return RunRef(key, run, message)
 
     def _open(self, path: Path) -> tuple[LiveRun | None, str | None]:
-        shown = path.relative_to(self.root).as_posix() if path != self.root else path.name
+        label = path.relative_to(self.root).as_posix() if path != self.root else path.name
         try:
             exists = path.exists()
         except OSError as exc:
-            return None, f"run {_shown(shown)} cannot be read: {_reason(exc)}"
+            return None, f"run {shown(label)} cannot be read: {one_line(exc)}"
         if not exists:
-            return None, f"run {_shown(shown)} does not exist (yet); waiting for it to appear"
+            return None, f"run {shown(label)} does not exist (yet); waiting for it to appear"
         link = self.escaping_link(path)
         if link is not None:
-            return None, f"run {_shown(shown)} is refused: {link} is a symlink outside the dashboard's root"
+            return None, f"run {shown(label)} is refused: {link} is a symlink outside the dashboard's root"
         try:
             run = open_live(path)
         except RunError as exc:
-            return None, str(exc).replace(str(path), shown)
+            return None, str(exc).replace(str(path), label)
         except Exception as exc:    # a damaged run must never take the server down
-            return None, f"run {shown!r} cannot be read: {type(exc).__name__}: {exc}"
+            return None, f"run {label!r} cannot be read: {type(exc).__name__}: {exc}"
         with self._lock:
             other = self._runs.setdefault(path, run)
         if other is not run:
@@ -221,12 +222,6 @@ def _entries(path: Path) -> list[os.DirEntry]:
             return list(it)
     except OSError:
         return []
-
-
-def _reason(exc: BaseException) -> str:
-    """One line saying why a filesystem call failed."""
-    text = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc) or type(exc).__name__
-    return text.splitlines()[0][:200]
 
 
 def _mtime(path: Path) -> float:

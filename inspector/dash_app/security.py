@@ -34,7 +34,7 @@ from dash.exceptions import DependencyException
 from flask import Flask, Response, g, request
 from werkzeug.exceptions import HTTPException
 
-from inspector.dash_app.runs import key_bounds_problem
+from inspector.dash_app.runs import key_bounds_problem, shown
 
 COOKIE = "inspector_token"
 MAX_BODY_BYTES = 1 << 20
@@ -115,17 +115,13 @@ def _refuse(status: int, text: str) -> Response:
     return Response(line + "\n", status=status, mimetype="text/plain")
 
 
-def _shown(value: str, limit: int = 80) -> str:
-    return repr(value if len(value) <= limit else value[:limit] + "…")
-
-
 def _check_host(policy: HostPolicy) -> Response | None:
     raw = request.environ.get("HTTP_HOST")
     if raw is None:
         return None
     parsed = split_host(raw)
     if parsed is None or not policy.allows(parsed[0]):
-        return _refuse(421, f"421 misdirected request: this dashboard does not answer to host {_shown(raw)} "
+        return _refuse(421, f"421 misdirected request: this dashboard does not answer to host {shown(raw, 80)} "
                             f"(use http://127.0.0.1:PORT, or serve with --host NAME)")
     return None
 
@@ -150,7 +146,7 @@ def _check_origin(policy: HostPolicy) -> Response | None:
     origin = request.headers.get("Origin")
     if request.method not in UNSAFE_METHODS or origin is None or _origin_ok(origin, policy):
         return None
-    return _refuse(403, f"403 forbidden: cross-origin request from {_shown(origin)} refused")
+    return _refuse(403, f"403 forbidden: cross-origin request from {shown(origin, 80)} refused")
 
 
 def _check_body() -> Response | None:

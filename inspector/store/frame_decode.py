@@ -11,6 +11,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from inspector.schema import BLOB_INDEX_FIELDS, KindSpec
+from inspector.store.errors import one_line
 from inspector.store.format import FrameHeader
 
 _BLOB_COLUMNS = [f.name for f in BLOB_INDEX_FIELDS]
@@ -37,7 +38,7 @@ def decode_payload(data: bytes, header: FrameHeader, spec: KindSpec | None,
         table = pa.Table.from_batches([pa.ipc.open_stream(pa.py_buffer(data)).read_next_batch()])
         table.validate(full=True)
     except Exception as exc:  # noqa: BLE001 - Arrow raises many types for malformed input
-        raise BadRecordError(f"undecodable ({type(exc).__name__}: {_one_line(exc)})") from None
+        raise BadRecordError(f"undecodable ({type(exc).__name__}: {one_line(exc, 160)})") from None
     expected = spec.schema if spec is not None and header.version == spec.version else reference
     if expected is not None and not table.schema.equals(expected, check_metadata=False):
         raise BadRecordError("holds columns other than its kind's")
@@ -61,8 +62,3 @@ def require_steps_within(table: pa.Table, header: FrameHeader) -> None:
         raise BadRecordError(f"holds steps {lo.as_py()}..{hi.as_py()} outside the "
                              f"{header.step_min}..{header.step_max} its header declares")
 
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    line = text[0] if text else type(exc).__name__
-    return line if len(line) <= 160 else line[:159] + "…"

@@ -250,11 +250,6 @@ class RunReader(BlobReads):
         st = self._ranks.get(rank)
         return None if st is None else st.closed
 
-    def writer_info(self, rank: int) -> dict[str, Any]:
-        """writer.json of a rank (as of the last refresh): the writer's state and last checkpoint."""
-        st = self._ranks.get(rank)
-        return {} if st is None else dict(st.writer)
-
     def last_step(self, rank: int | None = None) -> int:
         """Largest step recorded by `rank` (or by any rank); -1 when nothing is recorded."""
         if rank is not None:

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from inspector.schema import FORMAT_VERSION, RunMeta
-from inspector.store.errors import CorruptRunError, RunNotFoundError, UnsupportedFormatError
+from inspector.store.errors import CorruptRunError, RunNotFoundError, UnsupportedFormatError, one_line
 from inspector.store.format import RANK_PREFIX, RUN_META_FILE
 from inspector.store.safe_io import is_real_dir, read_regular
 
@@ -29,7 +29,7 @@ def read_json(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(read_regular(path, MAX_JSON_BYTES).decode("utf-8"))
     except (OSError, ValueError) as exc:     # JSONDecodeError and UnicodeDecodeError are ValueErrors
-        raise CorruptRunError(f"{path}: unreadable ({type(exc).__name__}: {_first_line(exc)})") from None
+        raise CorruptRunError(f"{path}: unreadable ({type(exc).__name__}: {one_line(exc)})") from None
     except RecursionError:
         raise CorruptRunError(f"{path}: unreadable (nested too deeply)") from None
     if not isinstance(data, dict):
@@ -87,11 +87,6 @@ def scan_rank_dirs(run_dir: Path) -> tuple[list[tuple[int, Path]], list[str]]:
         else:
             out.append((int(match.group(1)), Path(entry.path)))
     return sorted(out), sorted(strays)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    return text if len(text) <= 200 else text[:199] + "…"
 
 
 def is_run_dir(path: Path) -> bool:

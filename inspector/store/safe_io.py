@@ -62,14 +62,6 @@ def read_regular(path: str | Path, limit: int) -> bytes:
         os.close(fd)
 
 
-def is_regular(path: str | Path) -> bool:
-    """True when `path` is a regular file itself (a symlink to one does not count)."""
-    try:
-        return stat.S_ISREG(os.lstat(path).st_mode)
-    except OSError:
-        return False
-
-
 def is_real_dir(path: str | Path) -> bool:
     """True when `path` is a directory itself (a symlink to one does not count)."""
     try:

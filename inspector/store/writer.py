@@ -25,6 +25,7 @@ from inspector.store.format import (
     segment_index,
     segment_name,
 )
+from inspector.store.rank_files import list_rank_files
 from inspector.store.run_dir import read_json, write_json_atomic
 from inspector.store.errors import CorruptRunError
 from inspector.store.writer_state import WriterState
@@ -66,7 +67,10 @@ class RankWriter:
             # may be torn, and a stale length there would swallow the first new frame.
             self._seg_index, self._seg_fd, self._seg_size = self._open_next(segment_name)
             self._blob_index, self._blob_fd, self._blob_size = self._open_next(blob_name)
-            self._sizes = _file_sizes(self.dir)       # what earlier sessions left, checked again at close
+            # What earlier sessions left, checked again at close.
+            left = list_rank_files(self.dir)
+            self._sizes = {**{segment_name(i): n for i, n in left.segments.items()},
+                           **{blob_name(i): n for i, n in left.blobs.items()}}
             self._first_segment, self._sealed_bytes = self._seg_index, 0
             sessions.append({"session": self.session, "first_segment": self._seg_index,
                              "first_blob": self._blob_index, "pid": info["pid"], "host": info["host"],
@@ -189,15 +193,6 @@ def _previous_sessions(path: Path) -> list[dict[str, Any]]:
     if isinstance(sessions, list) and all(isinstance(s, dict) for s in sessions):
         return sessions
     return [{"session": 0, "first_segment": 0, "first_blob": 0}]   # written before sessions were kept
-
-
-def _file_sizes(rank_dir: Path) -> dict[str, int]:
-    """Byte size of every segment and blob file of a rank directory."""
-    sizes = {}
-    for entry in os.scandir(rank_dir):
-        if segment_index(entry.name) is not None or blob_index(entry.name) is not None:
-            sizes[entry.name] = entry.stat(follow_symlinks=False).st_size
-    return sizes
 
 
 def _write_all(fd: int, data: bytes) -> None:
