@@ -55,8 +55,10 @@ def _cmd_info(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
+    from inspector.store.kind_names import FALLBACK, RECORDED, kind_summaries
     from inspector.store.reader import RunReader
 
+    _load_plugin_kinds()
     with _quiet_warnings():
         reader = RunReader(args.run)
     meta, con = reader.meta, Console()
@@ -78,11 +80,18 @@ def _cmd_info(args: argparse.Namespace) -> int:
         ranks.add_row(str(r), safe(info.get("host", "?"), 64), status, str(reader.last_step(r)),
                       count(closed.get("dropped", "?")) if closed else "-")
     con.print(ranks)
+    with _quiet_warnings():
+        summaries = kind_summaries(reader)
+    notes = {RECORDED: "named by the run (plugin not installed here)",
+             FALLBACK: "the run records no name for this kind id"}
     kinds = Table(title="record kinds", title_justify="left")
-    for col in ("kind", "frames", "first step", "last step"):
+    columns = ["kind", "frames", "first step", "last step"]
+    noted = any(s.kind.source in notes for s in summaries)
+    for col in columns + (["note"] if noted else []):
         kinds.add_column(col)
-    for name, d in sorted(reader.kinds().items()):
-        kinds.add_row(safe(name), str(d["frames"]), str(d["step_min"]), str(d["step_max"]))
+    for s in summaries:
+        extra = [notes.get(s.kind.source, "")] if noted else []
+        kinds.add_row(safe(s.kind.name), str(s.frames), str(s.step_min), str(s.step_max), *extra)
     con.print(kinds)
     for problem in reader.problems:
         con.print(f"[yellow]warning:[/] {safe(problem, 600)}")
@@ -93,21 +102,38 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from inspector.store.export import export_run
     from inspector.store.reader import RunReader
 
+    _load_plugin_kinds()
     with _quiet_warnings():
         reader = RunReader(args.run)
     if args.format == "tensorboard":
         from inspector.store.tensorboard_export import export_tensorboard
 
         files = export_tensorboard(reader, args.out, steps=parse_steps(args.steps))
+        for f in files:
+            print(printable(str(f), 600))
+        notes = []
     else:
-        files = export_run(reader, args.out, args.format, kinds=args.kind, steps=parse_steps(args.steps))
-    for f in files:
-        print(f)
+        with _quiet_warnings():
+            report = export_run(reader, args.out, args.format, kinds=args.kind, steps=parse_steps(args.steps))
+        files, notes = report.files, report.notes
+        for line in report.describe():
+            print(printable(line, 600))
+    for note in notes:
+        print(f"warning: {printable(note, 600)}", file=sys.stderr)
     for problem in reader.problems:
         print(f"warning: {printable(problem, 600)}", file=sys.stderr)
     if not files:
-        print(f"{args.run}: nothing to export", file=sys.stderr)
+        print(f"{printable(str(args.run), 600)}: nothing to export", file=sys.stderr)
     return 0
+
+
+def _load_plugin_kinds() -> None:
+    """Register the installed plugins' record kinds, so their runs' kinds are read with their schemas
+    (a plugin that fails is skipped quietly here: `inspector plugins` says why)."""
+    from inspector.plugins import load_plugins
+
+    with _quiet_warnings():
+        load_plugins()
 
 
 def _cmd_summary(args: argparse.Namespace) -> int:

@@ -4,6 +4,17 @@ With `ranks > 1` the demo starts itself under `torchrun` (gloo on CPU, nccl on G
 recording into the same run directory; `slow_rank` delays one rank's forward so straggler
 detection has something to find. This module and the tests are the only places that join
 `engine` and `inspector`.
+
+Start-up says what it is doing, one line per stage with the seconds since the demo started (on a
+fresh machine the first training step can be a minute away: measured warm on a 2-core box, loading
+torch ~4 s, Dash ~3 s, building the model and optimizer ~3 s, of which ~2 s is torch importing its
+compiler stack for the optimizer, and the first step of the `tiny` config ~10 s; a cold disk cache
+multiplies the imports). Under torchrun, rank 0 prints them.
+
+The dashboard (`dash=True`) serves the run live while training. Afterwards, when stdin and stdout
+are both a terminal, it keeps serving until Ctrl-C; otherwise (a script, a pipe such as
+`inspector demo | cat`) nobody could stop it, so it stops, and the demo says so and prints the
+`inspector dash RUN` command that reopens it.
 """
 from __future__ import annotations
 
@@ -18,6 +29,38 @@ from typing import Any, Sequence
 
 import inspector
 from inspector.cli_format import human_bytes
+
+
+T0_ENV = "INSPECTOR_DEMO_T0"
+"""Environment variable that hands the demo's start time (epoch seconds) to its torchrun workers."""
+
+
+class StartupLog:
+    """Prints start-up stages, one line each, with the seconds since the demo's process started
+    (or since `INSPECTOR_DEMO_T0`, for torchrun workers); silent when `enabled` is False."""
+
+    def __init__(self, enabled: bool = True) -> None:
+        self.enabled = enabled
+        self.t0 = _demo_start_time()
+
+    def stage(self, what: str) -> None:
+        """Say what the demo is about to do."""
+        if self.enabled:
+            print(f"inspector demo: {time.time() - self.t0:5.1f} s  {what}", flush=True)
+
+
+def _demo_start_time() -> float:
+    """Epoch seconds when the demo started: the launcher's, else this process's start."""
+    try:
+        return float(os.environ[T0_ENV])
+    except (KeyError, ValueError):
+        pass
+    try:
+        import psutil
+
+        return psutil.Process().create_time()
+    except Exception:  # noqa: BLE001 - a clock for messages only
+        return time.time()
 
 
 class RecordingCallback:
@@ -50,7 +93,10 @@ def default_run_dir() -> Path:
 def train_and_record(*, config: str, steps: int, out: Path, seed: int = 0, probes: str = "default",
                      batch_size: int | None = None, seq_len: int | None = None, slow_rank: int | None = None,
                      slow_s: float = 0.05, progress: bool = True) -> None:
-    """Train engine config `config` for `steps` steps with `probes` recording into `out` (this rank)."""
+    """Train engine config `config` for `steps` steps with `probes` recording into `out` (this rank);
+    rank 0 prints the start-up stages."""
+    log = StartupLog(enabled=int(os.environ.get("RANK", "0")) == 0)
+    log.stage("loading torch and the engine")
     from engine.config import get_config
     from engine.training import TrainConfig, Trainer
 
@@ -60,15 +106,19 @@ def train_and_record(*, config: str, steps: int, out: Path, seed: int = 0, probe
         train_cfg.batch_size = batch_size
     if seq_len:
         train_cfg.seq_len = seq_len
+    log.stage(f"building the model ({config}) and its optimizer, reading the training data")
     trainer = Trainer(model_cfg, train_cfg)
     if progress and trainer.dist.rank != 0:
         trainer.config.progress = False
     if slow_rank is not None and trainer.dist.rank == slow_rank:
         _slow_down(trainer.model, slow_s)
+    n_params = sum(p.numel() for p in trainer.model.parameters())
+    log.stage(f"attaching the probes ({probes}) to the model's {n_params:,} parameters")
     watch = inspector.watch(trainer.model, out, optimizer=trainer.optimizer, probes=probes, name=out.name,
                             config={"model": model_cfg.to_dict(), "train": train_cfg.to_dict(),
                                     "engine_config": config})
     trainer.callbacks.append(RecordingCallback(watch))
+    log.stage(f"training {steps} steps; the first is the slowest (one-time set-up)")
     try:
         trainer.run()
     finally:
@@ -88,9 +138,13 @@ def run_demo(*, config: str = "tiny", steps: int = 300, out: str | None = None, 
     run_dir = Path(out) if out else default_run_dir()
     print(f"inspector demo: training engine config {config!r} for {steps} steps on {ranks} rank(s), "
           f"recording to {run_dir}", flush=True)
+    log = StartupLog()
+    if dash:
+        log.stage("starting the dashboard")
     server = _start_dashboard(run_dir, port, open_browser) if dash else None
     try:
         if ranks > 1:
+            log.stage(f"starting {ranks} training processes under torchrun")
             code = _launch_torchrun(ranks, [
                 "--config", config, "--steps", str(steps), "--out", str(run_dir), "--seed", str(seed),
                 "--probes", probes, *(["--slow-rank", str(slow_rank)] if slow_rank is not None else []),
@@ -106,7 +160,7 @@ def run_demo(*, config: str = "tiny", steps: int = 300, out: str | None = None, 
         print("inspector demo: interrupted; the run so far is kept")
     _print_summary(run_dir)
     if server is not None:
-        _serve_until_interrupted(server)
+        _serve_until_interrupted(server, run_dir)
     return 0
 
 
@@ -122,7 +176,8 @@ def _start_dashboard(run_dir: Path, port: int, open_browser: bool) -> Any:
         print(f"inspector demo: dashboard not started ({exc}); try --port, or `inspector dash {run_dir}` later",
               file=sys.stderr, flush=True)
         return None
-    print(f"inspector demo: dashboard at {url} (live while training)", flush=True)
+    after = "" if _interactive() else "; it stops when training ends, as this is not a terminal"
+    print(f"inspector demo: dashboard at {url} (live while training{after})", flush=True)
     if open_browser:
         try:
             webbrowser.open(url)
@@ -131,9 +186,16 @@ def _start_dashboard(run_dir: Path, port: int, open_browser: bool) -> Any:
     return server
 
 
-def _serve_until_interrupted(server: Any) -> None:
-    if not (sys.stdin.isatty() and sys.stdout.isatty()):     # a script: nobody will press Ctrl-C
+def _interactive() -> bool:
+    """Someone at a terminal can press Ctrl-C and sees the output (stdin and stdout are both TTYs)."""
+    return sys.stdin.isatty() and sys.stdout.isatty()
+
+
+def _serve_until_interrupted(server: Any, run_dir: Path) -> None:
+    if not _interactive():       # a script or a pipe: nobody would stop it, so stop and say how to reopen
         server.shutdown()
+        print(f"inspector demo: training done; dashboard stopped (not a terminal). Reopen it with: "
+              f"{_inspector_command()} dash {run_dir}", flush=True)
         return
     print("inspector demo: training done; the dashboard keeps serving the run (Ctrl-C to stop)", flush=True)
     try:
@@ -148,7 +210,8 @@ def _serve_until_interrupted(server: Any) -> None:
 def _launch_torchrun(ranks: int, worker_args: Sequence[str]) -> int:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={ranks}",
            "-m", "inspector.demo", *worker_args]
-    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
+           T0_ENV: str(_demo_start_time())}
     return subprocess.call(cmd, env=env)
 
 

@@ -5,11 +5,20 @@ from rich.console import Console
 from rich.table import Table
 
 from inspector.cli_format import safe
-from inspector.views.summary import RunSummary
+from inspector.views.summary import CollapsedHead, RunSummary
 
 
 def _fmt(value: float | None, spec: str = ".4g") -> str:
     return "-" if value is None else format(value, spec)
+
+
+def _head_state(h: CollapsedHead) -> str:
+    """"L1·H2 (from step 50, still collapsed at step 120)" or "… (steps 50–80, recovered by step 120)"."""
+    label = f"L{h.layer}·H{h.head}"
+    if h.still_collapsed:
+        again = f", again since step {h.since}" if h.since != h.first_step else ""
+        return f"{label} (from step {h.first_step}{again}, still collapsed at step {h.last_sampled})"
+    return f"{label} (steps {h.first_step}–{h.last_flagged}, recovered by step {h.last_sampled})"
 
 
 def print_summary(summary: RunSummary, console: Console | None = None) -> None:
@@ -41,10 +50,11 @@ def print_summary(summary: RunSummary, console: Console | None = None) -> None:
 
     if summary.experts:
         table = Table(title="expert balance per MoE layer (imbalance = max/mean tokens)", title_justify="left")
-        for col in ("layer", "router", "mean", "worst", "at step", "last", "starved experts (last step)"):
+        for col in ("layer", "router", "mean", "worst", "at step", "last", "starved at the end (since step)"):
             table.add_column(col)
         for e in summary.experts:
-            starved = ", ".join(map(str, e.starved_experts)) or "-"
+            starved = ", ".join(f"{x} ({e.starved_since[x]})" if x in e.starved_since else str(x)
+                                for x in e.starved_experts) or "-"
             table.add_row(str(e.layer), safe(e.name, 120), f"{e.mean_imbalance:.2f}", f"{e.max_imbalance:.2f}",
                           str(e.worst_step), f"{e.last_imbalance:.2f}",
                           f"[red]{starved}[/]" if e.starved_experts else starved)
@@ -53,8 +63,7 @@ def print_summary(summary: RunSummary, console: Console | None = None) -> None:
         con.print("no MoE expert load recorded")
 
     if summary.collapsed_heads:
-        heads = ", ".join(f"L{layer}·H{head} (from step {step})" for layer, head, step in summary.collapsed_heads)
-        con.print(f"[yellow]collapsed attention heads:[/] {heads}")
+        con.print(f"[yellow]collapsed attention heads:[/] {', '.join(map(_head_state, summary.collapsed_heads))}")
 
     if not summary.slowest.empty:
         table = Table(title="slowest modules (mean ms per step)", title_justify="left")

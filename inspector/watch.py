@@ -4,15 +4,18 @@
 torch.distributed process group, else from torchrun's environment: `DistEnv.detect`),
 writes the model summary and probe settings into run.json, attaches the selected probes, and
 advances the step counter from the optimizer's step hook when an optimizer is given, else from
-`Watch.step()`. `close()` removes every hook: the model then computes exactly what it did before.
+`Watch.step()`. `with watch.phase("eval"):` marks an evaluation loop the timing probe cannot
+detect by itself (see `inspector.probes.timing`). `close()` removes every hook: the model then
+computes exactly what it did before.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import threading
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -21,6 +24,9 @@ from inspector.probes import PROBES, Probe, ProbeContext, Sampling, resolve_prob
 from inspector.store.recorder import Recorder
 
 log = logging.getLogger("inspector")
+
+PHASES = ("eval",)
+"""The phases `Watch.phase` knows."""
 
 _active: list["Watch"] = []
 _active_lock = threading.Lock()
@@ -110,6 +116,27 @@ class Watch:
         if not self._auto:
             self._end_step()
         return at
+
+    @contextlib.contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        """Time what runs inside as phase `name` ("eval"), not as training step time.
+
+        The timing probe detects most eval loops itself (`no_grad`, or `model.eval()` without a
+        backward); use this for the others: `with watch.phase("eval"): evaluate(model)`.
+        """
+        if name not in PHASES:
+            raise ValueError(f"unknown phase {name!r}; known: {', '.join(PHASES)}")
+        self._phase_call("begin_phase", name)
+        try:
+            yield
+        finally:
+            self._phase_call("end_phase", name)
+
+    def _phase_call(self, method: str, name: str) -> None:
+        for probe_name, probe in list(self.probes.items()):
+            fn = getattr(probe, method, None)
+            if fn is not None:
+                self._guard(probe_name, fn, name)
 
     def log(self, name: str, value: Any, step: int | None = None) -> None:
         """Record one scalar at `step` (default: the current step)."""

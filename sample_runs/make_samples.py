@@ -4,12 +4,18 @@
 
 - `healthy-moe`: the engine's `debug_v3` model (DeepSeek-V3 routing with balance bias, 3 layers)
   trained with every probe, heavy probes sampled every 10 steps.
-- `faults`: the `debug` model with four planted faults, each recorded in the run's config under
-  `planted_faults` (the tests check that `inspector summary` finds every one):
-  a learning-rate spike that makes the loss jump, a NaN from a known module at a known step (the
-  step is then undone, as trainers that skip non-finite steps do), an expert that the router
-  never picks from some step on, and an attention head whose queries are scaled up until it collapses.
+- `faults`: the `debug` model with five planted faults, each recorded in the run's config under
+  `planted_faults` and, as what `inspector summary` has to name, under `expected_findings`:
+  a learning-rate spike that makes the loss jump, one weight's gradient multiplied by 1000 for one
+  step (the clipping hides it from the update, not from the Inspector), a NaN from a known module at
+  a known step (the step is then undone, as trainers that skip non-finite steps do), an expert that
+  the router never picks from some step on, and an attention head whose queries are scaled up until
+  it collapses (and stays collapsed).
 - `straggler-4rank`: four ranks under torchrun (gloo), rank 2 sleeping in every forward.
+- `hf-llama-faults`, `hf-bert-faults`, `healthy-llama`: tiny random-init Hugging Face models, see
+  `hf_samples.py`.
+`tests/faults/` checks every expected finding and that the healthy runs raise no alarm;
+`benchmarks/fault_suite.py` prints the recall / false-alarm table.
 Timings differ from machine to machine; every recorded number that is not a time is reproducible.
 """
 from __future__ import annotations
@@ -25,6 +31,7 @@ from typing import Any
 
 import torch
 
+import hf_samples
 import inspector
 from engine.config import get_config
 from engine.training import TrainConfig, Trainer
@@ -35,6 +42,7 @@ EVERY = {"attention": 10, "activations": 10, "gradients": 10, "experts": 5}
 
 FAULTS = {
     "lr_spike": {"step": 60, "factor": 40.0},
+    "exploding_grad": {"step": 40, "parameter": "layers.1.attn.wq.weight", "factor": 1000.0},
     "nan": {"step": 90, "module": "layers.0.ffn"},
     "starved_expert": {"from_step": 20, "module": "layers.1.ffn.router", "expert": 5},
     "collapsed_head": {"from_step": 50, "module": "layers.1.attn.qk_capture", "layer": 1, "head": 2, "scale": 40.0},
@@ -52,6 +60,12 @@ class FaultPlanter:
         modules[f["nan"]["module"]].register_forward_hook(self._nan)
         modules[f["starved_expert"]["module"]].register_forward_hook(self._starve)
         modules[f["collapsed_head"]["module"]].register_forward_hook(self._collapse)
+        dict(trainer.model.named_parameters())[f["exploding_grad"]["parameter"]].register_hook(self._explode)
+
+    def _explode(self, grad: torch.Tensor) -> torch.Tensor | None:
+        if self.trainer.step == FAULTS["exploding_grad"]["step"]:
+            return grad * FAULTS["exploding_grad"]["factor"]
+        return None
 
     def _nan(self, module: torch.nn.Module, args: Any, out: torch.Tensor) -> torch.Tensor | None:
         if self.trainer.step == FAULTS["nan"]["step"] and module.training:
@@ -96,6 +110,25 @@ class FaultPlanter:
             self.snapshot = None
 
 
+def expected_findings() -> list[dict[str, Any]]:
+    """What `inspector summary` has to name in the `faults` run (checked by tests/faults)."""
+    f = FAULTS
+    head = f["collapsed_head"]
+    return [
+        {"fault": "loss spike from an LR jump", "check": "anomaly", "kind": "loss_spike",
+         "step": f["lr_spike"]["step"] + 1, "tolerance": 1},
+        {"fault": "exploding gradient under clipping", "check": "anomaly", "kind": "exploding_grad",
+         "step": f["exploding_grad"]["step"], "tolerance": 0,
+         "module": f["exploding_grad"]["parameter"].rpartition(".")[0]},
+        {"fault": "NaN from a known module at a known step", "check": "anomaly", "kind": "nonfinite_activation",
+         "step": f["nan"]["step"], "tolerance": 0, "module": f["nan"]["module"]},
+        {"fault": "an expert that starves", "check": "starved_expert", "module": f["starved_expert"]["module"],
+         "expert": f["starved_expert"]["expert"], "step": f["starved_expert"]["from_step"], "tolerance": 60},
+        {"fault": "a head that collapses and stays collapsed", "check": "collapsed_head", "layer": head["layer"],
+         "head": head["head"], "step": head["from_step"], "tolerance": 10},
+    ]
+
+
 def train(name: str, config: str, steps: int, out: Path, *, faults: bool = False, n_layers: int | None = None) -> None:
     """Train one sample run into `out` (removed first)."""
     shutil.rmtree(out, ignore_errors=True)
@@ -111,7 +144,7 @@ def train(name: str, config: str, steps: int, out: Path, *, faults: bool = False
     watch = inspector.watch(trainer.model, out, optimizer=trainer.optimizer, probes="all", every=every,
                             max_attention_rows=64, name=name,
                             config={"model": model_cfg.to_dict(), "train": train_cfg.to_dict(),
-                                    "engine_config": config, **({"planted_faults": FAULTS} if faults else {})})
+                                    "engine_config": config, **({"planted_faults": FAULTS, "expected_findings": expected_findings()} if faults else {})})
     trainer.callbacks.append(RecordingCallback(watch))
     if faults:
         trainer.callbacks.insert(0, planter)
@@ -135,6 +168,9 @@ SAMPLES = {
     "healthy-moe": lambda out: train("healthy-moe", "debug_v3", 200, out, n_layers=3),
     "faults": lambda out: train("faults", "debug", 120, out, faults=True),
     "straggler-4rank": straggler,
+    "hf-llama-faults": hf_samples.llama_faults,
+    "hf-bert-faults": hf_samples.bert_faults,
+    "healthy-llama": hf_samples.healthy_llama,
 }
 
 

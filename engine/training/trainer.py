@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import inspect
 import math
 import time
 from pathlib import Path
@@ -35,6 +36,15 @@ def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Ada
         {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
     ]
     return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
+
+
+def _no_forward_buffer_sync() -> dict[str, bool]:
+    """DDP keyword that stops the buffer broadcast before every forward: router biases are updated
+    identically on every rank. Torch >= 2.13 names it `forward_sync_buffers` (`broadcast_buffers`
+    is deprecated and warns); its one-off sync at wrap time copies rank 0's buffers, which are
+    already equal on every rank (same seed, same checkpoint), so nothing computed changes."""
+    params = inspect.signature(DistributedDataParallel.__init__).parameters
+    return {"forward_sync_buffers": False} if "forward_sync_buffers" in params else {"broadcast_buffers": False}
 
 
 class Trainer:
@@ -76,7 +86,7 @@ class Trainer:
             self.ddp_model = DistributedDataParallel(
                 self.model,
                 device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                broadcast_buffers=False,  # router biases are updated identically on every rank
+                **_no_forward_buffer_sync(),
             )
         self.optimizer = build_optimizer(self.model, cfg)
         self.scheduler = build_scheduler(self.optimizer, cfg.warmup_steps, cfg.steps, cfg.min_lr_ratio)

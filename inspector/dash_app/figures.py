@@ -9,6 +9,8 @@ import pandas as pd
 import plotly.graph_objects as go
 import plotly.io as pio
 
+from inspector.views.downsample import NONFINITE_LABELS, nonfinite_codes
+
 TEMPLATE = "inspector"
 COLORWAY = ["#2563eb", "#dc2626", "#059669", "#d97706", "#7c3aed", "#0891b2", "#db2777", "#65a30d",
             "#475569", "#ea580c"]
@@ -16,6 +18,10 @@ PHASE_COLORS = {"forward": "#2563eb", "backward": "#7c3aed", "optimizer": "#0596
                 "other": "#94a3b8"}
 HEAT = "Viridis"
 MAX_LEGEND = 12
+NONFINITE_COLOR = "#dc2626"
+NONFINITE_NAME = "✕ NaN/Inf"
+"""Legend name of the markers that stand for non-finite values (never dropped from a chart)."""
+THRESHOLD_COLOR = "#64748b"
 
 _base = pio.templates["plotly_white"]
 pio.templates[TEMPLATE] = go.layout.Template(_base).update(layout=dict(
@@ -48,17 +54,65 @@ def line_figure(series: Mapping[str, pd.DataFrame], *, title: str, ytitle: str =
     if len(series) > MAX_LEGEND:
         fig.update_layout(title=f"{title} ({len(series)} series; hover for names)")
     for name, df in series.items():
-        fig.add_trace(go.Scatter(x=df[xcol].to_numpy(), y=df["value"].to_numpy(np.float64), name=name, mode=mode,
+        y = df["value"].to_numpy(np.float64)
+        fig.add_trace(go.Scatter(x=df[xcol].to_numpy(), y=np.where(np.isfinite(y), y, np.nan), name=name, mode=mode,
                                  line=dict(width=1.5), hovertemplate=f"{name}<br>{xtitle} %{{x}}<br>%{{y:.4g}}<extra></extra>"))
+    add_nonfinite_markers(fig, {name: (df[xcol].to_numpy(), df["value"].to_numpy(np.float64))
+                                for name, df in series.items()}, xtitle=xtitle, log_y=log_y)
+    return fig
+
+
+def _edge(ys: Sequence[np.ndarray], log_y: bool) -> float:
+    """The top of the finite data range (where non-finite markers sit), 1 when nothing is finite."""
+    finite = np.concatenate([y[np.isfinite(y) & ((y > 0) if log_y else True)] for y in ys] or [np.empty(0)])
+    return float(finite.max()) if finite.size else 1.0
+
+
+def add_nonfinite_markers(fig: go.Figure, series: Mapping[str, tuple[np.ndarray, np.ndarray]], *,
+                          xtitle: str = "step", log_y: bool = False, row: int | None = None,
+                          col: int | None = None) -> go.Figure:
+    """A red ✕ at every non-finite point of `series` ({name: (x, y)}), at the top edge of the finite
+    range, with hover text "name = NaN" (+Inf, −Inf): a NaN/Inf step never just vanishes."""
+    xs, texts = [], []
+    for name, (x, y) in series.items():
+        codes = nonfinite_codes(y)
+        for i in np.flatnonzero(codes):
+            xs.append(x[i])
+            texts.append(f"{name} = {NONFINITE_LABELS[int(codes[i])]}")
+    if not xs:
+        return fig
+    edge = _edge([y for _, y in series.values()], log_y)
+    fig.add_trace(go.Scatter(x=xs, y=[edge] * len(xs), mode="markers", name=NONFINITE_NAME, text=texts,
+                             marker=dict(symbol="x", size=11, color=NONFINITE_COLOR, line=dict(width=1)),
+                             hovertemplate=f"{xtitle} %{{x}}<br>%{{text}}<extra>non-finite</extra>",
+                             showlegend=row is None), row=row, col=col)
+    if row is None:
+        fig.update_layout(showlegend=True)
+    return fig
+
+
+def add_threshold(fig: go.Figure, value: float | None, label: str, *, color: str = THRESHOLD_COLOR) -> go.Figure:
+    """A dashed horizontal line at `value` (nothing when None) labelled `label` at its right end."""
+    if value is not None and np.isfinite(value) and fig.data:
+        fig.add_hline(y=value, line=dict(color=color, width=1.2, dash="dash"), annotation_text=label,
+                      annotation_position="top right", annotation_font=dict(size=11, color=color))
     return fig
 
 
 def heatmap_figure(z: np.ndarray, *, x: Sequence | np.ndarray, y: Sequence[str] | np.ndarray, title: str,
                    xtitle: str = "step", ytitle: str = "", ztitle: str = "", height: int = 320,
                    colorscale: str = HEAT, log: bool = False, hover: str = "%{y}<br>step %{x}<br>%{z:.4g}",
-                   zmin: float | None = None, zmax: float | None = None) -> go.Figure:
-    """A heatmap [rows, columns]; `log` colours by log10 (the hover shows the raw value)."""
+                   zmin: float | None = None, zmax: float | None = None,
+                   nonfinite: np.ndarray | None = None) -> go.Figure:
+    """A heatmap [rows, columns]; `log` colours by log10 (the hover shows the raw value).
+
+    Non-finite cells (`nonfinite`: `downsample.nonfinite_codes` of the recorded values; by default
+    the ±Inf cells of `z`, since a NaN there may mean "not recorded") are drawn red with a ✕ and
+    hover text NaN/+Inf/−Inf, on a layer above the colour scale, which they do not stretch.
+    """
     z = np.asarray(z, dtype=np.float64)
+    codes = nonfinite_codes(z, np.zeros(z.shape, dtype=bool)) if nonfinite is None else np.asarray(nonfinite)
+    z = np.where(np.isinf(z), np.nan, z)
     shown = z
     if log:
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -69,6 +123,13 @@ def heatmap_figure(z: np.ndarray, *, x: Sequence | np.ndarray, y: Sequence[str] 
                                hovertemplate=(hover.replace("%{z", "%{customdata") if log else hover) + "<extra></extra>"),
                     layout=dict(template=TEMPLATE, height=height, title=title, xaxis=dict(title=xtitle),
                                 yaxis=dict(title=ytitle, autorange="reversed", automargin=True)))
+    if codes.shape == z.shape and codes.any():
+        labels = np.vectorize(lambda c: NONFINITE_LABELS.get(int(c), ""), otypes=[object])(codes)
+        fig.add_trace(go.Heatmap(z=np.where(codes > 0, 1.0, np.nan), x=np.asarray(x), y=list(y), name=NONFINITE_NAME,
+                                 colorscale=[[0, NONFINITE_COLOR], [1, NONFINITE_COLOR]], showscale=False,
+                                 zmin=0, zmax=1, text=np.where(codes > 0, "✕", ""), customdata=labels,
+                                 texttemplate="%{text}", textfont=dict(color="white", size=10), hoverongaps=False,
+                                 hovertemplate="%{y}<br>step %{x}<br>%{customdata}<extra>non-finite</extra>"))
     return fig
 
 

@@ -8,10 +8,13 @@ On sampled steps (`Sampling.activations`, default every 50) a forward hook turns
 forward's output of each module (the first floating tensor of a tuple) into one row of
 `hist_math.output_row`; at the end of the step all rows are stacked and copied to the host with
 one `to_host`, then recorded as one `histogram` call (names "activations/<module>", 64 bins over
-a range fixed per module from its first sampled output) and `activation_stats` rows (name =
-module). On other steps the hook returns at once. A module whose dead_frac is >= 0.99 on 3
-consecutive sampled steps is reported as `dead_layer`, evaluated from the host copies once they
-have landed, so the training thread never waits for the device.
+a range that follows the data: `hist_math.follow_range`, decided on the device, so every finite
+value of every sample lies inside its recorded range) and `activation_stats` rows (name =
+module; `nonfinite` counts the NaN/inf elements the histogram leaves out). On other steps the
+hook returns at once. Dead layers (`dead_layer.DeadLayerTracker`: most of the units alive in the
+module's healthy baseline output 0 for the whole batch, on 2 sampled steps in a row) are reported
+as `dead_layer` at their onset step, and again on every sampled step while they stay dead; they
+are judged from the host copies once these have landed, so the training thread never waits.
 """
 from __future__ import annotations
 
@@ -23,6 +26,7 @@ import torch
 from torch import nn
 
 from inspector.probes.base import Probe, ProbeContext
+from inspector.probes.dead_layer import DeadLayerTracker, DeadVerdict
 from inspector.probes.hist_math import (
     COUNTS,
     DEAD,
@@ -36,18 +40,15 @@ from inspector.probes.hist_math import (
     SAT,
     STD,
     UNDER,
-    host_range,
     output_bounds,
     output_row,
 )
-from inspector.probes.host import HostSlice, HostValue, PendingCopies, to_host
+from inspector.probes.host import HostSlice, PendingCopies, to_host
 from inspector.probes.model_map import find_blocks, first_tensor
 from inspector.probes.registry import register_probe
 
 log = logging.getLogger("inspector")
 
-DEAD_FRAC = 0.99
-DEAD_STEPS = 3
 _SKIP = ("Dropout", "Identity", "AlphaDropout", "FeatureAlphaDropout")
 
 
@@ -65,27 +66,6 @@ def select_modules(model: nn.Module, cap: int = 64) -> list[tuple[str, nn.Module
     return picked[:cap]
 
 
-class _Range:
-    """A module's histogram range: on the device from its warm-up, on the host once it landed."""
-
-    __slots__ = ("dev", "host", "source")
-
-    def __init__(self) -> None:
-        self.dev: torch.Tensor | None = None
-        self.host: tuple[float, float] | None = None
-        self.source: tuple[HostValue, int] | None = None
-
-    def settle(self) -> None:
-        """Take the host copy of the warm-up range if it has landed (never waits)."""
-        if self.host is not None or self.source is None or not self.source[0].ready():
-            return
-        value, row = self.source
-        self.source = None
-        self.host = host_range(value.resolve()[row])
-        if self.host is None:  # no finite value in the warm-up output: warm up again
-            self.dev = None
-
-
 @register_probe
 class ActivationsProbe(Probe):
     """Per-module output histograms, mean/std/min/max, dead and saturated fractions."""
@@ -98,12 +78,11 @@ class ActivationsProbe(Probe):
         super().__init__()
         self._names: list[str] = []
         self._bounds: list[tuple[float, float] | None] = []
-        self._ranges: list[_Range] = []
+        self._lohi: list[torch.Tensor | None] = []  # each module's last histogram range, on its device
         self._rows: dict[int, torch.Tensor] = {}
-        self._warming: list[int] = []
         self._armed = False
         self._pending = PendingCopies()  # (step, module order) -> stacked rows
-        self._dead_run: list[int] = []
+        self._dead = DeadLayerTracker()
         self._broken: set[int] = set()
         self._failed = False
 
@@ -112,8 +91,7 @@ class ActivationsProbe(Probe):
         modules = select_modules(ctx.model, self.max_modules)
         self._names = [n for n, _ in modules]
         self._bounds = [output_bounds(m) for _, m in modules]
-        self._ranges = [_Range() for _ in modules]
-        self._dead_run = [0] * len(modules)
+        self._lohi = [None] * len(modules)
         for i, (_, module) in enumerate(modules):
             self.track(module.register_forward_hook(self._make_hook(i)))
         self._armed = ctx.sampling.due(self.name, ctx.step)
@@ -135,13 +113,10 @@ class ActivationsProbe(Probe):
         x = first_tensor(out)
         if x is None or x.numel() == 0:
             return
-        rng = self._ranges[i]
-        rng.settle()
+        old = self._lohi[i]
         with torch.no_grad():
-            row, lohi = output_row(x, rng.dev, rng.host, self._bounds[i])
-        if rng.dev is None:
-            rng.dev = lohi
-            self._warming.append(i)
+            row, self._lohi[i] = output_row(x, old if old is not None and old.device == x.device else None,
+                                            self._bounds[i])
         self._rows[i] = row
 
     def on_step_end(self, step: int) -> None:
@@ -153,15 +128,11 @@ class ActivationsProbe(Probe):
             self._fail(exc)
         finally:
             self._rows.clear()
-            self._warming.clear()
             self._armed = not self._failed and self.ctx.sampling.due(self.name, step + 1)
 
     def _flush(self, step: int) -> None:
         order = sorted(self._rows)
         host = to_host(torch.stack([self._rows[i] for i in order]))
-        where = {i: r for r, i in enumerate(order)}
-        for i in self._warming:
-            self._ranges[i].source = (host, where[i])
         names = [self._names[i] for i in order]
         rec = self.ctx.recorder
         rec.histograms([f"activations/{n}" for n in names], HostSlice(host, (slice(None), COUNTS), np.int64),
@@ -182,15 +153,10 @@ class ActivationsProbe(Probe):
                 self._check_dead(step, i, frac)
 
     def _check_dead(self, step: int, i: int, frac: float) -> None:
-        if not frac >= DEAD_FRAC:
-            self._dead_run[i] = 0
-            return
-        self._dead_run[i] += 1
-        if self._dead_run[i] == DEAD_STEPS:
-            name = self._names[i]
-            self.ctx.report("dead_layer", f"{name}: {frac:.0%} of its units output 0 for the whole batch on "
-                                          f"{DEAD_STEPS} sampled steps in a row (step {step})",
-                            module=name, value=frac, step=step)
+        name = self._names[i]
+        verdict = self._dead.update(name, step, frac)
+        for at in verdict.steps:
+            self.ctx.report("dead_layer", _dead_message(name, at, frac, verdict), module=name, value=frac, step=at)
 
     def _fail(self, exc: Exception) -> None:
         if not self._failed:
@@ -206,3 +172,10 @@ class ActivationsProbe(Probe):
         except Exception as exc:
             self._fail(exc)
         self._pending.clear()
+
+
+def _dead_message(name: str, at: int, frac: float, verdict: DeadVerdict) -> str:
+    if at == verdict.onset:
+        return (f"{name}: {frac:.0%} of its units output 0 for the whole batch from step {at} on (its healthy "
+                f"baseline: {verdict.baseline:.0%}; flagged at >= {verdict.threshold:.0%})")
+    return f"{name}: still dead at step {at} ({frac:.0%} of its units output 0; dead since step {verdict.onset})"

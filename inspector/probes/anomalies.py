@@ -1,6 +1,8 @@
 """The anomalies probe: non-finite losses and activations (with the first module that produced
 them) and loss spikes. Other probes report their own anomalies through `ProbeContext.report`
 (exploding/vanishing/non-finite gradients, dead layers, starved experts, attention collapse).
+Loss spikes are judged by `loss_spike.LossSpikeDetector`: reported once at onset, and a lasting
+rise never becomes the healthy baseline.
 
 Finding the first non-finite module without slowing training:
 - CPU: only the model's blocks and the modules outside them are hooked, and their outputs (and
@@ -31,14 +33,11 @@ from inspector.probes.base import Probe, ProbeContext
 from inspector.probes.host import PendingCopies, to_host
 from inspector.probes.model_map import find_blocks
 from inspector.probes.nonfinite_replay import any_nonfinite, first_nonfinite_inside, nonfinite_witness
+from inspector.probes.loss_spike import LossSpikeDetector
 from inspector.probes.registry import register_probe
-from inspector.probes.robust import RobustZ
 from inspector.probes.tensor_tree import floating_tensors
 
 log = logging.getLogger("inspector")
-
-LOSS_SPIKE_Z = 6.0
-LOSS_SPIKE_RATIO = 1.5
 
 _Call = tuple[nn.Module, tuple[Any, ...], dict[str, Any]]  # a block with the inputs it was called with
 
@@ -82,7 +81,7 @@ class AnomalyProbe(Probe):
         self._sum_names: list[str] = []
         self._pending = PendingCopies()  # (step, what, detail) -> sums or loss, judged in order
         self._bad_module: dict[int, str] = {}
-        self._loss_z = RobustZ(window=100, min_history=20)
+        self._loss = LossSpikeDetector()
         self._active = False
         self._failed = False
 
@@ -220,8 +219,6 @@ class AnomalyProbe(Probe):
             self.ctx.report("nonfinite_loss", f"loss is {loss} at step {step}{where}", module=origin,
                             severity="error", value=loss, step=step)
             return
-        history = list(self._loss_z.values)
-        z = self._loss_z.score(loss)
-        if z > LOSS_SPIKE_Z and history and loss > LOSS_SPIKE_RATIO * sorted(history)[len(history) // 2]:
-            self.ctx.report("loss_spike", f"loss spiked to {loss:.4g} at step {step} (robust z = {z:.1f})",
-                            value=loss, step=step)
+        verdict = self._loss.update(loss)
+        if verdict is not None:
+            self.ctx.report("loss_spike", f"loss spiked to {loss:.4g} at step {step} ({verdict})", value=loss, step=step)

@@ -39,7 +39,9 @@ Anomaly `expert_starved` (module = router name): an expert received no token on 
 step across `STARVED_STEPS` training steps (so recording every 10th step reports it as soon as
 recording every step would), seen on at least `STARVED_MIN_SAMPLES` recorded steps; reported once
 per such stretch, from host values (one step late on CUDA, when the copy has landed; the training
-thread never waits).
+thread never waits). The test is absolute (zero tokens), so a lasting starvation never becomes
+normal: the expert stays starved until it gets a token. The per-step state is not a column of its
+own: `views.summary.starved_mask` derives it from the recorded `counts` with the same rule.
 """
 from __future__ import annotations
 

@@ -1,24 +1,39 @@
-"""The gradients probe: the global gradient norm every step, per-group statistics on sampled steps,
-and non-finite / exploding / vanishing gradient anomalies.
+"""The gradients probe: the true (pre-clip) global gradient norm, the norm the optimizer applied and
+the clip coefficient every step, per-group statistics on sampled steps, and non-finite / exploding /
+vanishing gradient anomalies.
 
-When: with an optimizer (`watch(..., optimizer=opt)`) everything is computed in the optimizer's
-step *pre*-hook (gradients final, accumulation and clipping done, before the update; when the step
+When: the pre-clip gradients are measured when backward has finished, before the training loop
+can clip them (`backward_end.BackwardEnd`: a post-accumulate-grad hook per trainable parameter
+queues one autograd engine callback per backward pass, run after DDP's all-reduce and FSDP2's
+reduce-scatter finalize). With gradient accumulation every backward is measured and the last one
+before the optimizer step counts (the gradients are cumulative, so it sees the whole sum).
+The rest is computed with an optimizer (`watch(..., optimizer=opt)`) in the optimizer's step
+*pre*-hook (gradients final, accumulation and clipping done, before the update; when the step
 is given a closure, as Lightning does, right after the closure's first call), and the
 update/weight ratio in its *post*-hook from a copy of the weights taken in the pre-hook on
 sampled steps only. Without an optimizer it is computed in `Watch.step()`, from the gradients
 still held then: call `opt.step()` (if any) before `zero_grad()` and `Watch.step()` before the
 next `backward()`. `update_ratio` is then null.
 
-Every step: `torch._foreach_norm` of all gradients stacked into one vector, its 2-norm recorded as
-scalar `grad_norm/global`; that vector is copied to the host with one `to_host` and read when it
-has landed (at once on CPU, usually a step later on CUDA; waited for only when 8 are pending,
-which no real training loop reaches), to report `nonfinite_grad` (module =
-owner of the first parameter in backward order, i.e. the last in registration order, with a
-non-finite gradient), `exploding_grad` (robust z-score > 10 and > 10x the median of the last 100
-norms) and `vanishing_grad` (norm < 1e-8 on 5 consecutive steps after 10 warm-up steps).
-Gradient clipping happens before the optimizer step, so these are the post-clipping norms.
+Every step, scalars:
+- `grad_norm/global`: 2-norm of all gradients stacked into one vector as backward left them
+  (before any clipping); when no backward pass reached the parameters since the last step (the
+  gradients were set by hand), the norm at the step instead.
+- `grad_norm/applied`: the same norm at the optimizer step (after the loop's clipping).
+- `grad_norm/clip_coef`: applied / pre-clip (1 when nothing was clipped, or for a zero gradient;
+  NaN when the norm is not finite).
+The two last are recorded only when the pre-clip norm was measured. Per-tensor norms come from
+`torch._foreach_norm`; the pre-clip vector is copied to the host with one `to_host` and read when
+it has landed (at once on CPU, usually a step later on CUDA; waited for only when 8 are pending,
+which no real training loop reaches), to report `nonfinite_grad` (module = owner of the first
+parameter in backward order, i.e. the last in registration order, with a non-finite gradient),
+`exploding_grad` (pre-clip norm with robust z-score > 10 and > 10x the median of a *healthy*
+baseline: the last 100 norms that were not flagged, so a sustained explosion stays flagged) and
+`vanishing_grad` (norm < 1e-8 on 5 consecutive steps after 10 warm-up steps). With an fp16
+`GradScaler` the pre-clip norm is that of the scaled gradients (the scaler unscales later).
 
-Sampled steps (`Sampling.gradients`, default every 50): one `grad_stats` row per group. Groups are
+Sampled steps (`Sampling.gradients`, default every 50): one `grad_stats` row per group, from the
+gradients at the optimizer step (after clipping: what the update used). Groups are
 the parameters, or, above `max_groups` (64) parameter tensors, layers (`grad_math.group_key`).
 Columns: `norm` (2-norm of the group's gradient), `mean`, `var` (population variance, divisor n,
 over all the group's elements, E[g^2] - E[g]^2 from fp32 sums, float64 sums for float64
@@ -43,6 +58,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from inspector.probes.backward_end import BackwardEnd
 from inspector.probes.base import Probe, ProbeContext
 from inspector.probes.closure import wrap_closure
 from inspector.probes.grad_math import (
@@ -54,9 +70,9 @@ from inspector.probes.grad_math import (
     group_stats,
     norms,
 )
+from inspector.probes.healthy_baseline import HealthyBaseline
 from inspector.probes.host import HostSlice, PendingCopies, to_host
 from inspector.probes.registry import register_probe
-from inspector.probes.robust import RobustZ
 
 log = logging.getLogger("inspector")
 
@@ -79,6 +95,14 @@ class _Sampled:
     weight_norms_P: torch.Tensor
 
 
+@dataclass
+class _PreClip:
+    """Per-tensor gradient norms measured when the last backward pass finished."""
+
+    present: tuple[int, ...]
+    norms_P: torch.Tensor
+
+
 @register_probe
 class GradientsProbe(Probe):
     """Global gradient norm every step, per-group gradient statistics on sampled steps."""
@@ -96,9 +120,10 @@ class GradientsProbe(Probe):
         self._group_of: list[int] = []
         self._layouts: dict[tuple[int, ...], GroupLayout] = {}
         self._welford: ElementWelford | NormWelford | None = None
-        self._pending = PendingCopies()  # (step, parameters present) -> [global norm, norms...]
+        self._pending = PendingCopies()  # (step, parameters present) -> [pre-clip norm, pre-clip norms...]
         self._sampled: _Sampled | None = None
-        self._z = RobustZ(window=100, min_history=20)
+        self._pre_clip: _PreClip | None = None
+        self._baseline = HealthyBaseline(window=100, min_history=20)
         self._evaluated = 0
         self._vanishing = 0
         self._failed = False
@@ -115,6 +140,8 @@ class GradientsProbe(Probe):
             self._welford = ElementWelford(len(self._params))
         else:
             self._welford = NormWelford(len(self._group_names))
+        for handle in BackwardEnd(self._params, lambda: self._guarded(self._measure_backward)).handles:
+            self.track(handle)
         if ctx.optimizer is not None:
             self.track(ctx.optimizer.register_step_pre_hook(self._pre_step))
             self.track(ctx.optimizer.register_step_post_hook(self._post_step))
@@ -140,6 +167,7 @@ class GradientsProbe(Probe):
     def detach(self) -> None:
         super().detach()
         self._sampled = None
+        self._pre_clip = None
         self._guarded(self._drain, True)
         self._pending.clear()
         if self._welford is not None:
@@ -158,17 +186,36 @@ class GradientsProbe(Probe):
 
     # ---- measuring ---------------------------------------------------------------------------
 
-    def _measure_step(self, step: int, with_update: bool) -> None:
-        self._sampled = None
+    def _present(self) -> tuple[tuple[int, ...], list[torch.Tensor]]:
         grads_all = [p.grad for p in self._params]
         present = tuple([i for i, g in enumerate(grads_all) if g is not None and not g.is_sparse])
+        return present, [grads_all[i] for i in present]
+
+    def _measure_backward(self) -> None:
+        """At the end of a backward pass: the per-tensor norms before the loop can clip them."""
+        present, grads = self._present()
+        self._pre_clip = _PreClip(present, norms(grads)) if present else None
+
+    def _measure_step(self, step: int, with_update: bool) -> None:
+        self._sampled = None
+        pre, self._pre_clip = self._pre_clip, None
+        present, grads = self._present()
         if not present:
             return
-        grads = [grads_all[i] for i in present]
         norms_P = norms(grads)
-        total = torch.linalg.vector_norm(norms_P).reshape(1)
-        host = to_host(torch.cat([total, norms_P]))
-        self.ctx.recorder.scalar("grad_norm/global", HostSlice(host, 0), step=step)
+        applied = torch.linalg.vector_norm(norms_P).reshape(1)
+        rec = self.ctx.recorder
+        if pre is not None and pre.present == present:
+            pre_norms_P = pre.norms_P.to(norms_P.dtype)
+            total = torch.linalg.vector_norm(pre_norms_P).reshape(1)
+            coef = torch.where(total == 0, torch.ones_like(total), applied / total)  # NaN stays NaN
+            host = to_host(torch.cat([total, pre_norms_P, applied, coef]))
+            n = len(present)
+            rec.scalars({"grad_norm/global": HostSlice(host, 0), "grad_norm/applied": HostSlice(host, n + 1),
+                         "grad_norm/clip_coef": HostSlice(host, n + 2)}, step=step)
+        else:
+            host = to_host(torch.cat([applied, norms_P]))
+            rec.scalar("grad_norm/global", HostSlice(host, 0), step=step)
         self._pending.push((step, present), host)
         if not self.ctx.sampling.due(self.name, step):
             return
@@ -218,7 +265,7 @@ class GradientsProbe(Probe):
             self._evaluate(step, np.asarray(values, dtype=np.float64), present)
 
     def _evaluate(self, step: int, values: np.ndarray, present: tuple[int, ...]) -> None:
-        total, norms = float(values[0]), values[1:]
+        total, norms = float(values[0]), values[1:len(present) + 1]
         bad = np.flatnonzero(~np.isfinite(norms))
         if bad.size:
             self._vanishing = 0
@@ -229,11 +276,13 @@ class GradientsProbe(Probe):
                             module=module, severity="error", value=total, step=step)
             return
         self._evaluated += 1
-        z = self._z.score(total)  # 0 until 20 norms were seen; then `total` joins the window
-        median = float(np.median(list(self._z.values)[:-1])) if z > EXPLODE_Z else float("nan")
-        if total > EXPLODE_RATIO * median:
-            self.ctx.report("exploding_grad", f"gradient norm {total:.4g} at step {step} is {total / median:.0f}x "
-                                              f"the recent median (robust z = {z:.0f})", value=total, step=step)
+        z, median = self._baseline.score(total)  # (0, NaN) until 20 healthy norms were seen
+        if z > EXPLODE_Z and total > EXPLODE_RATIO * median:
+            self.ctx.report("exploding_grad", f"gradient norm {total:.4g} (before clipping) at step {step} is "
+                                              f"{total / median:.0f}x the healthy median (robust z = {z:.0f})",
+                            value=total, step=step)
+        else:
+            self._baseline.add(total)
         if self._evaluated > WARMUP_STEPS and total < VANISH_NORM:
             self._vanishing += 1
             if self._vanishing == VANISH_STEPS:

@@ -1,25 +1,28 @@
-"""Activation statistics on the device: one fixed-range histogram and summary row per module output.
+"""Activation statistics on the device: one histogram and summary row per module output.
 
 `output_row` turns one module output into a single vector (`ROW` numbers, layout below) with no
-host synchronisation: the histogram range is either host floats (steady state, binned directly)
-or, until the host copy of the warm-up range has landed, a device tensor applied as an affine map
-before binning over [0, 1] (binning: `torch.histc`'s arithmetic then `bincount` on CPU,
-`torch.histc` elsewhere; see `output_row`). Also: the deferred column (`HostSlice`) both
-gradient and activation probes use to hand the writer thread slices of one host copy.
+host synchronisation. The histogram's range follows the data (`follow_range`): it is decided on
+the device for each sample from the output's own finite min and max, so every finite value is
+binned (under/overflow stay 0, kept for the record's format) and a drifting output never leaves
+its histogram. Non-finite values are counted apart. Binning: bin positions in float32, then
+`bincount` on CPU and `torch.histc` elsewhere (see `output_row`).
 """
 from __future__ import annotations
 
 import math
 
-import numpy as np
 import torch
 from torch import nn
 
 
 BINS = 64
 """Histogram bins per module output (fixed)."""
-WARMUP_MARGIN = 0.10
-"""The warm-up range is the first sampled output's [min, max] widened by this fraction each side."""
+MARGIN = 0.10
+"""A new range is the output's finite [min, max] widened by this fraction of its width each side."""
+KEEP_FILL = 0.5
+"""A range is kept while the output's values span at least this fraction of it (else re-ranged)."""
+TINY_WIDTH = 1e-30
+"""Outputs whose finite values span no more than this get the range [value - 1, value + 1]."""
 DEAD_EPS = 1e-8
 """A unit is dead when |x| <= DEAD_EPS at every position of the batch."""
 OUTLIER_STD = 6.0
@@ -49,18 +52,35 @@ def accumulate_dtype(device: torch.device) -> torch.dtype:
     return torch.float32 if device.type == "mps" else torch.float64
 
 
-def warmup_range(mn: torch.Tensor, mx: torch.Tensor) -> torch.Tensor:
-    """[lo, hi] on the device from the finite min and max: widened by WARMUP_MARGIN each side (±1 if
-    equal; [inf, -inf], which `host_range` rejects, when there was no finite value)."""
-    pad = torch.where(mx > mn, (mx - mn) * WARMUP_MARGIN, torch.ones_like(mx))
-    return torch.stack([mn - pad, mx + pad])
+def follow_range(mn: torch.Tensor, mx: torch.Tensor, old: torch.Tensor | None) -> torch.Tensor:
+    """The histogram range [lo, hi] (device, [2]) for an output whose finite min and max are mn, mx.
+
+    The previous sample's range is kept while it still holds every finite value and the values span
+    at least `KEEP_FILL` of it (stable bins, so a steady output's heatmap needs no re-binning);
+    otherwise the range becomes [mn, mx] widened by `MARGIN` each side (±1 when mn == mx). Decided
+    on the device, for this very sample: no finite value ever falls outside the recorded range, so
+    the histogram follows drifting data at once, with nothing read back to the host. An output
+    with no finite value keeps the previous range (or gets [inf, -inf], which bins nothing).
+    """
+    width = mx - mn
+    pad = torch.where(width > TINY_WIDTH, width * MARGIN, torch.ones_like(width))
+    fresh = torch.stack([mn - pad, mx + pad])
+    if old is None:
+        return fresh
+    usable = torch.isfinite(old).all() & (old[1] > old[0])
+    holds = (mn >= old[0]) & (mx <= old[1]) & (width >= KEEP_FILL * (old[1] - old[0]))
+    keep = usable & ((mn > mx) | holds)  # mn > mx: no finite value in this sample
+    return torch.where(keep, old, fresh)
 
 
-def output_row(x: torch.Tensor, lohi_dev: torch.Tensor | None, lohi_host: tuple[float, float] | None,
+def output_row(x: torch.Tensor, lohi_old: torch.Tensor | None,
                bounds: tuple[float, float] | None) -> tuple[torch.Tensor, torch.Tensor]:
     """(row [ROW], lohi [2]) for one module output; see the module docstring and `ROW`'s layout.
 
-    - counts/underflow/overflow: finite values only; a value equal to `hi` falls in the last bin.
+    - lo, hi: `follow_range` of this output's finite min/max and the previous sample's `lohi_old`.
+    - counts: the finite values over BINS equal bins of [lo, hi] (a value equal to `hi` falls in
+      the last bin); underflow, overflow: 0, the range holds every finite value; nonfinite: the
+      count of NaN and ±inf elements.
     - mean, std (population), min, max: over the finite elements (NaN when there are none).
     - dead_frac: fraction of units (last dimension) with |x| <= DEAD_EPS at every position.
     - saturated_frac: bounded outputs: fraction of elements within BOUND_TOL of the half-range of
@@ -69,10 +89,10 @@ def output_row(x: torch.Tensor, lohi_dev: torch.Tensor | None, lohi_host: tuple[
     Cost: about a dozen passes over the output, almost all plain float arithmetic and reductions
     (boolean-mask ops and `torch.histc` are several times slower per element on CPU): `x - x` is 0
     where x is finite and NaN elsewhere, so `xn = x + (x - x)` has every non-finite element as NaN,
-    which comparisons, histc and the NaN-filled min/max below leave out. On CPU the histogram is a
-    `bincount` of bin indices computed as `torch.histc` computes them, `(x - lo) * BINS / (hi - lo)`
-    in float32, of the output clamped to [lo, hi] (under/overflow then taken back out of the end
-    bins), with NaN as an extra bin: the non-finite count. On other devices `torch.histc`.
+    which the NaN-filled min/max below leave out and the clamps carry along. Bin positions are
+    `(x - lo) * (BINS / (hi - lo))` in float32 clamped to [0, BINS]; on CPU their floor is
+    `bincount`ed with NaN as an extra bin (the non-finite count); elsewhere `torch.histc` over
+    [0, BINS] bins them (it leaves NaN out; its range is a constant, so nothing is read back).
     """
     x = x.detach()
     xf = x if x.dtype == torch.float32 else x.float()
@@ -83,28 +103,17 @@ def output_row(x: torch.Tensor, lohi_dev: torch.Tensor | None, lohi_host: tuple[
     torch.nan_to_num(xn, nan=-math.inf, posinf=math.inf, neginf=-math.inf, out=fill)
     mx = fill.amax()
     del fill
-    if lohi_dev is None:
-        lohi_dev = warmup_range(mn, mx)
-    if lohi_host is not None:
-        lo, hi = lohi_host
-        v, vlo, vhi = xn, lo, hi
-    else:
-        v, vlo, vhi = (xn - lohi_dev[0]) / (lohi_dev[1] - lohi_dev[0]), 0.0, 1.0
-    under, over = (v < vlo).sum(), (v > vhi).sum()
+    lohi = follow_range(mn, mx, lohi_old)
+    pos = torch.sub(xn, lohi[0]).mul_(BINS / (lohi[1] - lohi[0])).clamp_(0.0, float(BINS))
     if xf.device.type == "cpu":
-        span = float(np.float32(vhi) - np.float32(vlo))  # as histc computes it, in float32
-        pos = v.clamp(vlo, vhi).sub_(vlo).mul_(BINS).div_(span)
         pos = pos.floor_().clamp_max_(BINS - 1).nan_to_num_(BINS)  # value == hi: the last bin; NaN: bin BINS
         binned = torch.bincount(pos.reshape(-1).to(torch.int32), minlength=BINS + 1)
-        del pos
         nonfinite = binned[BINS]
-        counts = binned[:BINS].clone()
-        counts[0] -= under
-        counts[BINS - 1] -= over
+        counts = binned[:BINS]
     else:  # bincount would read its input's max back to the host; histc leaves NaN out
-        counts = torch.histc(v, BINS, vlo, vhi)
+        counts = torch.histc(pos, BINS, 0.0, float(BINS))
         nonfinite = torch.isnan(xn).sum()
-    del v
+    del pos
     n_fin = (n - nonfinite).clamp(min=1).float()
     acc = accumulate_dtype(xf.device)
     width = xf.shape[-1] if xf.dim() else 1
@@ -120,12 +129,7 @@ def output_row(x: torch.Tensor, lohi_dev: torch.Tensor | None, lohi_host: tuple[
         saturated = (dev.abs_() > OUTLIER_STD * std).sum() / n_fin
     moments = torch.stack([mean, std, mn, mx])
     moments = torch.where(nonfinite < n, moments, torch.full_like(moments, math.nan))
-    row = torch.cat([counts.to(acc), torch.stack([under, over, nonfinite]).to(acc),
-                     lohi_dev.to(acc), moments.to(acc), torch.stack([dead, saturated]).to(acc)])
-    return row, lohi_dev
-
-
-def host_range(row: np.ndarray) -> tuple[float, float] | None:
-    """The (lo, hi) of a host row when usable as a histogram range, else None."""
-    lo, hi = float(row[LO]), float(row[HI])
-    return (lo, hi) if math.isfinite(lo) and math.isfinite(hi) and hi > lo else None
+    outside_2 = torch.zeros(2, dtype=acc, device=xf.device)
+    row = torch.cat([counts.to(acc), outside_2, nonfinite.reshape(1).to(acc), lohi.to(acc), moments.to(acc),
+                     torch.stack([dead, saturated]).to(acc)])
+    return row, lohi

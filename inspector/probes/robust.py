@@ -1,9 +1,12 @@
-"""Robust running statistics used by anomaly detection."""
+"""Robust running statistics used by anomaly detection.
+
+`RobustZ` scores a value and then learns it, whatever it was: fine for a statistic that is only
+*shown*, wrong for a detector (a lasting anomaly becomes the new normal within a few samples).
+Detectors use `baseline.HealthyBaseline`, which learns only the values judged healthy.
+"""
 from __future__ import annotations
 
-from collections import deque
-
-import numpy as np
+from inspector.probes.baseline import HealthyBaseline
 
 
 class RobustZ:
@@ -14,19 +17,12 @@ class RobustZ:
     """
 
     def __init__(self, window: int = 100, min_history: int = 20) -> None:
-        self.values: deque[float] = deque(maxlen=window)
+        self._baseline = HealthyBaseline(window, min_history)
+        self.values = self._baseline.values
         self.min_history = min_history
 
     def score(self, x: float) -> float:
         """Score `x` against the window, then append it."""
-        if not np.isfinite(x):
-            return float("inf")
-        z = 0.0
-        if len(self.values) >= self.min_history:
-            hist = np.fromiter(self.values, float)
-            med = float(np.median(hist))
-            mad = float(np.median(np.abs(hist - med))) * 1.4826
-            scale = mad if mad > 0 else max(abs(med) * 1e-3, 1e-12)
-            z = (x - med) / scale
-        self.values.append(float(x))
+        z = self._baseline.z(x)
+        self._baseline.add(x)
         return z

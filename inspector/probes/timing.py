@@ -21,6 +21,25 @@ its inner backward pass, after the recomputation (its hooks are set up on the re
 Several forwards/backwards per step (gradient accumulation) add up; overlapping intervals of one
 row (two forwards whose losses are summed into one backward) are merged, not counted twice.
 
+Evaluation is its own phase, not training time. A forward of the root module is *eval* when
+- it runs inside `Watch.phase("eval")` (the explicit API, for loops whose eval is not detectable), or
+- gradients are disabled (`torch.no_grad()`/`inference_mode()`) outside a backward pass, or
+- the root is in eval mode (`model.eval()`) and no gradient reached its outputs before the step
+  ended (a loop that trains with `model.eval()`, e.g. to switch dropout off, stays training time;
+  outputs the probe cannot hook count as training).
+Block forwards take the class of the root forward they run in; a block called outside one (a
+LightningModule's `training_step` calls its layers, not its `forward`) is eval by the explicit
+phase or `no_grad`, and then the blocks stand in for the root below. Eval forwards in a row (no
+training forward between them) make one eval span, from the first one's start to the last one's
+end, so the loss computation between eval batches is in it; an explicit phase is a span from
+entry to exit.
+In a step that also trains, eval spans are left out of the model's and blocks' forward, of data,
+of other and of total, and recorded as `model`/`eval`. A step with no training forward (an
+inference loop under `no_grad`, with no explicit phase) is timed as before: its forwards are the
+step's forward. The engine trainer, Hugging Face's and Lightning's loops evaluate after a step's
+optimizer step, so their eval is filed with the next step (whose interval it ran in); an eval after
+the last step belongs to no step and is not recorded.
+
 Records, kind `timing`, at every step `ctx.sampling.due("timing", step)` selects (default every
 step), one `submit` per step, all `ms` in milliseconds:
 - name = <block name>, phase "forward" / "backward": each block (e.g. "layers.3").
@@ -28,16 +47,21 @@ step), one `submit` per step, all `ms` in milliseconds:
   pass (from the first gradient at the model's outputs to the end of the pass).
 - name "optimizer", phase "optimizer": `optimizer.step()` (row absent without an optimizer).
 - name "data", phase "data": from the end of the previous step (`on_step_end`) to the first
-  forward of this step (row absent on the first recorded step, which has no previous end).
+  training forward of this step, less eval spans (row absent on the first recorded step, which
+  has no previous end).
 - name "step", phase "other": total − model forward − model backward − optimizer − data, clamped
   at 0 (loss computation, `zero_grad`, time between micro-batches, the user's own code).
 - name "step", phase "total": the step's wall time, from the previous step's end (first recorded
-  step: from its first forward) to this step's end.
+  step: from its first training forward) to this step's end, less eval spans. (A root that is
+  never called: the first block's first training forward stands in for the root's.)
+- name "model", phase "eval": the union of the eval spans since the previous step's end (row
+  present only on steps with an eval; not a part of total).
 The dashboard stacks model/forward + model/backward + optimizer + data + step/other = step/total.
 """
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Union
@@ -91,9 +115,12 @@ class _BackwardCall:
     has_inputs: bool
     start: Mark | None = None
     end: Mark | None = None
+    hooked: bool = False     # a gradient hook sits on one of its outputs
+    used: bool = False       # a gradient reached its outputs: this forward was trained through
 
     def output_grad(self) -> None:
         """First gradient at the outputs: backward of this call starts."""
+        self.used = True
         if self.start is not None:
             return
         self.start = self.clock.mark()
@@ -110,6 +137,27 @@ class _BackwardCall:
         if self.start is not None and self.end is not None:
             self.timed.backward.append((self.start, self.end))
             self.start = self.end = None
+
+
+@dataclass
+class _Mode:
+    """Why a root forward (and the block forwards inside it) may be evaluation; see the docstring."""
+
+    explicit: bool = False                # inside `Watch.phase("eval")`
+    no_grad: bool = False                 # gradients disabled, outside a backward pass
+    eval_call: _BackwardCall | None = None  # root in eval mode, grad on: eval unless trained through
+
+    def detected(self) -> bool:
+        """Eval by the automatic rules (grad off, or eval mode and no gradient reached the outputs)."""
+        call = self.eval_call
+        return self.no_grad or (call is not None and call.hooked and not call.used)
+
+    def is_eval(self, step_trained: bool) -> bool:
+        """Eval in a step that trained (`step_trained`) or not (then only an explicit phase is eval)."""
+        return self.explicit or (step_trained and self.detected())
+
+
+Forward = tuple[Mark, Mark, _Mode]
 
 
 class _Clock:
@@ -144,23 +192,38 @@ class _StepTimes:
     ref: Mark
     end: Mark
     rows: list[tuple[str, str, list[Interval]]]
-    totals: dict[str, int] = field(default_factory=dict)   # phase -> row index, for "other"
+    parts: list[int]            # rows that "other" is total minus (model, optimizer, data)
+    other: int
+    total: int
+    data: int | None = None     # the data row: its one interval less the eval spans in it
+    eval_spans: list[Interval] = field(default_factory=list)
 
     def resolve(self) -> np.ndarray:
-        """ms per row; the "other" row is total minus the model/optimizer/data rows."""
+        """ms per row; eval spans are taken out of data and total, "other" is total minus the parts."""
         ms = np.array([_union_ms(self.clock, self.ref, iv) for _, _, iv in self.rows], dtype=np.float64)
-        total = self.clock.since(self.ref, self.end)
-        parts = sum(ms[i] for key, i in self.totals.items() if key not in ("other", "total"))
-        ms[self.totals["total"]] = total
-        ms[self.totals["other"]] = max(total - parts, 0.0)
+        span = self.clock.since(self.ref, self.end)
+        total = span - _union_ms(self.clock, self.ref, self.eval_spans, 0.0, span)
+        if self.data is not None:
+            a, b = (self.clock.since(self.ref, m) for m in self.rows[self.data][2][0])
+            ms[self.data] = max(b - a - _union_ms(self.clock, self.ref, self.eval_spans, a, b), 0.0)
+        ms[self.total] = total
+        ms[self.other] = max(total - sum(ms[i] for i in self.parts), 0.0)
         return ms
 
 
-def _union_ms(clock: _Clock, ref: Mark, intervals: list[Interval]) -> float:
-    """Length in ms of the union of intervals (overlaps count once)."""
-    if not intervals:
+def _union_ms(clock: _Clock, ref: Mark, intervals: list[Interval], lo: float = -math.inf,
+              hi: float = math.inf) -> float:
+    """Length in ms of the union of intervals (overlaps count once), clipped to [lo, hi] ms after `ref`."""
+    spans = []
+    for a, b in intervals:
+        t0 = clock.since(ref, a)
+        t1 = max(t0, clock.since(ref, b))
+        t0, t1 = max(t0, lo), min(t1, hi)
+        if t1 > t0:
+            spans.append((t0, t1))
+    if not spans:
         return 0.0
-    spans = sorted((t0, max(t0, clock.since(ref, b))) for a, b in intervals for t0 in (clock.since(ref, a),))
+    spans.sort()
     total, cur_a, cur_b = 0.0, spans[0][0], spans[0][1]
     for a, b in spans[1:]:
         if a > cur_b:
@@ -176,20 +239,42 @@ class _Timed:
 
     def __init__(self, name: str) -> None:
         self.name = name
-        self.forward: list[Interval] = []
+        self.forward: list[Forward] = []
         self.backward: list[Interval] = []
-        self.stack: list[tuple[Mark | None, _BackwardCall | None]] = []
-        self.recompute: list[tuple[Mark | None, _BackwardCall | None]] = []
+        self.stack: list[tuple[Mark | None, _BackwardCall | None, _Mode | None]] = []
+        self.recompute: list[tuple[Mark | None, _BackwardCall | None, _Mode | None]] = []
 
     def reset(self) -> None:
         """Forget the step's intervals (open forward calls stay open; recomputes that stopped early go)."""
         self.forward, self.backward = [], []
         self.recompute.clear()
 
+    def training_forward(self, step_trained: bool) -> list[Interval]:
+        """This step's forward intervals that are not eval."""
+        return [(a, b) for a, b, mode in self.forward if not mode.is_eval(step_trained)]
+
+
+def _eval_spans(forwards: list[Forward], step_trained: bool) -> list[Interval]:
+    """Root forwards in a row that are eval, each run as one span (first start to last end)."""
+    spans: list[Interval] = []
+    run_start: Mark | None = None
+    run_end: Mark | None = None
+    for a, b, mode in forwards:
+        if mode.is_eval(step_trained):
+            run_start = a if run_start is None else run_start
+            run_end = b
+        elif run_start is not None:
+            spans.append((run_start, run_end))
+            run_start = None
+    if run_start is not None:
+        spans.append((run_start, run_end))
+    return spans
+
 
 @register_probe
 class TimingProbe(Probe):
-    """Per-step time split into forward / backward / optimizer / data / other; see the module docstring."""
+    """Per-step time split into forward / backward / optimizer / data / other, and eval on its own;
+    see the module docstring."""
 
     name = "timing"
     kinds = ("timing",)
@@ -200,9 +285,11 @@ class TimingProbe(Probe):
         self.root = _Timed("model")
         self.blocks: list[_Timed] = []
         self.optimizer: list[Interval] = []
+        self.phase_spans: list[Interval] = []     # explicit `Watch.phase("eval")` spans of this step
+        self._phase_depth = 0
+        self._phase_start: Mark | None = None
         self._opt_start: Mark | None = None
         self._prev_end: Mark | None = None
-        self._first_forward: Mark | None = None
         self._active = False
         self._warned = False
 
@@ -224,7 +311,29 @@ class TimingProbe(Probe):
             self.track(ctx.optimizer.register_step_post_hook(self._optimizer_post))
         return None
 
+    # ---- explicit phases (`Watch.phase`) -------------------------------------------------------
+
+    def begin_phase(self, name: str) -> None:
+        """An explicit eval phase starts: forwards until `end_phase` are eval (phases may nest)."""
+        self._phase_depth += 1
+        if self._phase_depth == 1 and self._active:
+            self._phase_start = self.clock.mark()
+
+    def end_phase(self, name: str) -> None:
+        """The explicit eval phase ends: its span is filed with the current step."""
+        self._phase_depth = max(self._phase_depth - 1, 0)
+        if self._phase_depth == 0:
+            if self._active and self._phase_start is not None:
+                self.phase_spans.append((self._phase_start, self.clock.mark()))
+            self._phase_start = None
+
     # ---- hooks (training thread and autograd threads) -----------------------------------------
+
+    def _mode(self, module: nn.Module, root: bool, call: _BackwardCall | None) -> _Mode:
+        """How a root forward (or a block forward outside one) is classed."""
+        no_grad = not torch.is_grad_enabled()
+        eval_call = call if root and not module.training else None
+        return _Mode(explicit=self._phase_depth > 0, no_grad=no_grad, eval_call=eval_call)
 
     def _hook_module(self, module: nn.Module, timed: _Timed, root: bool) -> None:
         def pre(mod: nn.Module, args: tuple, kwargs: dict) -> None:
@@ -233,15 +342,19 @@ class TimingProbe(Probe):
             try:
                 recompute = _in_backward()
                 now = None if recompute else self.clock.mark()
-                if root and now is not None and self._first_forward is None:
-                    self._first_forward = now
                 call = None
                 if torch.is_grad_enabled():
                     inputs = [] if root else [t for t in _grad_tensors((args, kwargs)) if t.grad_fn is not None]
                     call = _BackwardCall(timed, self.clock, bool(inputs))
                     for t in inputs:
                         t.register_hook(lambda g, c=call: c.input_grad())
-                (timed.recompute if recompute else timed.stack).append((now, call))
+                if recompute:
+                    mode = None
+                elif not root and self.root.stack:      # a block takes the class of the root forward
+                    mode = self.root.stack[-1][2]
+                else:
+                    mode = self._mode(mod, root, call)
+                (timed.recompute if recompute else timed.stack).append((now, call, mode))
             except Exception as exc:
                 self._warn(exc)
 
@@ -253,12 +366,14 @@ class TimingProbe(Probe):
             if not stack:
                 return
             try:
-                start, call = stack.pop()
+                start, call, mode = stack.pop()
                 if not recompute:
-                    timed.forward.append((start, self.clock.mark()))
+                    timed.forward.append((start, self.clock.mark(), mode or _Mode()))
                 if call is not None:
-                    for t in _grad_tensors(out):
+                    outputs = _grad_tensors(out)
+                    for t in outputs:
                         t.register_hook(lambda g, c=call: c.output_grad())
+                    call.hooked = call.hooked or bool(outputs)
             except Exception as exc:
                 self._warn(exc)
 
@@ -306,32 +421,39 @@ class TimingProbe(Probe):
             self._active = next_active
 
     def _collect(self, end: Mark) -> _StepTimes | None:
-        ref = self._prev_end if self._prev_end is not None else self._first_forward
+        # A root that is never called (Lightning calls `training_step`, not `forward`): the blocks tell.
+        timed = [self.root] if self.root.forward else [b for b in self.blocks if b.forward]
+        trained = any(not mode.detected() and not mode.explicit for t in timed for _, _, mode in t.forward)
+        first = next((iv[0] for t in timed for iv in t.training_forward(trained)[:1]), None)
+        ref = self._prev_end if self._prev_end is not None else first
         if ref is None:
             return None
         rows: list[tuple[str, str, list[Interval]]] = []
         for b in self.blocks:
-            rows.append((b.name, "forward", b.forward))
+            rows.append((b.name, "forward", b.training_forward(trained)))
             rows.append((b.name, "backward", b.backward))
-        totals = {"forward": len(rows), "backward": len(rows) + 1}
-        rows += [("model", "forward", self.root.forward), ("model", "backward", self.root.backward)]
+        parts = [len(rows), len(rows) + 1]
+        rows += [("model", "forward", self.root.training_forward(trained)), ("model", "backward", self.root.backward)]
         if self.ctx is not None and self.ctx.optimizer is not None:
-            totals["optimizer"] = len(rows)
+            parts.append(len(rows))
             rows.append(("optimizer", "optimizer", self.optimizer))
-        if self._prev_end is not None and self._first_forward is not None:
-            totals["data"] = len(rows)
-            rows.append(("data", "data", [(self._prev_end, self._first_forward)]))
-        totals["other"] = len(rows)
-        rows.append(("step", "other", []))
-        totals["total"] = len(rows)
-        rows.append(("step", "total", []))
-        return _StepTimes(self.clock, ref, end, rows, totals)
+        data = None
+        if self._prev_end is not None and first is not None:
+            data = len(rows)
+            parts.append(data)
+            rows.append(("data", "data", [(self._prev_end, first)]))
+        spans = (_eval_spans(timed[0].forward, trained) if timed else []) + self.phase_spans
+        if spans:
+            rows.append(("model", "eval", spans))
+        rows += [("step", "other", []), ("step", "total", [])]
+        return _StepTimes(self.clock, ref, end, rows, parts, other=len(rows) - 2, total=len(rows) - 1,
+                          data=data, eval_spans=spans)
 
     def _reset(self) -> None:
         for t in (self.root, *self.blocks):
             t.reset()
         self.optimizer = []
-        self._first_forward = None
+        self.phase_spans = []
 
     def _warn(self, exc: Exception) -> None:
         if not self._warned:

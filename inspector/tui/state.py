@@ -34,11 +34,13 @@ class Request:
 
 @dataclass
 class RanksData:
-    """Ranks screen: one row per rank, the min/median/max summary, recent step times per rank."""
+    """Ranks screen: one row per rank, the min/median/max summary, recent step times per rank, all
+    over the window ending at step `at` (None: the newest step)."""
 
     table: pd.DataFrame
     summary: pd.DataFrame
     history: dict[int, np.ndarray]
+    at: int | None = None
 
 
 @dataclass

@@ -9,7 +9,11 @@ import pandas as pd
 from inspector.schema import ATTENTION_MAP
 from inspector.views.downsample import bin_columns
 from inspector.views.live import LiveRun
+from inspector.views.scales import Scale, entropy_scale
 from inspector.views.steps import nearest_at_or_before
+
+MAX_KEY_SCAN = 64
+"""Most map steps whose index rows `key_count_range` reads (spread evenly, the last one included)."""
 
 
 @dataclass
@@ -34,6 +38,38 @@ def _rows_at(run: LiveRun, step: int, rank: int) -> list[dict]:
     if rank not in run.ranks():
         return []
     return run.reader.blob_rows(ATTENTION_MAP.name, step=step, rank=rank)
+
+
+def _map_keys(run: LiveRun, step: int, rank: int) -> dict[int, int]:
+    """Key count per layer of the maps stored at `step`, from the index rows' shapes (no tensor read)."""
+    keys: dict[int, int] = {}
+    for row in _rows_at(run, step, rank):
+        shape = row.get("shape")
+        if isinstance(shape, list) and len(shape) == 3:
+            layer = int(row["layer"])
+            keys[layer] = max(keys.get(layer, 0), int(shape[2]))
+    return keys
+
+
+def key_count_range(run: LiveRun, *, rank: int = 0) -> tuple[int, int] | None:
+    """(fewest, most) keys of any stored attention map: the entropy of a row over k keys is at most ln k.
+
+    Reads the index rows of at most `MAX_KEY_SCAN` map steps; a count the probe recorded with the
+    statistics (a `keys` column) is used when there is one. None when nothing tells the count.
+    """
+    stats = _stats(run, rank)
+    if "keys" in stats.columns and stats["keys"].notna().any():
+        return int(stats["keys"].min()), int(stats["keys"].max())
+    steps = attention_steps(run, rank)
+    if not steps:
+        return None
+
+    def compute() -> tuple[int, int] | None:
+        picks = np.unique(np.linspace(0, len(steps) - 1, min(len(steps), MAX_KEY_SCAN)).round().astype(int))
+        counts = [k for i in picks for k in _map_keys(run, steps[i], rank).values()]
+        return (min(counts), max(counts)) if counts else None
+
+    return run.cached(("attention_keys", rank, len(steps)), (), compute)
 
 
 def attention_layers(run: LiveRun, *, step: int, rank: int = 0) -> list[int]:
@@ -102,13 +138,35 @@ def _stats(run: LiveRun, rank: int) -> pd.DataFrame:
 
 
 def head_stats(run: LiveRun, *, step: int, rank: int = 0) -> pd.DataFrame:
-    """Entropy, max weight and collapse flag per (layer, head) at the nearest recorded step ≤ `step`."""
+    """Entropy, max weight, collapse flag and key count (`keys`, NaN when unknown) per (layer, head)
+    at the nearest recorded step ≤ `step`."""
     cols = ["layer", "head", "entropy", "max_weight", "collapsed"]
     df = _stats(run, rank)
     if df.empty:
-        return pd.DataFrame(columns=cols)
+        return pd.DataFrame(columns=cols + ["keys"])
     at = nearest_at_or_before(sorted(df["step"].unique().tolist()), step)
-    return df[df["step"] == at][cols].sort_values(["layer", "head"]).reset_index(drop=True)
+    sel = df[df["step"] == at]
+    out = sel[cols].copy()
+    if "keys" in sel.columns:
+        out["keys"] = sel["keys"].astype(np.float64)
+    else:
+        keys = _map_keys(run, at, rank)
+        out["keys"] = [float(keys.get(int(layer), np.nan)) for layer in out["layer"]]
+    return out.sort_values(["layer", "head"]).reset_index(drop=True)
+
+
+def head_entropy_scale(stats: pd.DataFrame) -> Scale:
+    """The entropy colour scale of a `head_stats` frame: 0 … ln(largest key count)."""
+    keys = stats["keys"].to_numpy(np.float64) if "keys" in stats.columns else np.empty(0)
+    keys = keys[np.isfinite(keys)]
+    return entropy_scale(stats["entropy"].to_numpy(np.float64) if len(stats) else np.empty(0),
+                         int(keys.max()) if keys.size else None, min_keys=int(keys.min()) if keys.size else None)
+
+
+def entropy_matrix_scale(run: LiveRun, z: np.ndarray, *, rank: int = 0) -> Scale:
+    """The entropy colour scale of an `entropy_matrix`: 0 … ln(largest key count of the run's maps)."""
+    keys = key_count_range(run, rank=rank)
+    return entropy_scale(z, keys[1] if keys else None, min_keys=keys[0] if keys else None)
 
 
 def entropy_matrix(run: LiveRun, *, rank: int = 0, max_steps: int = 500) -> tuple[list[str], list[int], np.ndarray]:

@@ -8,7 +8,7 @@ from inspector.views.downsample import DEFAULT_POINTS, downsample_series
 from inspector.views.live import LiveRun
 from inspector.views.series import grad_norm_name, scalar_series
 
-COMPARE_METRICS = {"loss": "loss", "grad_norm": "global grad norm", "step_ms": "step time (ms)",
+COMPARE_METRICS = {"loss": "loss", "grad_norm": "global grad norm (before clipping)", "step_ms": "step time (ms)",
                    "imbalance": "expert imbalance (max/mean, mean over layers)"}
 """What the compare page overlays, and how to label it."""
 

@@ -1,8 +1,11 @@
 """Bounding what a view hands a UI: long series downsampled keeping their extremes (spikes stay
 visible), heatmap columns binned, names in layer order.
 
-MinMaxLTTB from `tsdownsample` (Rust): min/max preselection, then largest-triangle-three-buckets;
-NaN-aware, so a non-finite loss is kept as a gap rather than dropped silently.
+MinMaxLTTB from `tsdownsample` (Rust): min/max preselection, then largest-triangle-three-buckets.
+Non-finite values are never dropped: every run of consecutive NaN/±Inf points keeps at least its
+first and last point (each, while there are at most `n_out` runs), so the UIs can mark them.
+Heatmaps carry a matrix of `nonfinite_codes` beside their values, binned so that a bin holding any
+non-finite cell stays marked.
 """
 from __future__ import annotations
 
@@ -41,8 +44,51 @@ def downsample_indices(x: np.ndarray, y: np.ndarray, n_out: int = DEFAULT_POINTS
         # The NaN-aware variant keeps NaNs; ±Inf would break the triangle areas, so keep them too.
         ys_nan = np.where(np.isinf(ys), np.nan, ys)
         idx = _NAN.downsample(xs, ys_nan, n_out=n_out)
-        idx = np.union1d(idx, np.flatnonzero(np.isinf(ys)))
+        idx = np.union1d(idx, nonfinite_run_ends(ys, n_out))
     return np.asarray(idx, dtype=np.int64)
+
+
+def nonfinite_run_ends(y: np.ndarray, limit: int = DEFAULT_POINTS) -> np.ndarray:
+    """Indices of the first and last point of each run of consecutive non-finite values of `y`
+    (runs of one point give one index), for at most `limit` runs (the first ones)."""
+    bad = ~np.isfinite(np.asarray(y, dtype=np.float64))
+    if not bad.any():
+        return np.empty(0, np.int64)
+    edges = np.diff(np.concatenate([[0], bad.astype(np.int8), [0]]))
+    starts = np.flatnonzero(edges == 1)[:limit]
+    ends = np.flatnonzero(edges == -1)[:limit] - 1
+    return np.union1d(starts, ends).astype(np.int64)
+
+
+NONFINITE_LABELS = {1: "NaN", 2: "+Inf", 3: "−Inf"}
+"""What a non-finite code means (0: finite or nothing recorded)."""
+
+
+def nonfinite_codes(values: np.ndarray, recorded: np.ndarray | None = None) -> np.ndarray:
+    """int8 codes of `values`: 1 NaN, 2 +Inf, 3 −Inf, 0 otherwise. A NaN counts only where
+    `recorded` is True (default: everywhere), so a cell with no record is not called NaN."""
+    v = np.asarray(values, dtype=np.float64)
+    codes = np.zeros(v.shape, dtype=np.int8)
+    nan = np.isnan(v) if recorded is None else np.isnan(v) & recorded
+    codes[nan] = 1
+    codes[np.isposinf(v)] = 2
+    codes[np.isneginf(v)] = 3
+    return codes
+
+
+def nonfinite_label(value: float) -> str:
+    """"NaN", "+Inf", "−Inf", or "" for a finite number."""
+    return NONFINITE_LABELS.get(int(nonfinite_codes(np.array([value]))[0]), "")
+
+
+def bin_codes(codes: np.ndarray, max_cols: int = MAX_HEAT_STEPS) -> np.ndarray:
+    """`nonfinite_codes` [rows, steps] binned like `bin_columns`: a bin takes the largest code in it,
+    so a bin holding any non-finite cell stays marked."""
+    n = codes.shape[1] if codes.ndim == 2 else 0
+    if n <= max_cols:
+        return codes
+    starts = np.linspace(0, n, max_cols + 1).astype(int)[:-1]
+    return np.maximum.reduceat(codes, starts, axis=1)
 
 
 def downsample_xy(x: np.ndarray, y: np.ndarray, n_out: int = DEFAULT_POINTS) -> tuple[np.ndarray, np.ndarray]:

@@ -1,7 +1,8 @@
 """Gradient statistics ready to plot: layer × step heatmaps, update/weight ratio lines, one group in detail.
 
 Heatmaps are bounded (at most `max_steps` columns, binned with the maximum so spikes stay visible);
-line series are downsampled to `max_points` with their extremes kept.
+line series are downsampled to `max_points` with their extremes kept. A step whose values are all
+NaN (a non-finite step) keeps its column, marked in `Heatmap.nonfinite`; no NaN/Inf is dropped.
 """
 from __future__ import annotations
 
@@ -10,8 +11,9 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from inspector.views.downsample import (DEFAULT_POINTS, MAX_HEAT_STEPS, bin_columns, downsample_indices,
-                                        downsample_series, natural_key)
+from inspector.views.downsample import (DEFAULT_POINTS, MAX_HEAT_STEPS, bin_codes, bin_columns,
+                                        downsample_indices, downsample_series, natural_key, nonfinite_codes,
+                                        nonfinite_run_ends)
 from inspector.views.live import LiveRun
 
 GRAD_STATS = ("norm", "mean", "var", "max_abs", "zero_frac", "update_ratio", "var_over_steps")
@@ -22,11 +24,14 @@ MAX_HEAT_ROWS = 200
 
 @dataclass
 class Heatmap:
-    """A matrix [rows, steps] with its row labels and step coordinates (NaN where nothing was recorded)."""
+    """A matrix [rows, steps] with its row labels and step coordinates (NaN where nothing was recorded
+    or the value is NaN); `nonfinite` holds `downsample.nonfinite_codes` of the recorded values
+    (1 NaN, 2 +Inf, 3 −Inf), None when all are finite."""
 
     rows: list[str]
     steps: np.ndarray
     z: np.ndarray
+    nonfinite: np.ndarray | None = None
 
     @property
     def empty(self) -> bool:
@@ -55,17 +60,34 @@ def grad_heatmap(run: LiveRun, stat: str = "norm", *, rank: int = 0, max_steps: 
         df = _rank_frame(run, rank)
         if df.empty:
             return Heatmap([], np.empty(0, np.int64), np.empty((0, 0)))
-        wide = df.pivot_table(index="name", columns="step", values=stat, aggfunc="last")
-        rows = sorted(wide.index.tolist(), key=natural_key)
-        wide = wide.loc[rows]
+        rows, steps, z, codes = wide_matrix(df, stat)
         if len(rows) > max_rows:
             keep = np.linspace(0, len(rows) - 1, max_rows).round().astype(int)
-            wide = wide.iloc[keep]
+            z, codes = z[keep], codes[keep]
             rows = [rows[i] for i in keep]
-        steps, z = bin_columns(wide.columns.to_numpy(np.int64), wide.to_numpy(np.float64), max_steps, "max")
-        return Heatmap(rows, steps, z)
+        binned_steps, z = bin_columns(steps, z, max_steps, "max")
+        codes = bin_codes(codes, max_steps)
+        return Heatmap(rows, binned_steps, z, codes if codes.any() else None)
 
     return run.cached(("grad_heatmap", stat, rank, max_steps, max_rows), ("grad_stats",), compute)
+
+
+def wide_matrix(df: pd.DataFrame, value: str) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
+    """(names in natural order, steps, values [names, steps], `nonfinite_codes` [names, steps]) from a
+    long frame with `name`, `step` and `value` columns; the last record of a (name, step) wins.
+
+    Unlike `pivot_table`, which drops a step whose values are all NaN, every recorded step stays.
+    """
+    last = df.drop_duplicates(["name", "step"], keep="last")
+    names = sorted({str(n) for n in last["name"]}, key=natural_key)
+    steps = np.unique(last["step"].to_numpy(np.int64))
+    row = pd.Index(names).get_indexer(last["name"].astype(str))
+    col = np.searchsorted(steps, last["step"].to_numpy(np.int64))
+    z = np.full((len(names), len(steps)), np.nan)
+    recorded = np.zeros(z.shape, dtype=bool)
+    z[row, col] = last[value].to_numpy(np.float64)
+    recorded[row, col] = True
+    return names, steps, z, nonfinite_codes(z, recorded)
 
 
 def grad_lines(run: LiveRun, stat: str = "update_ratio", *, rank: int = 0, groups: list[str] | None = None,
@@ -92,4 +114,7 @@ def group_detail(run: LiveRun, name: str, *, rank: int = 0, max_points: int = DE
         return pd.DataFrame(columns=["step", *GRAD_STATS])
     sel = df[df["name"] == name].drop_duplicates("step", keep="last").sort_values("step")
     idx = downsample_indices(sel["step"].to_numpy(), sel["norm"].to_numpy(np.float64), max_points)
+    if len(idx) < len(sel):  # a NaN/Inf in any statistic keeps its step
+        for col in GRAD_STATS:
+            idx = np.union1d(idx, nonfinite_run_ends(sel[col].to_numpy(np.float64), max_points))
     return sel.iloc[idx][["step", *GRAD_STATS]].reset_index(drop=True)

@@ -4,22 +4,32 @@
 step, rank and module), the first non-finite value's origin, expert balance per MoE layer, the
 slowest modules and the straggler ranks. The CLI prints it (`inspector summary RUN`); the UIs may
 show it too.
+
+Lasting faults are shown as states, not only as onsets: a collapsed head with the step its
+collapse began and whether it is still collapsed at its last sampled step (from the per-sample
+`collapsed` flag the attention probe records), and a starved expert only when its run of empty
+recorded steps is long enough for the experts probe to call it starved (one empty step, e.g. a
+short last batch, is not starvation).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
 
 from inspector.views.anomalies import anomaly_list
-from inspector.views.attention import collapsed_heads
 from inspector.views.experts import imbalance_series
 from inspector.views.live import LiveRun
 from inspector.views.ranks import rank_table
 from inspector.views.timing import slowest_modules
 
 NONFINITE_KINDS = ("nonfinite_activation", "nonfinite_loss", "nonfinite_grad")
+STARVED_STEPS = 50
+"""As `inspector.probes.experts.STARVED_STEPS` (views do not import probes; a test keeps them equal)."""
+STARVED_MIN_SAMPLES = 5
+"""As `inspector.probes.experts.STARVED_MIN_SAMPLES`."""
 
 
 @dataclass
@@ -46,7 +56,42 @@ class ExpertBalance:
     max_imbalance: float
     worst_step: int
     last_imbalance: float
-    starved_experts: list[int]          # experts with zero tokens in the last recorded step
+    starved_experts: list[int]          # experts starved at the last recorded step (see `starved_since`)
+    starved_since: dict[int, int] = field(default_factory=dict)  # expert -> first step of its empty stretch
+
+
+class _HeadOnset(NamedTuple):
+    layer: int
+    head: int
+    first_step: int
+
+
+class CollapsedHead(_HeadOnset):
+    """One attention head that was flagged collapsed. As a tuple it is (layer, head, first step),
+    as before; it also holds the start of its latest collapsed stretch (`since`), the last step it
+    was flagged and its last sampled step (with a finite entropy)."""
+
+    since: int
+    last_flagged: int
+    last_sampled: int
+
+    def __new__(cls, layer: int, head: int, first_step: int, *, since: int, last_flagged: int,
+                last_sampled: int) -> "CollapsedHead":
+        self = super().__new__(cls, layer, head, first_step)
+        self.since, self.last_flagged, self.last_sampled = since, last_flagged, last_sampled
+        return self
+
+    @property
+    def still_collapsed(self) -> bool:
+        """True when the head is flagged at its last sampled step."""
+        return self.last_flagged == self.last_sampled
+
+    def __getnewargs_ex__(self) -> tuple[tuple[int, int, int], dict[str, int]]:
+        return tuple(self), {"since": self.since, "last_flagged": self.last_flagged, "last_sampled": self.last_sampled}
+
+    def __repr__(self) -> str:
+        return (f"CollapsedHead(layer={self.layer}, head={self.head}, first_step={self.first_step}, "
+                f"since={self.since}, last_flagged={self.last_flagged}, last_sampled={self.last_sampled})")
 
 
 @dataclass
@@ -65,7 +110,7 @@ class RunSummary:
     experts: list[ExpertBalance] = field(default_factory=list)
     slowest: pd.DataFrame = field(default_factory=pd.DataFrame)
     stragglers: list[tuple[int, str, float, float]] = field(default_factory=list)  # rank, measure, ms, median ms
-    collapsed_heads: list[tuple[int, int, int]] = field(default_factory=list)
+    collapsed_heads: list[CollapsedHead] = field(default_factory=list)
 
 
 def _groups(df: pd.DataFrame) -> list[AnomalyGroup]:
@@ -80,6 +125,53 @@ def _groups(df: pd.DataFrame) -> list[AnomalyGroup]:
     return sorted(out, key=lambda g: (g.first_step, g.kind))
 
 
+def starved_mask(steps: np.ndarray, counts_SE: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(starved [S, E] bool, since [S, E] int64) per recorded step (`steps`, sorted) and expert: the
+    experts probe's rule, from the recorded counts alone: an expert is starved at a recorded step
+    when it got no token on every recorded step of a stretch that spans at least `STARVED_STEPS`
+    training steps and `STARVED_MIN_SAMPLES` recorded ones; `since` is the stretch's first step
+    (-1 where the expert got tokens). It stays starved until it gets a token again."""
+    steps = np.asarray(steps, dtype=np.int64)
+    zero_SE = np.asarray(counts_SE) == 0
+    if len(steps) == 0:
+        return zero_SE, np.full(zero_SE.shape, -1, dtype=np.int64)
+    idx_S1 = np.arange(len(steps))[:, None]
+    last_nonzero_SE = np.maximum.accumulate(np.where(zero_SE, -1, idx_S1), axis=0)
+    start_SE = last_nonzero_SE + 1                      # first recorded index of the current empty stretch
+    since_SE = np.where(zero_SE, steps[np.minimum(start_SE, len(steps) - 1)], -1)
+    seen_SE = idx_S1 - start_SE + 1
+    starved = zero_SE & (seen_SE >= STARVED_MIN_SAMPLES) & (steps[:, None] - since_SE + 1 >= STARVED_STEPS)
+    return starved, since_SE
+
+
+def starved_at_end(steps: np.ndarray, counts_SE: np.ndarray) -> dict[int, int]:
+    """{expert: first step of its empty stretch} for the experts starved at the last of `steps`."""
+    starved, since = starved_mask(steps, counts_SE)
+    if len(starved) == 0:
+        return {}
+    return {int(e): int(since[-1, e]) for e in np.flatnonzero(starved[-1])}
+
+
+def _collapsed_heads(run: LiveRun, rank: int = 0) -> list[CollapsedHead]:
+    """Every head ever flagged collapsed on `rank` (samples with a non-finite entropy left out)."""
+    df = run.frame("attention_stats")
+    if df.empty:
+        return []
+    df = df[(df["rank"] == rank) & np.isfinite(df["entropy"].astype(float))]
+    out = []
+    for (layer, head), rows in df.sort_values("step").groupby(["layer", "head"]):
+        flags = rows["collapsed"].fillna(False).astype(bool).to_numpy()
+        if not flags.any():
+            continue
+        steps = rows["step"].to_numpy(np.int64)
+        last = int(np.flatnonzero(flags)[-1])
+        healthy_before = np.flatnonzero(~flags[:last])
+        since = int(steps[healthy_before[-1] + 1]) if len(healthy_before) else int(steps[np.argmax(flags)])
+        out.append(CollapsedHead(layer=int(layer), head=int(head), first_step=int(steps[np.argmax(flags)]),
+                                 since=since, last_flagged=int(steps[last]), last_sampled=int(steps[-1])))
+    return out
+
+
 def _expert_balance(run: LiveRun) -> list[ExpertBalance]:
     loads = run.frame("expert_load")
     if loads.empty:
@@ -90,12 +182,16 @@ def _expert_balance(run: LiveRun) -> list[ExpertBalance]:
     for layer, rows in imb.groupby("layer"):
         worst = rows.loc[rows["imbalance"].idxmax()]
         layer_loads = loads[loads["layer"] == layer].sort_values("step")
-        last_counts = np.asarray(layer_loads["counts"].iloc[-1])
+        counts = [np.asarray(c if c is not None else [], dtype=np.int64) for c in layer_loads["counts"]]
+        counts_SE = np.zeros((len(counts), max(len(c) for c in counts)), dtype=np.int64)
+        for i, c in enumerate(counts):
+            counts_SE[i, :len(c)] = c
+        starved = starved_at_end(layer_loads["step"].to_numpy(np.int64), counts_SE)
         out.append(ExpertBalance(layer=int(layer), name=str(layer_loads["name"].iloc[-1]),
                                  mean_imbalance=float(rows["imbalance"].mean()),
                                  max_imbalance=float(worst["imbalance"]), worst_step=int(worst["step"]),
                                  last_imbalance=float(rows["imbalance"].iloc[-1]),
-                                 starved_experts=np.flatnonzero(last_counts == 0).tolist()))
+                                 starved_experts=sorted(starved), starved_since=starved))
     return out
 
 
@@ -127,4 +223,4 @@ def run_summary(run: LiveRun, *, top_modules: int = 8) -> RunSummary:
         loss_min=float(finite.min()) if len(finite) else None,
         anomalies=groups, first_nonfinite=first_nonfinite, experts=_expert_balance(run),
         slowest=slowest_modules(run, top=top_modules), stragglers=stragglers,
-        collapsed_heads=collapsed_heads(run))
+        collapsed_heads=_collapsed_heads(run))

@@ -1,4 +1,9 @@
-"""Where a step's time goes: forward / backward / optimizer / data / other, and the slowest modules."""
+"""Where a step's time goes: forward / backward / optimizer / data / other, and the slowest modules.
+
+Steps are training steps only: the timing probe records evaluation as its own row (`model`/`eval`,
+not a part of the step's total), so an eval between steps does not spike the step time. The
+breakdown carries it in a separate `eval` column, to be drawn apart from the stacked phases.
+"""
 from __future__ import annotations
 
 import numpy as np
@@ -8,9 +13,13 @@ from inspector.views.downsample import DEFAULT_POINTS, downsample_indices
 from inspector.views.live import LiveRun
 
 PHASES = ("forward", "backward", "optimizer", "data", "other")
-"""The parts a step splits into, in stacking order."""
+"""The parts a step splits into, in stacking order (they add up to `total`)."""
 
-_STEP_ROW = {"forward": "model", "backward": "model", "optimizer": "optimizer", "data": "data", "other": "step", "total": "step"}
+EVAL = "eval"
+"""The breakdown's column of evaluation ms filed with a step (not a part of its total)."""
+
+_STEP_ROW = {"forward": "model", "backward": "model", "optimizer": "optimizer", "data": "data", "other": "step",
+             "total": "step", EVAL: "model"}
 
 
 def phase_ms(run: LiveRun, phases: tuple[str, ...]) -> pd.DataFrame:
@@ -35,13 +44,14 @@ def recent_median(per_step: pd.DataFrame, window: int) -> dict[int, float]:
 
 
 def step_breakdown(run: LiveRun, *, rank: int = 0, max_points: int = DEFAULT_POINTS) -> pd.DataFrame:
-    """Per step: milliseconds of forward, backward, optimizer, data, other and total (≤ `max_points` rows).
+    """Per step: milliseconds of forward, backward, optimizer, data, other and total, and of eval
+    (0 on steps without one; not in total) (≤ `max_points` rows).
 
-    Downsampling is driven by the total, so slow steps stay in the picture.
+    Downsampling is driven by total + eval, so slow steps and eval steps stay in the picture.
     """
     def compute() -> pd.DataFrame:
         df = run.frame("timing")
-        cols = ["step", *PHASES, "total"]
+        cols = ["step", *PHASES, "total", EVAL]
         if df.empty:
             return pd.DataFrame(columns=cols)
         df = df[df["rank"] == rank]
@@ -52,10 +62,10 @@ def step_breakdown(run: LiveRun, *, rank: int = 0, max_points: int = DEFAULT_POI
         out = pd.DataFrame(wide).sort_index()
         if out.empty:
             return pd.DataFrame(columns=cols)
-        out = out.reindex(columns=[*PHASES, "total"]).fillna(0.0)
+        out = out.reindex(columns=[*PHASES, "total", EVAL]).fillna(0.0)
         out.index.name = "step"
         out = out.reset_index()
-        idx = downsample_indices(out["step"].to_numpy(), out["total"].to_numpy(), max_points)
+        idx = downsample_indices(out["step"].to_numpy(), (out["total"] + out[EVAL]).to_numpy(), max_points)
         return out.iloc[idx].reset_index(drop=True)
 
     return run.cached(("step_breakdown", rank, max_points), ("timing",), compute)

@@ -19,7 +19,9 @@ class InspectorCallback(WatchOptions, TrainerCallback):
 
     `run_dir` defaults to `<output_dir>/inspector`. Steps follow the optimizer (one record step per
     optimizer step, like `state.global_step`). Use `logging_steps=1` to give the anomaly probe a
-    loss at every step (spike detection).
+    loss at every step (spike detection). Evaluation needs no marking: the Trainer evaluates with
+    `model.eval()` under `torch.no_grad()`, which the timing probe records as the "eval" phase
+    (`TrainerCallback` has no hook before an evaluation to mark it with `Watch.phase`).
     """
 
     def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, optimizer: Any = None,

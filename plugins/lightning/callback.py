@@ -1,6 +1,7 @@
 """`InspectorCallback`: records a `lightning.Trainer` run with `inspector.watch`."""
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -13,7 +14,11 @@ from plugins.watch_options import WatchOptions
 
 class InspectorCallback(WatchOptions, lightning.Callback):
     """Attach the Inspector at fit start (first optimizer), record the training loss and logged
-    metrics after each batch, close at fit end. `run_dir` defaults to `<log_dir>/inspector`."""
+    metrics after each batch, close at fit end. `run_dir` defaults to `<log_dir>/inspector`.
+    Validation loops (the sanity check too) are marked as the "eval" phase (`Watch.phase`), so
+    their time is recorded apart from the training steps'."""
+
+    _eval: contextlib.ExitStack | None = None
 
     def on_fit_start(self, trainer: "lightning.Trainer", pl_module: "lightning.LightningModule") -> None:
         """Start recording the module; steps advance with its (first) optimizer."""
@@ -39,6 +44,19 @@ class InspectorCallback(WatchOptions, lightning.Callback):
         if scalars:
             self.watch.step(**scalars)
 
+    def on_validation_start(self, trainer: "lightning.Trainer", pl_module: "lightning.LightningModule") -> None:
+        """A validation loop starts: its time is eval, not the next training step's."""
+        if self.watch is not None and self._eval is None:
+            self._eval = contextlib.ExitStack()
+            self._eval.enter_context(self.watch.phase("eval"))
+
+    def on_validation_end(self, trainer: "lightning.Trainer", pl_module: "lightning.LightningModule") -> None:
+        """The validation loop ended."""
+        if self._eval is not None:
+            self._eval.close()
+            self._eval = None
+
     def on_fit_end(self, trainer: "lightning.Trainer", pl_module: "lightning.LightningModule") -> None:
         """Remove every hook and close the run."""
+        self.on_validation_end(trainer, pl_module)
         self.close_watch()

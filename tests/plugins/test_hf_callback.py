@@ -36,9 +36,11 @@ def test_trainer_run_is_recorded(tmp_path: Path) -> None:
     model = LlamaForCausalLM(cfg)
     args = TrainingArguments(output_dir=str(tmp_path / "out"), max_steps=12, per_device_train_batch_size=8,
                              logging_steps=1, report_to=[], save_strategy="no", use_cpu=True,
-                             dataloader_num_workers=0, disable_tqdm=True)
+                             dataloader_num_workers=0, disable_tqdm=True, eval_strategy="steps", eval_steps=5,
+                             per_device_eval_batch_size=8)
     callback = InspectorCallback(every={"attention": 5, "gradients": 5})
-    trainer = Trainer(model=model, args=args, train_dataset=_Tokens(), callbacks=[callback])
+    trainer = Trainer(model=model, args=args, train_dataset=_Tokens(), eval_dataset=_Tokens(32),
+                      callbacks=[callback])
     trainer.train()
 
     run = inspector.open_run(tmp_path / "out" / "inspector")
@@ -50,5 +52,9 @@ def test_trainer_run_is_recorded(tmp_path: Path) -> None:
     assert run.blob_steps() == [0, 5, 10]                                  # attention captured under sdpa
     assert run.attention_map(step=5, layer=1).shape[0] == 4
     assert sorted(run.to_pandas("grad_stats")["step"].unique()) == [0, 5, 10]
+    # the Trainer's evaluations (after optimizer steps 5 and 10) are the eval phase of the steps after
+    timing = run.to_pandas("timing")
+    assert sorted(timing[timing["phase"] == "eval"]["step"]) == [5, 10]
+    assert {4, 9} <= set(run.to_pandas("scalar", names=["eval/loss"])["step"])
     assert model.config._attn_implementation == "sdpa"                    # closed: hooks and wrapper gone
     assert callback.watch is None

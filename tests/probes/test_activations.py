@@ -72,7 +72,7 @@ def test_plain_mlp_histograms_and_stats_match_numpy(tmp_path: Path) -> None:
     w = inspector.watch(model, tmp_path / "run", probes=["activations"], optimizer=opt, every={"activations": 2})
     gen = torch.Generator().manual_seed(0)
     for s in range(5):
-        x = torch.randn(64, 8, generator=gen) * (1.0 if s == 0 else 3.0)  # later steps leave the warm-up range
+        x = torch.randn(64, 8, generator=gen) * (1.0 if s == 0 else 3.0)  # later steps outgrow the first range
         opt.zero_grad()
         model(x).pow(2).mean().backward()
         opt.step()
@@ -84,9 +84,12 @@ def test_plain_mlp_histograms_and_stats_match_numpy(tmp_path: Path) -> None:
     for name in names:
         x0 = captured[0][name]
         width = x0.max() - x0.min()
-        rows = hist[hist["name"] == f"activations/{name}"]
-        assert rows["lo"].to_numpy() == pytest.approx([x0.min() - 0.1 * width] * 3, rel=1e-5)  # fixed from warm-up
-        assert rows["hi"].to_numpy() == pytest.approx([x0.max() + 0.1 * width] * 3, rel=1e-5)
+        row0 = hist[(hist["name"] == f"activations/{name}") & (hist["step"] == 0)].iloc[0]
+        assert row0["lo"] == pytest.approx(x0.min() - 0.1 * width, rel=1e-5)  # the first range: min/max + 10 %
+        assert row0["hi"] == pytest.approx(x0.max() + 0.1 * width, rel=1e-5)
+        for s in (2, 4):  # the range follows the wider inputs: it holds every value of its own step
+            row = hist[(hist["name"] == f"activations/{name}") & (hist["step"] == s)].iloc[0]
+            assert row["lo"] <= captured[s][name].min() and captured[s][name].max() <= row["hi"]
     for s in (0, 2, 4):
         h = hist[hist["step"] == s].set_index("name")
         st = stats[stats["step"] == s].set_index("name")
@@ -95,7 +98,9 @@ def test_plain_mlp_histograms_and_stats_match_numpy(tmp_path: Path) -> None:
             _assert_histogram(x, h.loc[f"activations/{name}"])
             bounded = np.mean(np.abs(x) >= 0.99) if name == "3" else None
             _assert_stats(x, st.loc[name], saturated=bounded)
-    assert (hist[hist["step"] > 0]["overflow"] > 0).any()  # the wider inputs overflow the fixed range
+    assert (hist["underflow"] == 0).all() and (hist["overflow"] == 0).all()
+    his = hist.pivot(index="name", columns="step", values="hi")
+    assert (his[4] > his[0]).any()  # re-ranged as the values grew
     assert stats.set_index(["step", "name"]).loc[(4, "3"), "saturated_frac"] > 0.05
 
 
@@ -149,8 +154,11 @@ def test_dead_relu_is_reported_as_a_dead_layer(tmp_path: Path) -> None:
     relu = stats[stats["name"] == "1"]
     assert relu["step"].tolist() == [0, 2, 4, 6] and (relu["dead_frac"] == 1.0).all()
     assert (stats[stats["name"] == "0"]["dead_frac"] == 0.0).all()  # negative, but not zero
-    dead = anomalies[anomalies["kind"] == "dead_layer"]
-    assert dead["module"].tolist() == ["1"] and dead["step"].tolist() == [4]  # the third sampled step
+    dead = anomalies[anomalies["kind"] == "dead_layer"].sort_values("step")
+    # dead from its first sample: flagged once the second confirms it, with step 0 as the onset, then
+    # recorded on every sampled step it stays dead
+    assert dead["module"].tolist() == ["1"] * 4 and dead["step"].tolist() == [0, 2, 4, 6]
+    assert "from step 0 on" in dead["message"].iloc[0] and "still dead" in dead["message"].iloc[-1]
 
 
 def test_engine_blocks_and_their_children_are_recorded(tmp_path: Path) -> None:

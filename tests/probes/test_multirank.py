@@ -1,7 +1,10 @@
 """A real 2-process torchrun (gloo) run of the engine records both ranks with every probe."""
 from __future__ import annotations
 
+import multiprocessing as mp
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 import torch
@@ -96,3 +99,72 @@ def test_detect_does_not_import_torch(python: str) -> None:
             "assert 'torch' not in sys.modules, 'torch imported'; assert (d.rank, d.world_size) == (2, 3)")
     res = subprocess.run([python, "-c", code], capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stderr
+
+
+# --- stragglers on a real 4-rank torchrun, quiet and on a busy machine -------------------------------
+
+STEPS = 24
+SLOW_RANK = 2
+LOAD = 4
+"""Busy-loop processes competing with the 4 ranks for the machine (2 cores here: 8 runnable processes)."""
+
+
+def _spin() -> None:
+    while True:
+        pass
+
+
+@contextmanager
+def busy_loops(n: int) -> Iterator[None]:
+    """`n` processes spinning on the CPU for the duration (the competing load)."""
+    procs = [mp.get_context("spawn").Process(target=_spin, daemon=True) for _ in range(n)]
+    for p in procs:
+        p.start()
+    try:
+        yield
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            p.join()
+
+
+def _demo(out: Path, slow_rank: int | None) -> Path:
+    slow = ["--slow-rank", str(slow_rank)] if slow_rank is not None else []
+    res = inspector_cli("demo", "--config", "debug", "--steps", str(STEPS), "--ranks", "4", *slow, "--batch-size", "4",
+                        "--seq-len", "64", "--out", str(out), "--no-progress", "--no-dash", timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return out
+
+
+@pytest.fixture(scope="module")
+def straggler_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Healthy quiet; healthy and rank-2-slowed (the demo's 50 ms) under `LOAD` busy loops."""
+    root = tmp_path_factory.mktemp("stragglers")
+    runs = {"quiet-healthy": _demo(root / "quiet-healthy", None)}
+    with busy_loops(LOAD):
+        runs["busy-healthy"] = _demo(root / "busy-healthy", None)
+        runs["busy-slow"] = _demo(root / "busy-slow", SLOW_RANK)
+    return runs
+
+
+@pytest.mark.multiproc
+@pytest.mark.parametrize("name", ["quiet-healthy", "busy-healthy"])
+def test_healthy_four_ranks_have_no_straggler(straggler_runs, name: str) -> None:
+    from inspector.views.live import open_live
+    from inspector.views.ranks import rank_table
+
+    table = rank_table(open_live(straggler_runs[name]))
+    assert table["rank"].tolist() == [0, 1, 2, 3]
+    assert not table["straggler"].any(), table[["rank", "compute_ms", "straggler_reason"]].to_string()
+
+
+@pytest.mark.multiproc
+def test_slowed_rank_is_the_only_straggler_on_a_busy_machine(straggler_runs) -> None:
+    from inspector.views.live import open_live
+    from inspector.views.ranks import rank_table
+
+    table = rank_table(open_live(straggler_runs["busy-slow"])).set_index("rank")
+    assert table["straggler"].tolist() == [r == SLOW_RANK for r in range(4)]
+    reason = table.loc[SLOW_RANK, "straggler_reason"]
+    assert reason.startswith("forward+data+optimizer") and "mostly data" in reason

@@ -1,5 +1,6 @@
-"""Activations: one module's histogram over time (bins × step), its histogram at the selected step, and
-the dead-unit fraction of every module over time."""
+"""Activations: one module's histogram over time (bins × step) with the share of each step's values it
+holds (in range, below, above, NaN/Inf) drawn under it, its histogram at the selected step (own bins),
+and the dead-unit fraction of every module over time with the layers flagged dead."""
 from __future__ import annotations
 
 import numpy as np
@@ -9,65 +10,123 @@ from dash import Input, Output, dcc, html
 from inspector.dash_app.components import graph, panel
 from inspector.dash_app.context import AppContext, selected_step
 from inspector.dash_app.figures import TEMPLATE, empty_figure, heatmap_figure, line_figure
-from inspector.views.activations import activation_modules, activation_stat_lines, histogram_over_time
-from inspector.views.steps import nearest_at_or_before
+from inspector.views.activations import (
+    HistogramOverTime, activation_modules, activation_stat_lines, dead_layers, histogram_at, histogram_over_time,
+)
 
 PATH = "/activations"
 TITLE = "Activations"
 NO_HIST = "no activation histograms recorded in this run (activations probe off?)"
+SHARES = (("in range", "inside", "#2563eb"), ("below range", "below", "#d97706"),
+          ("above range", "above", "#7c3aed"), ("NaN/Inf", "nonfinite", "#dc2626"))
+"""The share rows of `HistogramOverTime`: legend name, attribute, colour."""
 
 
 def layout() -> html.Div:
-    """Module picker, histogram over time, histogram at the step, dead fraction lines."""
+    """Module picker, histogram over time with its in-range share, histogram at the step, dead fractions."""
     return html.Div(className="page", children=[
         panel(html.Div(className="controls", children=[
             html.Span("module"), dcc.Dropdown(id="act-module", options=[], value=None, clearable=False)]),
-            graph("act-hist", 380), wide=True),
+            graph("act-hist", 380), graph("act-range", 200), wide=True),
         panel(graph("act-step", 300)), panel(graph("act-dead", 300)),
     ])
 
 
+def _share(value: float) -> str:
+    return "n/a" if not np.isfinite(value) else f"{value:.1%}" if value < 0.999 or value == 1 else f"{value:.2%}"
+
+
+def _held(h: HistogramOverTime, col: int) -> str:
+    """What the histogram at column `col` holds and leaves out, in words."""
+    words = f"{_share(h.inside[col])} of values in range"
+    left = [f"{name} {_share(getattr(h, attr)[col])}" for name, attr, _ in SHARES[1:] if getattr(h, attr)[col] > 0]
+    return words + (" (" + ", ".join(left) + ")" if left else "")
+
+
 def hist_figure(run, module: str | None) -> go.Figure:
-    """Fraction of outputs per bin (rows) and step (columns), log colour."""
+    """Fraction of outputs per bin (rows) and step (columns), log colour; hover and title give the
+    in-range share of each step."""
     if not module:
         return empty_figure(NO_HIST, height=380)
     h = histogram_over_time(run, module)
     if h.empty:
         return empty_figure(f"no histogram for {module}", height=380)
-    fig = heatmap_figure(h.z, x=h.steps, y=np.round(h.centers, 4), title=f"{module}: output histogram over steps",
-                         ytitle="value", ztitle="fraction", log=True, height=380,
-                         hover="value %{y}<br>step %{x}<br>fraction %{z:.4g}")
+    last = len(h.steps) - 1
+    fig = heatmap_figure(h.z, x=h.steps, y=np.round(h.centers, 4),
+                         title=f"{module}: output histogram over steps; step {h.steps[last]:,}: {_held(h, last)}",
+                         ytitle="value", ztitle="fraction", log=True, height=380)
+    bins = h.z.shape[0]
+    per_step = np.stack([h.inside, h.below + h.above, h.nonfinite])       # [3, steps]
+    custom = np.dstack([h.z, *(np.broadcast_to(r, (bins, len(r))) for r in per_step)])
+    fig.update_traces(customdata=custom, hovertemplate=(
+        "value %{y}<br>step %{x}<br>fraction %{customdata[0]:.4g}<br>in range at this step %{customdata[1]:.2%}"
+        "<br>outside the range %{customdata[2]:.2%}, NaN/Inf %{customdata[3]:.2%}<extra></extra>"))
     fig.update_yaxes(autorange=True)
     return fig
 
 
+def range_figure(run, module: str | None) -> go.Figure:
+    """Per step: the share of the module's values inside its histogram's range, below, above, NaN/Inf."""
+    h = histogram_over_time(run, module) if module else None
+    if h is None or h.empty:
+        return empty_figure("no histogram: no in-range share to show", height=200)
+    fig = go.Figure(layout=dict(template=TEMPLATE, height=200, margin=dict(t=36),
+                                title="share of the step's values the histogram holds",
+                                xaxis=dict(title="step"),
+                                yaxis=dict(title="share", tickformat=".0%", rangemode="tozero")))
+    for name, attr, colour in SHARES:
+        y = getattr(h, attr)
+        if attr != "inside" and not np.nanmax(y, initial=0.0) > 0:
+            continue  # nothing left out that way: no line to read
+        fig.add_trace(go.Scatter(x=h.steps, y=y, name=name, mode="lines+markers", marker=dict(size=4, color=colour),
+                                 line=dict(width=1.5, color=colour),
+                                 hovertemplate=f"{name}<br>step %{{x}}<br>%{{y:.2%}}<extra></extra>"))
+    return fig
+
+
 def step_hist_figure(run, module: str | None, step: int) -> go.Figure:
-    """The module's histogram at the recorded step nearest before the selected one."""
+    """The module's histogram, with its own recorded bins, at the recorded step nearest before the selected one."""
     if not module:
         return empty_figure(NO_HIST, height=300)
-    h = histogram_over_time(run, module, max_steps=1 << 30)
-    if h.empty:
+    h = histogram_at(run, module, step)
+    if h is None:
         return empty_figure(f"no histogram for {module}", height=300)
-    at = nearest_at_or_before(h.steps.tolist(), step)
-    col = int(np.searchsorted(h.steps, at))
-    fig = go.Figure(go.Bar(x=h.centers, y=h.z[:, col], marker_color="#2563eb",
-                           width=float(h.edges[1] - h.edges[0]), hovertemplate="value %{x:.3g}<br>%{y:.3%}<extra></extra>"),
-                    layout=dict(template=TEMPLATE, height=300, title=f"{module} at step {at:,}",
+    total = max(h.total, 1)
+    outside = (("below", h.below), ("above", h.above), ("NaN/Inf", h.nonfinite))
+    left = [f"{name} {_share(n / total)}" for name, n in outside if n > 0]
+    title = f"{module} at step {h.step:,}: {_share(h.inside)} in range" + (" · " + ", ".join(left) if left else "")
+    if not np.isfinite(h.edges).all():
+        return empty_figure(f"{title}: no finite value to draw", height=300)
+    fig = go.Figure(go.Bar(x=(h.edges[:-1] + h.edges[1:]) / 2, y=h.counts / total, marker_color="#2563eb",
+                           width=float(h.edges[1] - h.edges[0]),
+                           hovertemplate="value %{x:.4g}<br>%{y:.3%} of the step's values<extra></extra>"),
+                    layout=dict(template=TEMPLATE, height=300, title=title,
                                 xaxis=dict(title="value"), yaxis=dict(title="fraction", tickformat=".1%"), bargap=0))
     return fig
 
 
+def dead_figure(run) -> go.Figure:
+    """Dead-unit fraction per module; the title names the modules flagged dead at their last sample."""
+    dead = dead_layers(run)
+    title = "dead-unit fraction per module"
+    if dead:
+        title += "; dead now: " + ", ".join(f"{m} (since step {s:,})" for m, s in dead.items())
+    return line_figure(activation_stat_lines(run, "dead_frac"), title=title, ytitle="fraction", height=300,
+                       empty="no activation statistics recorded")
+
+
 def register(app, context: AppContext) -> None:
-    """Histogram and dead fraction follow the run; the per-step histogram also follows the step control."""
-    @app.callback(Output("act-hist", "figure"), Output("act-dead", "figure"), Output("act-module", "options"),
-                  Output("act-module", "value"), Input("run-state", "data"), Input("act-module", "value"))
-    @context.with_run(lambda msg: (empty_figure(msg, height=380), empty_figure(msg, height=300), [], None))
+    """Histogram, shares and dead fraction follow the run; the per-step histogram also follows the step control."""
+    @app.callback(Output("act-hist", "figure"), Output("act-range", "figure"), Output("act-dead", "figure"),
+                  Output("act-module", "options"), Output("act-module", "value"),
+                  Input("run-state", "data"), Input("act-module", "value"))
+    @context.with_run(lambda msg: (empty_figure(msg, height=380), empty_figure(msg, height=200),
+                                   empty_figure(msg, height=300), [], None))
     def draw(run, module):
         modules = activation_modules(run)
         value = module if module in modules else (modules[0] if modules else None)
-        dead = line_figure(activation_stat_lines(run, "dead_frac"), title="dead-unit fraction per module",
-                           ytitle="fraction", height=300, empty="no activation statistics recorded")
-        return hist_figure(run, value), dead, [{"label": m, "value": m} for m in modules], value
+        return (hist_figure(run, value), range_figure(run, value), dead_figure(run),
+                [{"label": m, "value": m} for m in modules], value)
 
     @app.callback(Output("act-step", "figure"), Input("run-state", "data"), Input("act-module", "value"),
                   Input("step", "data"))

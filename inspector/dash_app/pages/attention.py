@@ -4,13 +4,15 @@ from __future__ import annotations
 import numpy as np
 import plotly.graph_objects as go
 from dash import Input, Output, html
+from plotly.colors import sample_colorscale
 
 from inspector.dash_app.components import graph, panel
 from inspector.dash_app.context import AppContext, selected_step
 from inspector.dash_app.figures import HEAT, TEMPLATE, empty_figure, heatmap_figure
 from inspector.views.attention import (attention_grid, attention_matrix, attention_steps, collapsed_heads,
-                                       entropy_matrix, head_stats)
+                                       entropy_matrix, entropy_matrix_scale, head_stats)
 from inspector.views.downsample import bin_columns
+from inspector.views.scales import Scale, weight_scale
 from inspector.views.steps import nearest_at_or_before
 
 PATH = "/attention"
@@ -19,6 +21,20 @@ GAP = 2
 MAX_KEYS = 512
 MAX_GRID_CELLS = 200_000
 NO_ATTENTION = "no attention maps recorded in this run (attention probe off, or no attention layers found)"
+PALETTES = {"low": ("YlOrRd", True), "high": ("YlOrRd", False), "both": ("RdBu", True), "none": (HEAT, False)}
+"""Plotly palette per `Scale.alarm`, and whether it runs backwards: the alarming end is dark red
+(low entropy is collapse), a diverging scale is blue (starved) … white (centre) … red (hot)."""
+
+
+def colourscale(scale: Scale, stops: int = 17) -> list[list]:
+    """A Plotly colourscale over `scale.lo … scale.hi` (as zmin/zmax) that puts each colour where
+    `scale.position` says: a √ ramp, or a diverging ramp whose middle colour sits on its centre."""
+    name, backwards = PALETTES[scale.alarm]
+    ramp = np.linspace(0.0, 1.0, stops)
+    values = (scale.value_at(ramp) - scale.lo) / (scale.hi - scale.lo)
+    colours = sample_colorscale(name, list(1.0 - ramp if backwards else ramp))
+    values[0], values[-1] = 0.0, 1.0
+    return [[float(v), c] for v, c in zip(values, colours)]
 
 
 def layout() -> html.Div:
@@ -59,10 +75,12 @@ def grid_figure(run, step: int) -> go.Figure:
     for (layer, head), m in grid.items():
         r, c = layers.index(layer) * cell, heads.index(head) * cell
         z[r:r + m.shape[0], c:c + m.shape[1]] = m
-    fig = go.Figure(go.Heatmap(z=z, colorscale=HEAT, zmin=0, hoverongaps=False, showscale=False,
-                               hovertemplate="weight %{z:.3f}<extra>click for this head</extra>"),
+    scale = weight_scale(z)
+    fig = go.Figure(go.Heatmap(z=z, colorscale=colourscale(scale), zmin=scale.lo, zmax=scale.hi, hoverongaps=False,
+                               showscale=False, hovertemplate="weight %{z:.3f}<extra>click for this head</extra>"),
                     layout=dict(template=TEMPLATE, height=460,
-                                title=f"attention at step {at:,} (layer × head; click a head)",
+                                title=dict(text=f"attention at step {at:,} (layer × head; click a head)",
+                                           subtitle=dict(text=scale.label, font=dict(size=11))),
                                 meta={"layers": layers, "heads": heads, "cell": cell, "step": at,
                                       "selected": step, "cells": len(grid)},
                                 xaxis=dict(tickvals=[heads.index(h) * cell + (cell - GAP) / 2 for h in heads],
@@ -96,7 +114,9 @@ def pick_head(run, step: int, click: dict | None) -> tuple[int, int] | None:
 
 
 def big_figure(run, step: int, click: dict | None) -> go.Figure:
-    """One head's map at full resolution (keys binned by max above 512), with token labels if recorded."""
+    """One head's map at full resolution (keys binned by max above 512), with token labels if recorded;
+    coloured on 0 … 1 with a √ ramp, so the same weight has the same colour on every head and a uniform
+    row is one flat colour (never stretched into a peak)."""
     chosen = pick_head(run, step, click)
     if chosen is None:
         return empty_figure(NO_ATTENTION, height=460)
@@ -114,8 +134,10 @@ def big_figure(run, step: int, click: dict | None) -> go.Figure:
     text = None
     if probs.size <= 20000:
         text = [[f"{q} → {k}" for k in xt] for q in yt]
-    fig = go.Figure(go.Heatmap(z=probs, x=keys, y=m.row_ids, colorscale=HEAT, zmin=0, text=text,
-                               colorbar=dict(thickness=12, title=dict(text="weight", side="right")),
+    scale = weight_scale(m.probs)
+    fig = go.Figure(go.Heatmap(z=probs, x=keys, y=m.row_ids, colorscale=colourscale(scale), zmin=scale.lo,
+                               zmax=scale.hi, text=text,
+                               colorbar=dict(thickness=12, title=dict(text=scale.label, side="right")),
                                hovertemplate=("%{text}<br>" if text else "query %{y} · key %{x}<br>")
                                + "weight %{z:.4f}<extra></extra>"),
                     layout=dict(template=TEMPLATE, height=460, meta={"layer": layer, "head": head, "step": m.step,
@@ -132,18 +154,22 @@ def big_figure(run, step: int, click: dict | None) -> go.Figure:
 
 
 def entropy_figure(run) -> go.Figure:
-    """Per-head mean entropy over steps; heads ever flagged as collapsed marked ⚠ and with an ✕ where it began."""
+    """Per-head mean entropy over steps on 0 … ln(keys), low (collapse) in dark red; heads ever flagged
+    as collapsed marked ⚠ and with an ✕ where it began. The title states the data's true range."""
     labels, steps, z = entropy_matrix(run)
     if not labels:
         return empty_figure("no attention statistics recorded in this run", height=340)
+    scale = entropy_matrix_scale(run, z)
     flagged = {f"L{l}·H{h}": s for l, h, s in collapsed_heads(run)}
     shown = [f"⚠ {lab}" if lab in flagged else lab for lab in labels]
     height = max(340, min(900, 14 * len(labels) + 120))
-    fig = heatmap_figure(z, x=steps, y=shown, title="attention entropy per head (nats); ⚠ = collapsed",
-                         ztitle="entropy", height=height, hover="%{y}<br>step %{x}<br>entropy %{z:.3f}")
+    fig = heatmap_figure(z, x=steps, y=shown, title=f"attention entropy per head; ⚠ = collapsed · {scale.label}",
+                         ztitle=scale.short, height=height, colorscale=colourscale(scale), zmin=scale.lo,
+                         zmax=scale.hi, hover=f"%{{y}}<br>step %{{x}}<br>entropy %{{z:.4f}} of max {scale.hi:.3f}")
     if flagged:
         fig.add_trace(go.Scatter(x=list(flagged.values()), y=[f"⚠ {k}" for k in flagged], mode="markers",
-                                 name="collapsed from", marker=dict(symbol="x", size=11, color="#dc2626"),
+                                 name="collapsed from", marker=dict(symbol="x", size=11, color="#2563eb",
+                                                                         line=dict(color="white", width=1)),
                                  hovertemplate="%{y} collapsed from step %{x}<extra></extra>"))
     return fig
 

@@ -5,8 +5,9 @@ from dash import Input, Output, dcc, html
 
 from inspector.dash_app.components import graph, panel
 from inspector.dash_app.context import AppContext, guarded
-from inspector.dash_app.figures import empty_figure, line_figure
+from inspector.dash_app.figures import COLORWAY, add_threshold, empty_figure, line_figure
 from inspector.views.compare import COMPARE_METRICS, compare_series
+from inspector.views.series import clip_threshold
 
 PATH = "/compare"
 TITLE = "Compare"
@@ -64,6 +65,13 @@ def register(app, context: AppContext) -> None:
         figs = []
         for metric, label in COMPARE_METRICS.items():
             series = {name: compare_series(run, metric) for name, run in runs.items()}
-            figs.append(line_figure(series, title=label, height=300,
-                                    empty="not recorded in the chosen runs" + (f" ({notes[0]})" if notes else "")))
+            fig = line_figure(series, title=label, height=300,
+                              empty="not recorded in the chosen runs" + (f" ({notes[0]})" if notes else ""))
+            if metric == "grad_norm":  # before clipping; each run's clip threshold, inferred, dashed
+                drawn = [name for name, df in series.items() if df is not None and len(df)]
+                for i, name in enumerate(drawn):
+                    limit = clip_threshold(runs[name])
+                    add_threshold(fig, limit, f"{name}: clip ≈ {limit:.3g} (inferred)" if limit is not None else "",
+                                  color=COLORWAY[i % len(COLORWAY)])
+            figs.append(fig)
         return tuple(figs)

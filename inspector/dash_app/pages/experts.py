@@ -12,6 +12,7 @@ from inspector.dash_app.figures import empty_figure, heatmap_figure, line_figure
 from inspector.views.downsample import downsample_indices
 from inspector.views.experts import (expert_bias, expert_counts, expert_share_over_time, expert_steps,
                                      imbalance_series)
+from inspector.views.scales import count_scale, load_ratio, share_scale
 from inspector.views.steps import nearest_at_or_before
 
 PATH = "/experts"
@@ -35,14 +36,20 @@ def _height(rows: int) -> int:
 
 
 def counts_figure(run, step: int):
-    """Tokens per expert (columns) per MoE layer (rows) at the nearest recorded step ≤ `step`."""
+    """Tokens per expert (columns) per MoE layer (rows) at the nearest recorded step ≤ `step`, coloured
+    from 0 (a normal expert never looks starved); the hover gives each load relative to balanced."""
     layers, counts = expert_counts(run, step=step)
     if not layers:
         return empty_figure(NO_EXPERTS, height=340)
     at = nearest_at_or_before(expert_steps(run), step)
-    return heatmap_figure(counts, x=np.arange(counts.shape[1]), y=[f"L{l}" for l in layers],
-                          title=f"tokens per expert at step {at:,}", xtitle="expert", ztitle="tokens",
-                          height=_height(len(layers)), hover="%{y} · expert %{x}<br>%{z:,} tokens")
+    scale = count_scale(counts)
+    fig = heatmap_figure(counts, x=np.arange(counts.shape[1]), y=[f"L{l}" for l in layers],
+                         title=f"tokens per expert at step {at:,}", xtitle="expert",
+                         ztitle=scale.short, height=_height(len(layers)), zmin=scale.lo, zmax=scale.hi)
+    fig.update_layout(title_subtitle=dict(text=scale.label, font=dict(size=11)))
+    return fig.update_traces(customdata=load_ratio(counts),
+                             hovertemplate="%{y} · expert %{x}<br>%{z:,} tokens · %{customdata:.2f}× balanced"
+                                           "<extra></extra>")
 
 
 def bias_figure(run, step: int):
@@ -72,16 +79,18 @@ def imbalance_figure(run):
 
 
 def share_figure(run, layer):
-    """Share of one layer's tokens per expert over steps."""
+    """Share of one layer's tokens per expert over steps, coloured on 0 … 1 (balanced share stated)."""
     if layer is None:
         return empty_figure(NO_EXPERTS, height=340)
     steps, share = expert_share_over_time(run, layer=int(layer))
     if share.size == 0:
         return empty_figure(f"no expert load for layer {layer}", height=340)
+    scale = share_scale(share, share.shape[0])
     return heatmap_figure(share, x=steps, y=[f"E{e}" for e in range(share.shape[0])],
-                          title=f"layer {layer}: share of tokens per expert over steps", ztitle="share",
-                          height=max(340, min(800, 12 * share.shape[0] + 140)),
-                          hover="%{y}<br>step %{x}<br>%{z:.1%}")
+                          title=f"layer {layer}: share of tokens per expert over steps · {scale.label}",
+                          ztitle=scale.short, height=max(340, min(800, 12 * share.shape[0] + 140)),
+                          zmin=scale.lo, zmax=scale.hi,
+                          hover=f"%{{y}}<br>step %{{x}}<br>%{{z:.1%}} (balanced {1 / share.shape[0]:.1%})")
 
 
 def register(app, context: AppContext) -> None:

@@ -1,13 +1,14 @@
 """Gradients: norm and variance as group × step heatmaps, update/weight ratio lines, one group in detail."""
 from __future__ import annotations
 
+import numpy as np
 import plotly.graph_objects as go
 from dash import Input, Output, dcc, html
 from plotly.subplots import make_subplots
 
 from inspector.dash_app.components import graph, panel
 from inspector.dash_app.context import AppContext
-from inspector.dash_app.figures import TEMPLATE, empty_figure, heatmap_figure, line_figure
+from inspector.dash_app.figures import TEMPLATE, add_nonfinite_markers, empty_figure, heatmap_figure, line_figure
 from inspector.views.gradients import grad_groups, grad_heatmap, grad_lines, group_detail
 
 PATH = "/gradients"
@@ -37,7 +38,7 @@ def heat(run, stat: str, title: str):
     hm = grad_heatmap(run, stat)
     if hm.empty:
         return empty_figure(NO_GRADS, height=360)
-    return heatmap_figure(hm.z, x=hm.steps, y=hm.rows, title=title, ztitle=stat, log=True,
+    return heatmap_figure(hm.z, x=hm.steps, y=hm.rows, title=title, ztitle=stat, log=True, nonfinite=hm.nonfinite,
                           height=_height(len(hm.rows)), hover="%{y}<br>step %{x}<br>" + stat + " %{z:.4g}")
 
 
@@ -51,9 +52,12 @@ def detail_figure(run, name: str | None) -> go.Figure:
     fig = make_subplots(rows=2, cols=2, subplot_titles=[t for _, t in DETAIL], vertical_spacing=0.16,
                         horizontal_spacing=0.08)
     for i, (col, label) in enumerate(DETAIL):
-        fig.add_trace(go.Scatter(x=df["step"], y=df[col], mode="lines", name=label, showlegend=False,
-                                 hovertemplate=f"step %{{x}}<br>{label} %{{y:.4g}}<extra></extra>"),
+        y = df[col].to_numpy(np.float64)
+        fig.add_trace(go.Scatter(x=df["step"], y=np.where(np.isfinite(y), y, np.nan), mode="lines", name=label,
+                                 showlegend=False, hovertemplate=f"step %{{x}}<br>{label} %{{y:.4g}}<extra></extra>"),
                       row=i // 2 + 1, col=i % 2 + 1)
+        add_nonfinite_markers(fig, {label: (df["step"].to_numpy(), y)}, log_y=col == "update_ratio",
+                              row=i // 2 + 1, col=i % 2 + 1)
     fig.update_yaxes(type="log", row=2, col=2)         # ratios span decades; a constant one stays readable
     fig.update_layout(template=TEMPLATE, height=420, title=f"{name}", margin=dict(t=60))
     return fig

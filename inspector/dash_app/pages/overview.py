@@ -8,11 +8,10 @@ from dash import Input, Output, html
 
 from inspector.dash_app.components import graph, message, panel
 from inspector.dash_app.context import AppContext
-from inspector.dash_app.figures import PHASE_COLORS, TEMPLATE, empty_figure, line_figure
+from inspector.dash_app.figures import PHASE_COLORS, TEMPLATE, add_threshold, empty_figure, line_figure
 from inspector.views.anomalies import anomaly_list
-from inspector.views.series import grad_norm_name
 from inspector.views.overview import eval_loss_name
-from inspector.views.series import scalar_names, scalar_series
+from inspector.views.series import clip_threshold, grad_norm_series, scalar_names, scalar_series
 from inspector.views.timing import PHASES, step_breakdown
 
 PATH = "/"
@@ -44,7 +43,9 @@ def loss_figure(run) -> go.Figure:
     anomalies = anomaly_list(run, limit=500)
     if len(loss) and len(anomalies):
         steps = anomalies["step"].to_numpy(np.float64)
-        y = np.interp(steps, loss["step"].to_numpy(np.float64), loss["value"].to_numpy(np.float64))
+        value = loss["value"].to_numpy(np.float64)
+        ok = np.isfinite(value)  # an anomaly at a NaN-loss step sits between its finite neighbours
+        y = np.interp(steps, loss["step"].to_numpy(np.float64)[ok], value[ok]) if ok.any() else np.zeros(len(steps))
         text = [f"step {s}: {k} {m}".strip() for s, k, m in zip(anomalies["step"], anomalies["kind"],
                                                                  anomalies["message"])]
         fig.add_trace(go.Scatter(x=steps, y=y, mode="markers", name="anomaly", text=text,
@@ -96,7 +97,12 @@ def register(app, context: AppContext) -> None:
         names = scalar_names(run)
         lr = line_figure({"lr": scalar_series(run, "lr", rank=0)} if "lr" in names else {},
                          title="learning rate", empty="no learning rate recorded")
-        gname = grad_norm_name(run)
-        gnorm = line_figure({"grad norm": scalar_series(run, gname, rank=0)} if gname else {},
-                            title="global grad norm", empty="no gradient norm recorded")
-        return loss_figure(run), lr, gnorm, time_figure(run), anomaly_table(run)
+        return loss_figure(run), lr, grad_norm_figure(run), time_figure(run), anomaly_table(run)
+
+
+def grad_norm_figure(run) -> go.Figure:
+    """The global gradient norm before clipping, the norm applied after it, and the clip threshold
+    (inferred from the applied norm on clipped steps)."""
+    fig = line_figure(grad_norm_series(run, rank=0), title="global grad norm", empty="no gradient norm recorded")
+    limit = clip_threshold(run, rank=0)
+    return add_threshold(fig, limit, f"clip threshold ≈ {limit:.3g} (inferred)" if limit is not None else "")

@@ -1,25 +1,59 @@
-"""Attention screen: one layer/head map in half blocks, a per-head entropy table with collapsed heads."""
+"""Attention screen: one layer/head map in half blocks (weights on 0 … 1), a layer × head entropy grid
+(0 … ln keys, dark red = low) and a per-head entropy table with collapsed heads."""
 from __future__ import annotations
 
 import numpy as np
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
+import pandas as pd
 from textual.containers import Horizontal, Vertical
 from textual.widgets import DataTable, Static
 
 from inspector.tui.screens.base import InspectorScreen
 from inspector.tui.state import AttentionData, Snapshot
 from inspector.tui.widgets.heatmap import HeatMap
-from inspector.tui.widgets.ramp import hex_colour, ramp_rgb
+from inspector.tui.widgets.ramp import hex_colour, ramp_rgb, stops_for
+from inspector.views.attention import head_entropy_scale
+from inspector.views.scales import Scale, weight_scale
 
 
-def legend(top: float, width: int = 16) -> Text:
-    """The colour ramp from 0 to `top` (square-root scale)."""
-    text = Text("0 ")
-    for rgb in ramp_rgb(np.linspace(0, 1, width)):
+def legend(scale: Scale, width: int = 16) -> Text:
+    """The colour ramp from `scale.lo` to `scale.hi`, then what it spans and what the data spans."""
+    text = Text(f"{scale.lo:.3g} ")
+    for rgb in ramp_rgb(np.linspace(0, 1, width), stops_for(scale.alarm)):
         text.append("█", style=hex_colour(rgb))
-    text.append(f" {top:.3g}  (√ scale)")
+    text.append(f" {scale.hi:.3g}  {scale.label}")
+    return text
+
+
+def cell_colour(scale: Scale, value: float) -> str:
+    """The '#rrggbb' colour of `value` on `scale`."""
+    return hex_colour(ramp_rgb(scale.position(value), stops_for(scale.alarm)))
+
+
+def entropy_grid(stats: pd.DataFrame, scale: Scale, width: int = 44) -> Text:
+    """Layer rows × head columns of colour cells (✖ = collapsed), under the scale's legend."""
+    text = legend(scale, 12)
+    if stats.empty:
+        return text
+    heads = sorted(int(h) for h in stats["head"].unique())
+    cell = 2 if 4 + 2 * len(heads) <= width else 1
+    by_key = {(int(r.layer), int(r.head)): r for r in stats.itertuples()}
+    if cell == 2:
+        text.append("\nH   " + "".join(f"{h % 100:<2}" for h in heads), style="dim")
+    for layer in sorted(int(l) for l in stats["layer"].unique()):
+        text.append(f"\nL{layer:<3}", style="dim")
+        for head in heads:
+            row = by_key.get((layer, head))
+            if row is None:
+                text.append(" " * cell)
+                continue
+            if not np.isfinite(row.entropy):
+                text.append("?".ljust(cell), style="dim")
+                continue
+            mark = ("✖" if bool(row.collapsed) else " ").ljust(cell)
+            text.append(mark, style=f"bold white on {cell_colour(scale, float(row.entropy))}")
     return text
 
 
@@ -51,6 +85,7 @@ class AttentionScreen(InspectorScreen):
                 yield Static("", id="map-legend")
             with Vertical(id="heads-pane"):
                 yield Static("per-head entropy (✖ collapsed)", classes="title")
+                yield Static("", id="entropy-grid")
                 yield DataTable(id="head-stats", cursor_type="row", zebra_stripes=True)
 
     def on_mount(self) -> None:
@@ -63,6 +98,8 @@ class AttentionScreen(InspectorScreen):
         """Map, legend and table; a one-line message when nothing was recorded."""
         heat = self.query_one(HeatMap)
         table = self.query_one("#head-stats", DataTable)
+        self.query_one("#entropy-grid", Static).update(
+            entropy_grid(payload.stats, head_entropy_scale(payload.stats)) if len(payload.stats) else "")
         table.clear()
         for _, row in payload.stats.iterrows():
             collapsed = bool(row["collapsed"])
@@ -80,9 +117,10 @@ class AttentionScreen(InspectorScreen):
             if not payload.steps:
                 return "no attention maps recorded in this run"
             return f"no map for layer {payload.layer} head {payload.head} at step {payload.step}"
-        heat.set_matrix(payload.matrix)
+        scale = weight_scale(payload.matrix)
+        heat.set_matrix(payload.matrix, scale)
         title.update(map_title(payload, *payload.matrix.shape))
-        key.update(legend(float(payload.matrix.max())))
+        key.update(legend(scale))
         return None
 
     def _payload(self) -> AttentionData | None:

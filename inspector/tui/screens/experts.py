@@ -1,4 +1,5 @@
-"""Experts screen: per-layer bars of tokens per expert, with each layer's imbalance."""
+"""Experts screen: per-layer bars of tokens per expert (from 0), coloured by load relative to the
+balanced mean (blue starved … white 1× … red hot), with each layer's imbalance."""
 from __future__ import annotations
 
 import numpy as np
@@ -11,6 +12,8 @@ from textual.widgets import Static
 from inspector.tui.screens.base import InspectorScreen
 from inspector.tui.state import ExpertsData, Snapshot
 from inspector.tui.widgets.bars import column_bars
+from inspector.tui.widgets.ramp import DIVERGING, hex_colour, ramp_rgb
+from inspector.views.scales import Scale, load_ratio, load_scale
 
 BAR_HEIGHT = 4
 
@@ -27,6 +30,30 @@ def _with_gaps(counts: np.ndarray, width: int) -> np.ndarray:
     out = np.zeros((len(counts), width))
     out[:, : width - 1] = counts[:, None]
     return out.reshape(-1)
+
+
+def load_legend(scale: Scale) -> Text:
+    """'colour: ██ 0 starved ██ 1× balanced ██ 2× hot · load 0.74–1.55× balanced (…)'."""
+    text = Text("colour: ")
+    for ratio, name in ((scale.lo, "0 starved"), (scale.centre, "1× balanced"), (scale.hi, f"{scale.hi:.3g}× hot")):
+        text.append("██", style=hex_colour(ramp_rgb(scale.position(ratio), DIVERGING)))
+        text.append(f" {name}  ")
+    text.append(f"· {scale.label}", style="dim")
+    return text
+
+
+def coloured_bars(counts: np.ndarray, width: int, top: float, scale: Scale) -> Text:
+    """`column_bars` of one layer's counts (from 0 to `top`), each expert's columns coloured by its
+    load relative to the layer's balanced mean."""
+    wide = _with_gaps(counts, width)
+    bars = column_bars(wide, BAR_HEIGHT, top=top)
+    colours = [hex_colour(ramp_rgb(p, DIVERGING)) for p in scale.position(load_ratio(counts))]
+    line = len(wide) + 1
+    for i in range(BAR_HEIGHT):
+        for e, colour in enumerate(colours):
+            start = i * line + e * width
+            bars.stylize(colour, start, start + width)
+    return bars
 
 
 class ExpertsScreen(InspectorScreen):
@@ -54,10 +81,14 @@ class ExpertsScreen(InspectorScreen):
         n_exp = payload.counts.shape[1]
         width = max(1, min(6, (self.size.width - 12) // max(n_exp, 1)))
         imb = {int(r["layer"]): r for _, r in payload.imbalance.iterrows()}
+        top = float(payload.counts.max())
+        scale = load_scale(load_ratio(payload.counts))
         title.update(Text.assemble((f"step {payload.step:,}", "bold"),
                                    f" (record {payload.steps.index(payload.step) + 1}/{len(payload.steps)}) · "
-                                   f"{len(payload.layers)} MoE layers × {n_exp} experts · tokens per expert"))
-        out = Text()
+                                   f"{len(payload.layers)} MoE layers × {n_exp} experts · tokens per expert, "
+                                   f"bars from 0 to {top:,.0f}"))
+        out = load_legend(scale)
+        out.append("\n\n")
         for layer, counts in zip(payload.layers, payload.counts):
             row = imb.get(layer)
             out.append(f"layer {layer}", style="bold")
@@ -67,8 +98,7 @@ class ExpertsScreen(InspectorScreen):
                            f"  aux loss {row['aux_loss']:.3g}", style="dim")
             total = int(counts.sum())
             out.append(f"  max {int(counts.max()):,} · min {int(counts.min()):,} · {total:,} tokens\n")
-            wide = _with_gaps(counts, width)
-            out.append_text(column_bars(wide, BAR_HEIGHT, top=float(payload.counts.max())))
+            out.append_text(coloured_bars(counts, width, top, scale))
             out.append("\n")
             ruler = "".join(str(e % 10).center(width - 1).ljust(width) if width > 2 else str(e % 10).center(width) if width > 1 or e % 5 == 0 else " " for e in range(n_exp))
             out.append(ruler + "\n\n", style="dim")

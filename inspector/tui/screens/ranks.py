@@ -49,14 +49,17 @@ class RanksScreen(InspectorScreen):
         summary.clear()
         for label, row in payload.summary.iterrows():
             summary.add_row(*cells({"rank": str(label), **row.to_dict()}))
-        stragglers = table.loc[table["straggler"].astype(bool), "rank"].astype(int).tolist()
+        flagged = table[table["straggler"].astype(bool)]
+        stragglers = flagged["rank"].astype(int).tolist()
         arrow = "↓" if self.descending else "↑"
+        where = "newest steps" if payload.at is None else f"steps up to {payload.at:,}"
         self.query_one("#ranks-title", Static).update(
-            f"{len(table)} ranks · sorted by {LABELS[self.sort_key]} {arrow} · "
+            f"{len(table)} ranks · {where} · sorted by {LABELS[self.sort_key]} {arrow} · "
             f"{len(stragglers)} straggler{'s' if len(stragglers) != 1 else ''}"
             + (f": rank {', '.join(map(str, stragglers))}" if stragglers else ""))
         if stragglers:
-            return f"⚠ straggler: rank {', '.join(map(str, stragglers))} (step or compute time > 1.25 × median of ranks)"
+            reasons = "; ".join(f"rank {int(r.rank)}: {r.straggler_reason}" for r in flagged.head(3).itertuples())
+            return f"⚠ straggler: rank {', '.join(map(str, stragglers))} — {reasons}"
         return None
 
     def action_sort(self) -> None:

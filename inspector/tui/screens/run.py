@@ -1,4 +1,10 @@
-"""Run screen: loss, grad norm and learning-rate sparklines, the step-time share bar, the anomaly feed."""
+"""Run screen: loss, grad norm and learning-rate sparklines, the step-time share bar, the anomaly feed.
+
+A NaN/±Inf value never vanishes from a sparkline: it is drawn as a full-height bar at its step (the
+chart's top edge, the sparkline's max colour) and its label says, in red, "✕ NaN at step 90". The
+grad norm is the pre-clip one; its label names the clip threshold when the payload carries one
+(inferred from the clipped steps, `views.series.clip_threshold`).
+"""
 from __future__ import annotations
 
 import math
@@ -13,7 +19,7 @@ from inspector.schema.run_meta import printable
 from inspector.tui.screens.base import InspectorScreen
 from inspector.tui.state import RUN_SERIES, RunData, Snapshot
 from inspector.tui.widgets.bars import share_bar
-from inspector.tui.widgets.format import num
+from inspector.tui.widgets.format import nonfinite_note, num, spark_values
 
 CHART_IDS = {title: title.replace(" ", "-") for title in RUN_SERIES}
 MAX_PROBLEM_LINES = 3
@@ -58,13 +64,19 @@ class RunScreen(InspectorScreen):
                 label.append("not recorded", style="dim")
                 spark.data = []
             else:
-                values = df["value"].to_numpy()
+                values = df["value"].to_numpy(dtype=float)
                 finite = values[[math.isfinite(v) for v in values]]
-                spark.data = [float(v) for v in finite] or [0.0]
+                spark.data = spark_values(values)
                 at = payload.at_cursor.get(title, float("nan"))
-                label.append(f"{num(at, '{:.4g}')} @ step {snap.cursor_step:,}\n")
+                label.append(f"{num(at, '{:.4g}', nonfinite=True)} @ step {snap.cursor_step:,}\n")
                 if finite.size:
                     label.append(f"min {finite.min():.4g} · max {finite.max():.4g}", style="dim")
+                note = nonfinite_note(df["step"].to_numpy(), values)
+                if note:
+                    label.append(f"\n{note}", style="bold red")
+                limit = getattr(payload, "clip_threshold", None) if title == "grad norm" else None
+                if limit is not None:
+                    label.append(f"\nbefore clipping · clip ≈ {limit:.3g} (inferred)", style="dim")
             self.query_one(f"#label-{cid}", Static).update(label)
         shares = self.query_one("#shares", Static)
         if payload.shares:

@@ -10,7 +10,8 @@ from textual.geometry import Size
 from textual.strip import Strip
 from textual.widget import Widget
 
-from inspector.tui.widgets.ramp import hex_colour, ramp_rgb
+from inspector.tui.widgets.ramp import hex_colour, ramp_rgb, stops_for
+from inspector.views.scales import Scale
 
 
 def fit_matrix(m: np.ndarray, max_rows: int, max_cols: int) -> np.ndarray:
@@ -41,15 +42,23 @@ class _quiet:
         self._w.__exit__(*exc)
 
 
-def half_block_strips(m: np.ndarray, *, gamma: float = 0.5) -> list[Strip]:
-    """One Strip per pair of matrix rows: '▀' with the upper row as foreground, the lower as background."""
+def half_block_strips(m: np.ndarray, *, gamma: float = 0.5, scale: Scale | None = None) -> list[Strip]:
+    """One Strip per pair of matrix rows: '▀' with the upper row as foreground, the lower as background.
+
+    With a `scale`, colours are anchored to it (`scale.position`, its ramp); without one, 0 … the
+    matrix's maximum with `gamma`.
+    """
     if m.size == 0:
         return []
-    top = float(np.nanmax(m)) if np.isfinite(m).any() else 0.0
-    norm = (np.clip(m, 0, None) / top) ** gamma if top > 0 else np.zeros_like(m)
+    if scale is not None:
+        norm, stops = scale.position(m), stops_for(scale.alarm)
+    else:
+        top = float(np.nanmax(m)) if np.isfinite(m).any() else 0.0
+        norm = (np.clip(m, 0, None) / top) ** gamma if top > 0 else np.zeros_like(m)
+        stops = stops_for("none")
     if norm.shape[0] % 2:
         norm = np.vstack([norm, np.full((1, norm.shape[1]), np.nan)])
-    rgb = ramp_rgb(norm)
+    rgb = ramp_rgb(norm, stops)
     strips: list[Strip] = []
     for y in range(0, norm.shape[0], 2):
         segs = []
@@ -64,13 +73,15 @@ def half_block_strips(m: np.ndarray, *, gamma: float = 0.5) -> list[Strip]:
 
 
 class HeatMap(Widget):
-    """A heatmap of a non-negative matrix, redrawn to fit the widget's size (square half-block pixels)."""
+    """A heatmap of a non-negative matrix, redrawn to fit the widget's size (square half-block pixels),
+    coloured on a `Scale` when one is given."""
 
     DEFAULT_CSS = "HeatMap { height: 1fr; width: 1fr; }"
 
     def __init__(self, *, id: str | None = None, classes: str | None = None) -> None:
         super().__init__(id=id, classes=classes)
         self._matrix: np.ndarray | None = None
+        self._scale: Scale | None = None
         self._strips: list[Strip] = []
         self._built_for: Size | None = None
 
@@ -79,9 +90,15 @@ class HeatMap(Widget):
         """The matrix shown (None when empty)."""
         return self._matrix
 
-    def set_matrix(self, matrix: np.ndarray | None) -> None:
-        """Show `matrix` (None clears the map)."""
+    @property
+    def scale(self) -> Scale | None:
+        """The colour scale of the map (None: 0 … the matrix's maximum)."""
+        return self._scale
+
+    def set_matrix(self, matrix: np.ndarray | None, scale: Scale | None = None) -> None:
+        """Show `matrix` coloured on `scale` (None clears the map)."""
         self._matrix = None if matrix is None else np.asarray(matrix)
+        self._scale = scale
         self._built_for = None
         self.refresh()
 
@@ -93,7 +110,7 @@ class HeatMap(Widget):
         if self._matrix is None or self._matrix.size == 0:
             self._strips = []
             return
-        self._strips = half_block_strips(fit_matrix(self._matrix, size.height * 2, size.width))
+        self._strips = half_block_strips(fit_matrix(self._matrix, size.height * 2, size.width), scale=self._scale)
 
     def render_line(self, y: int) -> Strip:
         """Line `y` of the map (blank below it)."""
