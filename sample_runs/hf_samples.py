@@ -124,7 +124,7 @@ class Undo:
 
 
 LLAMA_FAULTS = {
-    "drift": {"from_step": 40, "module": "model.layers.1.mlp", "growth": 1.08},
+    "drift": {"from_step": 40, "module": "model.layers.1.mlp", "growth": 1.2},
     "inf_logits": {"step": 80, "layer": 0, "head": 1, "scale": 1e20},
 }
 

@@ -42,7 +42,7 @@ EVERY = {"attention": 10, "activations": 10, "gradients": 10, "experts": 5}
 
 FAULTS = {
     "lr_spike": {"step": 60, "factor": 40.0},
-    "exploding_grad": {"step": 40, "parameter": "layers.1.attn.wq.weight", "factor": 1000.0},
+    "exploding_grad": {"step": 40, "parameter": "layers.0.ffn.w2.weight", "factor": 1000.0},
     "nan": {"step": 90, "module": "layers.0.ffn"},
     "starved_expert": {"from_step": 20, "module": "layers.1.ffn.router", "expert": 5},
     "collapsed_head": {"from_step": 50, "module": "layers.1.attn.qk_capture", "layer": 1, "head": 2, "scale": 40.0},

@@ -13,8 +13,10 @@ value of every sample lies inside its recorded range) and `activation_stats` row
 module; `nonfinite` counts the NaN/inf elements the histogram leaves out). On other steps the
 hook returns at once. Dead layers (`dead_layer.DeadLayerTracker`: most of the units alive in the
 module's healthy baseline output 0 for the whole batch, on 2 sampled steps in a row) are reported
-as `dead_layer` at their onset step, and again on every sampled step while they stay dead; they
-are judged from the host copies once these have landed, so the training thread never waits.
+as `dead_layer` at their onset step, and again on every sampled step while they stay dead; an
+output whose peak magnitude leaves its healthy range (`activation_drift.DriftTracker`) is reported
+once as `activation_drift`. Both are judged from the host copies once these have landed, so the
+training thread never waits.
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ import torch
 from torch import nn
 
 from inspector.probes.base import Probe, ProbeContext
+from inspector.probes.activation_drift import DriftTracker
 from inspector.probes.dead_layer import DeadLayerTracker, DeadVerdict
 from inspector.probes.hist_math import (
     COUNTS,
@@ -83,6 +86,7 @@ class ActivationsProbe(Probe):
         self._armed = False
         self._pending = PendingCopies()  # (step, module order) -> stacked rows
         self._dead = DeadLayerTracker()
+        self._drift = DriftTracker()
         self._broken: set[int] = set()
         self._failed = False
 
@@ -149,14 +153,23 @@ class ActivationsProbe(Probe):
 
     def _drain(self, wait: bool = False) -> None:
         for (step, order), rows in self._pending.drain(wait):
-            for i, frac in zip(order, rows[:, DEAD].tolist()):
+            for i, frac, lo, hi in zip(order, rows[:, DEAD].tolist(), rows[:, MIN].tolist(), rows[:, MAX].tolist()):
                 self._check_dead(step, i, frac)
+                self._check_drift(step, i, lo, hi)
 
     def _check_dead(self, step: int, i: int, frac: float) -> None:
         name = self._names[i]
         verdict = self._dead.update(name, step, frac)
         for at in verdict.steps:
             self.ctx.report("dead_layer", _dead_message(name, at, frac, verdict), module=name, value=frac, step=at)
+
+    def _check_drift(self, step: int, i: int, lo: float, hi: float) -> None:
+        name = self._names[i]
+        median = self._drift.update(name, lo, hi)
+        if median is not None:
+            peak = max(abs(lo), abs(hi))
+            self.ctx.report("activation_drift", f"{name}: output peak {peak:.4g} at step {step} is {peak / median:.0f}x "
+                                                f"its healthy median {median:.4g}", module=name, value=peak, step=step)
 
     def _fail(self, exc: Exception) -> None:
         if not self._failed:

@@ -60,6 +60,7 @@ from torch import nn
 
 from inspector.probes.backward_end import BackwardEnd
 from inspector.probes.base import Probe, ProbeContext
+from inspector.probes.baseline import HealthyBaseline
 from inspector.probes.closure import wrap_closure
 from inspector.probes.grad_math import (
     STATS,
@@ -70,7 +71,6 @@ from inspector.probes.grad_math import (
     group_stats,
     norms,
 )
-from inspector.probes.healthy_baseline import HealthyBaseline
 from inspector.probes.host import HostSlice, PendingCopies, to_host
 from inspector.probes.registry import register_probe
 
@@ -270,17 +270,20 @@ class GradientsProbe(Probe):
         if bad.size:
             self._vanishing = 0
             pname = self._names[present[int(bad[-1])]]
-            module = pname.rpartition(".")[0] or pname
             self.ctx.report("nonfinite_grad", f"non-finite gradient at step {step} in {pname} (first in backward "
                                               f"order; {bad.size} tensor(s) affected)",
-                            module=module, severity="error", value=total, step=step)
+                            module=_owner(pname), severity="error", value=total, step=step)
             return
         self._evaluated += 1
         z, median = self._baseline.score(total)  # (0, NaN) until 20 healthy norms were seen
         if z > EXPLODE_Z and total > EXPLODE_RATIO * median:
+            top = int(np.argmax(norms))
+            pname = self._names[present[top]]
+            share = float(norms[top] ** 2 / total ** 2) if total > 0 else float("nan")
             self.ctx.report("exploding_grad", f"gradient norm {total:.4g} (before clipping) at step {step} is "
-                                              f"{total / median:.0f}x the healthy median (robust z = {z:.0f})",
-                            value=total, step=step)
+                                              f"{total / median:.0f}x the healthy median (robust z = {z:.0f}); "
+                                              f"largest: {pname} ({share:.0%} of the squared norm)",
+                            module=_owner(pname), value=total, step=step)
         else:
             self._baseline.add(total)
         if self._evaluated > WARMUP_STEPS and total < VANISH_NORM:
@@ -290,3 +293,8 @@ class GradientsProbe(Probe):
                                                   f"in a row (step {step}: {total:.3g})", value=total, step=step)
         else:
             self._vanishing = 0
+
+
+def _owner(pname: str) -> str:
+    """The module that owns parameter `pname` ("layers.0.ffn.w2.weight" -> "layers.0.ffn.w2")."""
+    return pname.rpartition(".")[0] or pname

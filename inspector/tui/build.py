@@ -13,10 +13,12 @@ SERIES_POINTS = 240
 
 
 def build_ranks(run: LiveRun, req: Request) -> RanksData:
-    """Rank table, its min/median/max summary and the step-time histories."""
-    table = ranks.rank_table(run)
+    """Rank table, its min/median/max summary and the step-time histories, over the window ending at
+    the request's cursor (the newest steps while following)."""
+    table = ranks.rank_table(run, at=req.cursor)
     summary = ranks.rank_summary(table) if not table.empty else pd.DataFrame()
-    return RanksData(table=table, summary=summary, history=ranks.step_time_histories(run, last=60))
+    return RanksData(table=table, summary=summary, history=ranks.step_time_histories(run, last=60, at=req.cursor),
+                     at=req.cursor)
 
 
 def _value_at(df: pd.DataFrame, step: int) -> float:
@@ -44,7 +46,8 @@ def build_run(run: LiveRun, req: Request, cursor: int) -> RunData:
         data[title] = series.downsample_series(upto["step"].to_numpy(), upto["value"].to_numpy(), SERIES_POINTS)
         at[title] = _value_at(full, cursor)
     return RunData(series=data, series_names=picked, shares=timing.phase_shares(run, rank=req.rank),
-                   anomalies=anomalies.anomaly_list(run, limit=200), at_cursor=at)
+                   anomalies=anomalies.anomaly_list(run, limit=200), at_cursor=at,
+                   clip_threshold=series.clip_threshold(run, rank=req.rank))
 
 
 def _pick(options: list[int], wanted: int | None) -> int | None:

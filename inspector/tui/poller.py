@@ -10,35 +10,18 @@ import time
 from pathlib import Path
 from typing import Callable
 
-import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from inspector.store.errors import RunError
 from inspector.tui.build import builder
-from inspector.tui.state import RanksData, Request, Snapshot
-from inspector.views import ranks
+from inspector.tui.state import Request, Snapshot
 from inspector.views.live import LiveRun, RunNotReady, open_live
 from inspector.views.overview import run_header
 
 
 SELF_SCALARS = "inspector/"
 """Prefix of the scalars the Recorder writes about itself (queue depth, bytes written, drops)."""
-
-
-def build_ranks_at(run: LiveRun, at: int | None) -> RanksData:
-    """Ranks screen payload over the window ending at step `at` (None: the newest step)."""
-    table = ranks.rank_table(run, at=at)
-    summary = ranks.rank_summary(table) if not table.empty else pd.DataFrame()
-    return RanksData(table=table, summary=summary, history=ranks.step_time_histories(run, last=60, at=at), at=at)
-
-
-def build_payload(run: LiveRun, req: Request, cursor: int) -> object:
-    """The payload of `req.screen` at `cursor`. The Ranks screen's is built here, over the window ending
-    at the request's cursor (None while following), as build.py's `build_ranks` ignores the cursor."""
-    if req.screen == "ranks":
-        return build_ranks_at(run, req.cursor)
-    return builder(req.screen)(run, req, cursor)
 
 
 class Poller:
@@ -134,7 +117,7 @@ class Poller:
         self._dirty = False
         self._last_build = self.clock()
         try:
-            snap.payload = build_payload(run, req, snap.cursor_step)
+            snap.payload = builder(req.screen)(run, req, snap.cursor_step)
         except Exception as exc:
             snap.problem = f"cannot draw {req.screen}: {type(exc).__name__}: {exc}"
         return snap

@@ -52,6 +52,7 @@ class RunData:
     shares: dict[str, float]
     anomalies: pd.DataFrame
     at_cursor: dict[str, float]
+    clip_threshold: float | None = None
 
 
 @dataclass

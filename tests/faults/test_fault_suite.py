@@ -24,14 +24,7 @@ def test_the_suite_plants_ten_faults_half_of_them_in_hugging_face_models() -> No
     assert all(not expected_findings(LiveRun(SAMPLES / name)) for name in HEALTHY)
 
 
-KNOWN_MISSES = {
-    "faults": "exploding_grad does not fire at the planted step 40 (one weight's gradient x1000 under clipping)",
-    "hf-llama-faults": "no activation_drift detector yet",
-}
-
-
-@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.xfail(reason=KNOWN_MISSES[n], strict=True))
-                                  if n in KNOWN_MISSES else n for n in FAULTY])
+@pytest.mark.parametrize("name", FAULTY)
 def test_every_planted_fault_is_named(name: str) -> None:
     missed = [f"{f.fault}: {f.detail}" for f in check_run(SAMPLES / name) if not f.found]
     assert missed == []
@@ -42,8 +35,7 @@ def test_healthy_runs_raise_no_alarm(name: str) -> None:
     assert alarms(SAMPLES / name) == []
 
 
-@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.xfail(reason=KNOWN_MISSES[n], strict=True))
-                                  if n in KNOWN_MISSES else n for n in FAULTY if n != "straggler-4rank"])
+@pytest.mark.parametrize("name", [n for n in FAULTY if n != "straggler-4rank"])
 def test_summary_text_names_kind_step_and_place(name: str) -> None:
     text = inspector_cli("summary", str(SAMPLES / name), "--width", "240").stdout
     for e in expected_findings(LiveRun(SAMPLES / name)):

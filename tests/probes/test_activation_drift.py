@@ -13,6 +13,7 @@ import inspector
 from tests.activation_runs import (
     DRIFT_FROM, DRIFT_MODULE, NAN_MODULE, NAN_STEP, PLANTED_NONFINITE, STEPS, DriftRun, write_drift_run,
 )
+from tests.watched_training import train_watched
 
 BINS = 64
 
@@ -142,23 +143,11 @@ def test_healthy_engine_run_has_no_dead_layer(tmp_path: Path) -> None:
     from engine.training.config import TrainConfig
     from engine.training.trainer import Trainer
 
-    class Forward:
-        def __init__(self, watch):
-            self.watch = watch
-
-        def on_step_end(self, trainer, step, metrics):
-            self.watch.step(**metrics)
-
     trainer = Trainer(get_config("debug"), TrainConfig(steps=60, batch_size=4, seq_len=32, eval_every=0,
                                                        warmup_steps=5, seed=0, device="cpu", num_threads=1))
     w = inspector.watch(trainer.model, tmp_path / "run", optimizer=trainer.optimizer, probes=["activations"],
                         every={"activations": 5})
-    trainer.callbacks.append(Forward(w))
-    try:
-        trainer.run()
-    finally:
-        w.close()
-        trainer.close()
+    train_watched(trainer, w)
     r = inspector.open_run(tmp_path / "run")
     stats, anomalies = r.to_pandas("activation_stats"), r.to_pandas("anomaly")
     assert sorted(stats["step"].unique()) == list(range(0, 60, 5))

@@ -21,12 +21,12 @@ import inspector
 from engine.config import get_config
 from engine.model import Transformer
 from engine.training import TrainConfig, Trainer
-from inspector.demo import RecordingCallback
 from inspector.probes import experts as experts_probe
 from inspector.probes.attention_collapse import ENTROPY_RATIO, CollapseTracker
 from inspector.views import summary as summary_view
 from inspector.views.live import LiveRun
 from inspector.views.summary import run_summary
+from tests.watched_training import train_watched
 
 STEPS = 120
 COLLAPSE = {"module": "layers.1.attn.qk_capture", "layer": 1, "head": 2, "from_step": 15, "scale": 40.0}
@@ -77,12 +77,7 @@ def engine_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[tup
     watch = inspector.watch(trainer.model, run, optimizer=trainer.optimizer,
                             probes=["attention", "anomalies", "experts"],
                             every={"attention": EVERY_ATTENTION, "experts": 1})
-    trainer.callbacks.append(RecordingCallback(watch))
-    try:
-        trainer.run()
-    finally:
-        watch.close()
-        trainer.close()
+    train_watched(trainer, watch)
     return run, chosen
 
 

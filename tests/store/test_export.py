@@ -24,6 +24,7 @@ from inspector.store.export import export_run
 from inspector.store.reader import RunReader
 from inspector.store.writer import RankWriter
 from plugins.weight_norm.kind import WEIGHT_NORM
+from tests.watched_training import train_watched
 
 ROOT = Path(__file__).resolve().parents[2]
 FAULTS = ROOT / "sample_runs" / "faults"
@@ -173,7 +174,6 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory):
     import inspector
     from engine.config import get_config
     from engine.training import TrainConfig, Trainer
-    from inspector.demo import RecordingCallback
 
     torch.manual_seed(0)
     threads = torch.get_num_threads()
@@ -183,12 +183,9 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory):
                                                        progress=False))
     watch = inspector.watch(trainer.model, run, optimizer=trainer.optimizer, probes=["attention", "weight_norm"],
                             every={"attention": 5})
-    trainer.callbacks.append(RecordingCallback(watch))
     try:
-        trainer.run()
+        train_watched(trainer, watch)
     finally:
-        watch.close()
-        trainer.close()
         torch.set_num_threads(threads)
     return run, trainer.model
 

@@ -12,7 +12,7 @@ from inspector.dash_app.figures import PHASE_COLORS, TEMPLATE, add_threshold, em
 from inspector.views.anomalies import anomaly_list
 from inspector.views.overview import eval_loss_name
 from inspector.views.series import clip_threshold, grad_norm_series, scalar_names, scalar_series
-from inspector.views.timing import PHASES, step_breakdown
+from inspector.views.timing import EVAL, PHASES, step_breakdown
 
 PATH = "/"
 TITLE = "Overview"
@@ -56,7 +56,8 @@ def loss_figure(run) -> go.Figure:
 
 
 def time_figure(run) -> go.Figure:
-    """Step time split into forward / backward / optimizer / data / other, stacked."""
+    """Training step time split into forward / backward / optimizer / data / other, stacked; eval
+    forwards (recorded apart, not in the step) as markers."""
     df = step_breakdown(run, rank=0)
     if df.empty:
         return empty_figure("step time: no timing recorded", height=280)
@@ -67,6 +68,11 @@ def time_figure(run) -> go.Figure:
             fig.add_trace(go.Scatter(x=df["step"].to_numpy(), y=df[phase].to_numpy(np.float64), name=phase,
                                      stackgroup="time", mode="lines", line=dict(width=0.5, color=PHASE_COLORS[phase]),
                                      hovertemplate=f"{phase} %{{y:.1f}} ms<extra></extra>"))
+    ev = df[df[EVAL] > 0] if EVAL in df else df.iloc[:0]
+    if len(ev):
+        fig.add_trace(go.Scatter(x=ev["step"].to_numpy(), y=ev[EVAL].to_numpy(np.float64), name="eval (not in step)",
+                                 mode="markers", marker=dict(symbol="diamond", size=7, color="#94a3b8"),
+                                 hovertemplate="eval %{y:.1f} ms (apart from the training step)<extra></extra>"))
     return fig
 
 
