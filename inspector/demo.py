@@ -85,6 +85,15 @@ def _slow_down(model: Any, seconds: float) -> None:
     model.register_forward_pre_hook(sleep)
 
 
+def _planted_slow_rank(slow_rank: int | None, slow_s: float) -> dict:
+    """What a planted slow rank adds to the run's config: the fault and what `inspector summary`
+    has to find (the fault suite in tests/faults reads `expected_findings`)."""
+    if slow_rank is None:
+        return {}
+    return {"planted_faults": {"slow_rank": {"rank": slow_rank, "forward_sleep_s": slow_s}},
+            "expected_findings": [{"check": "straggler", "fault": "a straggler rank", "rank": slow_rank}]}
+
+
 def default_run_dir() -> Path:
     """runs/demo-<date>-<time> under the current directory."""
     return Path("runs") / time.strftime("demo-%Y%m%d-%H%M%S")
@@ -116,7 +125,7 @@ def train_and_record(*, config: str, steps: int, out: Path, seed: int = 0, probe
     log.stage(f"attaching the probes ({probes}) to the model's {n_params:,} parameters")
     watch = inspector.watch(trainer.model, out, optimizer=trainer.optimizer, probes=probes, name=out.name,
                             config={"model": model_cfg.to_dict(), "train": train_cfg.to_dict(),
-                                    "engine_config": config})
+                                    "engine_config": config, **_planted_slow_rank(slow_rank, slow_s)})
     trainer.callbacks.append(RecordingCallback(watch))
     log.stage(f"training {steps} steps; the first is the slowest (one-time set-up)")
     try:
