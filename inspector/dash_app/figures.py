@@ -18,8 +18,12 @@ PHASE_COLORS = {"forward": "#2563eb", "backward": "#7c3aed", "optimizer": "#0596
                 "other": "#94a3b8"}
 HEAT = "Viridis"
 MAX_LEGEND = 12
+SIDE_LEGEND = 4
+"""Line charts with more series than this put the legend on the right, one name per row."""
 NONFINITE_COLOR = "#dc2626"
 NONFINITE_NAME = "✕ NaN/Inf"
+ANOMALY_MARKER = dict(symbol="triangle-down", size=11, color="#ea580c", line=dict(color="white", width=1))
+"""How a detector's anomaly is marked on a chart: an orange ▼, apart from the red ✕ of NaN/Inf values."""
 """Legend name of the markers that stand for non-finite values (never dropped from a chart)."""
 THRESHOLD_COLOR = "#64748b"
 
@@ -53,6 +57,8 @@ def line_figure(series: Mapping[str, pd.DataFrame], *, title: str, ytitle: str =
                                 showlegend=1 < len(series) <= MAX_LEGEND))
     if len(series) > MAX_LEGEND:
         fig.update_layout(title=f"{title} ({len(series)} series; hover for names)")
+    elif len(series) > SIDE_LEGEND:  # a legend of many rows above the plot would cover the title
+        fig.update_layout(legend=dict(orientation="v", x=1.01, xanchor="left", y=1.0, yanchor="top"))
     for name, df in series.items():
         y = df["value"].to_numpy(np.float64)
         fig.add_trace(go.Scatter(x=df[xcol].to_numpy(), y=np.where(np.isfinite(y), y, np.nan), name=name, mode=mode,
@@ -82,6 +88,8 @@ def add_nonfinite_markers(fig: go.Figure, series: Mapping[str, tuple[np.ndarray,
     if not xs:
         return fig
     edge = _edge([y for _, y in series.values()], log_y)
+    if row is None and fig.layout.showlegend is False:   # too many lines for a legend: name only the markers
+        fig.update_traces(showlegend=False)
     fig.add_trace(go.Scatter(x=xs, y=[edge] * len(xs), mode="markers", name=NONFINITE_NAME, text=texts,
                              marker=dict(symbol="x", size=11, color=NONFINITE_COLOR, line=dict(width=1)),
                              hovertemplate=f"{xtitle} %{{x}}<br>%{{text}}<extra>non-finite</extra>",
@@ -130,6 +138,19 @@ def heatmap_figure(z: np.ndarray, *, x: Sequence | np.ndarray, y: Sequence[str] 
                                  zmin=0, zmax=1, text=np.where(codes > 0, "✕", ""), customdata=labels,
                                  texttemplate="%{text}", textfont=dict(color="white", size=10), hoverongaps=False,
                                  hovertemplate="%{y}<br>step %{x}<br>%{customdata}<extra>non-finite</extra>"))
+    return fig
+
+
+FLAG_MARKER = dict(symbol="x", size=11, color="#2563eb", line=dict(color="white", width=1))
+"""How a flagged cell of a heatmap (collapsed head, starved expert) is marked: a blue ✕."""
+
+
+def add_flag_markers(fig: go.Figure, onsets: Mapping[str, int], verb: str, *, name: str | None = None) -> go.Figure:
+    """A blue ✕ on each flagged row of a heatmap ({row label: step}) where the condition began; the
+    legend says "`verb` from", the hover "<row> `verb` from step N"."""
+    if onsets:
+        fig.add_trace(go.Scatter(x=list(onsets.values()), y=list(onsets), mode="markers", name=name or f"{verb} from",
+                                 marker=FLAG_MARKER, hovertemplate=f"%{{y}} {verb} from step %{{x}}<extra></extra>"))
     return fig
 
 

@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 
 from inspector.tui.state import RUN_SERIES, AttentionData, ExpertsData, PluginData, RanksData, Request, RunData
-from inspector.views import anomalies, attention, experts, ranks, series, timing
+from inspector.views import anomalies, attention, experts, ranks, series, summary, timing
 from inspector.views.live import LiveRun
 from inspector.views.steps import nearest_at_or_before
 
@@ -87,7 +87,8 @@ def build_attention(run: LiveRun, req: Request, cursor: int) -> AttentionData:
 
 
 def build_experts(run: LiveRun, req: Request, cursor: int) -> ExpertsData:
-    """Tokens per expert per layer at the recorded step ≤ cursor, with each layer's imbalance."""
+    """Tokens per expert per layer at the recorded step ≤ cursor, with each layer's imbalance and
+    the experts starved at that step."""
     steps = experts.expert_steps(run, req.rank)
     step = nearest_at_or_before(steps, cursor)
     if step is None:
@@ -95,7 +96,8 @@ def build_experts(run: LiveRun, req: Request, cursor: int) -> ExpertsData:
     layers, counts = experts.expert_counts(run, step=step, rank=req.rank)
     imb = experts.imbalance_series(run, rank=req.rank)
     return ExpertsData(steps=steps, step=step, layers=layers, counts=counts,
-                       imbalance=imb[imb["step"] == step].reset_index(drop=True))
+                       imbalance=imb[imb["step"] == step].reset_index(drop=True),
+                       starved=summary.starved_experts(run, step=step, rank=req.rank))
 
 
 def build_plugin(run: LiveRun, req: Request, cursor: int) -> PluginData:

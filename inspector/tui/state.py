@@ -78,6 +78,7 @@ class ExpertsData:
     layers: list[int]
     counts: np.ndarray
     imbalance: pd.DataFrame
+    starved: dict[int, dict[int, int]] = field(default_factory=dict)   # layer -> {expert: empty since step}
 
 
 @dataclass

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 
 from inspector.schema import ATTENTION_MAP
-from inspector.views.downsample import bin_columns
+from inspector.views.downsample import bin_codes, bin_columns, wide_matrix
 from inspector.views.live import LiveRun
 from inspector.views.scales import Scale, entropy_scale
 from inspector.views.steps import nearest_at_or_before
@@ -169,19 +169,31 @@ def entropy_matrix_scale(run: LiveRun, z: np.ndarray, *, rank: int = 0) -> Scale
     return entropy_scale(z, keys[1] if keys else None, min_keys=keys[0] if keys else None)
 
 
-def entropy_matrix(run: LiveRun, *, rank: int = 0, max_steps: int = 500) -> tuple[list[str], list[int], np.ndarray]:
-    """(row labels "L0·H1", steps, entropy [layer·head, steps]); above `max_steps` steps, consecutive
-    steps are binned with their minimum, so a collapsing head's dip stays visible."""
-    def compute() -> tuple[list[str], list[int], np.ndarray]:
+def _entropy_wide(run: LiveRun, rank: int, max_steps: int) -> tuple[list[str], list[int], np.ndarray, np.ndarray]:
+    def compute() -> tuple[list[str], list[int], np.ndarray, np.ndarray]:
         df = _stats(run, rank)
         if df.empty:
-            return [], [], np.zeros((0, 0))
-        wide = df.pivot_table(index=["layer", "head"], columns="step", values="entropy", aggfunc="last")
-        steps, z = bin_columns(wide.columns.to_numpy(np.int64), wide.to_numpy(np.float64), max_steps, "min")
-        labels = [f"L{layer}·H{head}" for layer, head in wide.index]
-        return labels, [int(s) for s in steps], z
+            return [], [], np.zeros((0, 0)), np.zeros((0, 0), dtype=np.int8)
+        named = df.assign(name=[f"L{layer}·H{head}" for layer, head in zip(df["layer"], df["head"])])
+        labels, steps, z, codes = wide_matrix(named, "entropy")
+        binned, z = bin_columns(steps, z, max_steps, "min")
+        return labels, [int(s) for s in binned], z, bin_codes(codes, max_steps)
 
     return run.cached(("entropy_matrix", rank, max_steps), ("attention_stats",), compute)
+
+
+def entropy_matrix(run: LiveRun, *, rank: int = 0, max_steps: int = 500) -> tuple[list[str], list[int], np.ndarray]:
+    """(row labels "L0·H1", steps, entropy [layer·head, steps]); above `max_steps` steps, consecutive
+    steps are binned with their minimum, so a collapsing head's dip stays visible. A step whose
+    entropies are all NaN (a non-finite map) keeps its column."""
+    labels, steps, z, _ = _entropy_wide(run, rank, max_steps)
+    return labels, steps, z
+
+
+def entropy_nonfinite(run: LiveRun, *, rank: int = 0, max_steps: int = 500) -> np.ndarray:
+    """`downsample.nonfinite_codes` [layer·head, steps] of the recorded entropies, aligned with
+    `entropy_matrix` (a bin holding any non-finite entropy is marked)."""
+    return _entropy_wide(run, rank, max_steps)[3]
 
 
 def collapsed_heads(run: LiveRun, *, rank: int = 0) -> list[tuple[int, int, int]]:

@@ -132,3 +132,21 @@ def downsample_series(step: np.ndarray, value: np.ndarray, max_points: int = DEF
     """A `step`/`value` frame of at most `max_points` rows that keeps the series' extremes."""
     idx = downsample_indices(step, value, max_points)
     return pd.DataFrame({"step": np.asarray(step)[idx], "value": np.asarray(value, dtype=np.float64)[idx]})
+
+
+def wide_matrix(df: pd.DataFrame, value: str) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
+    """(names in natural order, steps, values [names, steps], `nonfinite_codes` [names, steps]) from a
+    long frame with `name`, `step` and `value` columns; the last record of a (name, step) wins.
+
+    Unlike `pivot_table`, which drops a step whose values are all NaN, every recorded step stays.
+    """
+    last = df.drop_duplicates(["name", "step"], keep="last")
+    names = sorted({str(n) for n in last["name"]}, key=natural_key)
+    steps = np.unique(last["step"].to_numpy(np.int64))
+    row = pd.Index(names).get_indexer(last["name"].astype(str))
+    col = np.searchsorted(steps, last["step"].to_numpy(np.int64))
+    z = np.full((len(names), len(steps)), np.nan)
+    recorded = np.zeros(z.shape, dtype=bool)
+    z[row, col] = last[value].to_numpy(np.float64)
+    recorded[row, col] = True
+    return names, steps, z, nonfinite_codes(z, recorded)

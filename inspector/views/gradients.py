@@ -12,8 +12,8 @@ import numpy as np
 import pandas as pd
 
 from inspector.views.downsample import (DEFAULT_POINTS, MAX_HEAT_STEPS, bin_codes, bin_columns,
-                                        downsample_indices, downsample_series, natural_key, nonfinite_codes,
-                                        nonfinite_run_ends)
+                                        downsample_indices, downsample_series, natural_key,
+                                        nonfinite_run_ends, wide_matrix)
 from inspector.views.live import LiveRun
 
 GRAD_STATS = ("norm", "mean", "var", "max_abs", "zero_frac", "update_ratio", "var_over_steps")
@@ -70,24 +70,6 @@ def grad_heatmap(run: LiveRun, stat: str = "norm", *, rank: int = 0, max_steps: 
         return Heatmap(rows, binned_steps, z, codes if codes.any() else None)
 
     return run.cached(("grad_heatmap", stat, rank, max_steps, max_rows), ("grad_stats",), compute)
-
-
-def wide_matrix(df: pd.DataFrame, value: str) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
-    """(names in natural order, steps, values [names, steps], `nonfinite_codes` [names, steps]) from a
-    long frame with `name`, `step` and `value` columns; the last record of a (name, step) wins.
-
-    Unlike `pivot_table`, which drops a step whose values are all NaN, every recorded step stays.
-    """
-    last = df.drop_duplicates(["name", "step"], keep="last")
-    names = sorted({str(n) for n in last["name"]}, key=natural_key)
-    steps = np.unique(last["step"].to_numpy(np.int64))
-    row = pd.Index(names).get_indexer(last["name"].astype(str))
-    col = np.searchsorted(steps, last["step"].to_numpy(np.int64))
-    z = np.full((len(names), len(steps)), np.nan)
-    recorded = np.zeros(z.shape, dtype=bool)
-    z[row, col] = last[value].to_numpy(np.float64)
-    recorded[row, col] = True
-    return names, steps, z, nonfinite_codes(z, recorded)
 
 
 def grad_lines(run: LiveRun, stat: str = "update_ratio", *, rank: int = 0, groups: list[str] | None = None,

@@ -152,6 +152,32 @@ def starved_at_end(steps: np.ndarray, counts_SE: np.ndarray) -> dict[int, int]:
     return {int(e): int(since[-1, e]) for e in np.flatnonzero(starved[-1])}
 
 
+def _counts_SE(layer_loads: pd.DataFrame) -> np.ndarray:
+    """One layer's `expert_load` rows (sorted by step) as a [steps, experts] count matrix."""
+    counts = [np.asarray(c if c is not None else [], dtype=np.int64) for c in layer_loads["counts"]]
+    counts_SE = np.zeros((len(counts), max((len(c) for c in counts), default=0)), dtype=np.int64)
+    for i, c in enumerate(counts):
+        counts_SE[i, :len(c)] = c
+    return counts_SE
+
+
+def starved_experts(run: LiveRun, *, step: int | None = None, rank: int = 0) -> dict[int, dict[int, int]]:
+    """{layer: {expert: first step of its empty stretch}} for the experts starved (the experts probe's
+    rule, see `starved_mask`) at the last recorded step at or before `step` (None: the last one)."""
+    loads = run.frame("expert_load")
+    if loads.empty:
+        return {}
+    loads = loads[loads["rank"] == rank]
+    if step is not None:
+        loads = loads[loads["step"] <= step]
+    out = {}
+    for layer, rows in loads.sort_values("step").groupby("layer"):
+        starved = starved_at_end(rows["step"].to_numpy(np.int64), _counts_SE(rows))
+        if starved:
+            out[int(layer)] = starved
+    return out
+
+
 def _collapsed_heads(run: LiveRun, rank: int = 0) -> list[CollapsedHead]:
     """Every head ever flagged collapsed on `rank` (samples with a non-finite entropy left out)."""
     df = run.frame("attention_stats")
@@ -182,11 +208,7 @@ def _expert_balance(run: LiveRun) -> list[ExpertBalance]:
     for layer, rows in imb.groupby("layer"):
         worst = rows.loc[rows["imbalance"].idxmax()]
         layer_loads = loads[loads["layer"] == layer].sort_values("step")
-        counts = [np.asarray(c if c is not None else [], dtype=np.int64) for c in layer_loads["counts"]]
-        counts_SE = np.zeros((len(counts), max(len(c) for c in counts)), dtype=np.int64)
-        for i, c in enumerate(counts):
-            counts_SE[i, :len(c)] = c
-        starved = starved_at_end(layer_loads["step"].to_numpy(np.int64), counts_SE)
+        starved = starved_at_end(layer_loads["step"].to_numpy(np.int64), _counts_SE(layer_loads))
         out.append(ExpertBalance(layer=int(layer), name=str(layer_loads["name"].iloc[-1]),
                                  mean_imbalance=float(rows["imbalance"].mean()),
                                  max_imbalance=float(worst["imbalance"]), worst_step=int(worst["step"]),

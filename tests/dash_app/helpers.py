@@ -23,7 +23,8 @@ FIG_JS = """
     return v;
   };
   return {
-    data: gd.data.map((t) => ({type: t.type, name: t.name || null, x: arr(t.x), y: arr(t.y), z: arr(t.z)})),
+    data: gd.data.map((t) => ({type: t.type, name: t.name || null, x: arr(t.x), y: arr(t.y), z: arr(t.z),
+                                text: arr(t.text)})),
     title: (gd.layout.title && (gd.layout.title.text ?? gd.layout.title)) || '',
     meta: gd.layout.meta || null,
     empty: gd.layout.meta && gd.layout.meta.empty || null,

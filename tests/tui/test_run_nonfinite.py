@@ -9,7 +9,7 @@ import pytest
 from textual.widgets import Sparkline, Static
 
 from inspector.tui.app import InspectorApp
-from tests.nonfinite_run import LAST, POISONED, SKIPPED, write_nonfinite_run
+from tests.nonfinite_run import CLIP, LAST, POISONED, SKIPPED, write_nonfinite_run
 from tests.tui.conftest import FROZEN_NOW, wait_until
 
 pytestmark = pytest.mark.anyio
@@ -44,4 +44,7 @@ async def test_nan_steps_stay_on_the_sparklines_and_are_named(nf_run) -> None:
         assert any("red" in str(span.style) for span in label.spans)
         gnorm = list(app.screen.query_one("#spark-grad-norm", Sparkline).data)
         assert len(gnorm) == LAST + 1
-        assert f"✕ NaN at step {SKIPPED}" in str(app.screen.query_one("#label-grad-norm", Static).render())
+        glabel = app.screen.query_one("#label-grad-norm", Static)
+        lines = str(glabel.render()).splitlines()
+        assert lines[0] == f"grad norm · clip ≈ {CLIP:.3g}"               # the inferred threshold, on view
+        assert len(lines) <= glabel.size.height and any(f"✕ NaN at step {SKIPPED}" in x for x in lines)

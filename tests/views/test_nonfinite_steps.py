@@ -97,3 +97,25 @@ def test_weight_norm_panel_keeps_the_nan_step(nf) -> None:
     codes = weight_norm_codes(run)
     np.testing.assert_array_equal(codes, nonfinite_codes(mat))
     assert np.isnan(latest_norms(run, LAST)["norm"]).all()
+
+
+def test_entropy_heatmap_keeps_a_step_whose_maps_are_all_non_finite(tmp_path: Path) -> None:
+    from inspector.store.recorder import Recorder
+    from inspector.views.attention import entropy_matrix, entropy_nonfinite
+
+    written = np.full((5, 2, 2), 1.5)                 # [step, layer, head]
+    written[2] = np.nan                               # every map non-finite: pivot_table dropped this step
+    written[3, 1, 0] = np.inf
+    with Recorder(tmp_path / "r", name="r") as rec:
+        for s in range(5):
+            rec.submit("attention_stats", {"name": [f"layers.{l}.attn" for l in (0, 0, 1, 1)],
+                                           "layer": [0, 0, 1, 1], "head": [0, 1, 0, 1],
+                                           "entropy": written[s].reshape(-1).tolist(), "max_weight": [0.5] * 4,
+                                           "collapsed": [False] * 4}, 4, step=s)
+    run = open_live(tmp_path / "r")
+    labels, steps, z = entropy_matrix(run)
+    assert labels == ["L0·H0", "L0·H1", "L1·H0", "L1·H1"] and steps == [0, 1, 2, 3, 4]
+    np.testing.assert_array_equal(z, written.reshape(5, 4).T)
+    codes = entropy_nonfinite(run)
+    np.testing.assert_array_equal(codes, nonfinite_codes(written.reshape(5, 4).T, np.ones((4, 5), dtype=bool)))
+    assert codes[:, 2].tolist() == [1, 1, 1, 1] and codes[2, 3] == 2 and codes.sum() == 6

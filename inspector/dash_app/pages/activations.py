@@ -9,10 +9,11 @@ from dash import Input, Output, dcc, html
 
 from inspector.dash_app.components import graph, panel
 from inspector.dash_app.context import AppContext, selected_step
-from inspector.dash_app.figures import TEMPLATE, empty_figure, heatmap_figure, line_figure
+from inspector.dash_app.figures import ANOMALY_MARKER, TEMPLATE, empty_figure, heatmap_figure, line_figure
 from inspector.views.activations import (
     HistogramOverTime, activation_modules, activation_stat_lines, dead_layers, histogram_at, histogram_over_time,
 )
+from inspector.views.anomalies import anomaly_list
 
 PATH = "/activations"
 TITLE = "Activations"
@@ -62,6 +63,24 @@ def hist_figure(run, module: str | None) -> go.Figure:
         "value %{y}<br>step %{x}<br>fraction %{customdata[0]:.4g}<br>in range at this step %{customdata[1]:.2%}"
         "<br>outside the range %{customdata[2]:.2%}, NaN/Inf %{customdata[3]:.2%}<extra></extra>"))
     fig.update_yaxes(autorange=True)
+    return add_module_anomalies(fig, h, anomaly_list(run, limit=500))
+
+
+def add_module_anomalies(fig: go.Figure, h: HistogramOverTime, anomalies) -> go.Figure:
+    """An orange ▼ over the histogram at each step an anomaly names this module (or a module inside it),
+    on the highest occupied bin of the nearest recorded step; the hover gives the message."""
+    mine = anomalies[[m == h.module or str(m).startswith(h.module + ".") for m in anomalies["module"]]]
+    if mine.empty:
+        return fig
+    cols = np.clip(np.searchsorted(h.steps, mine["step"].to_numpy(np.int64), side="right") - 1, 0, len(h.steps) - 1)
+    occupied = np.nan_to_num(h.z, nan=0.0) > 0                          # [bins, steps]
+    top = np.where(occupied.any(axis=0), occupied.shape[0] - 1 - np.argmax(occupied[::-1], axis=0),
+                   occupied.shape[0] - 1)
+    fig.add_trace(go.Scatter(x=mine["step"].to_numpy(), y=np.round(h.centers, 4)[top[cols]], mode="markers",
+                             name="anomaly", text=[f"step {s}: {k} {m}" for s, k, m in
+                                                   zip(mine["step"], mine["kind"], mine["message"])],
+                             marker=ANOMALY_MARKER,
+                             hovertemplate="%{text}<extra></extra>"))
     return fig
 
 

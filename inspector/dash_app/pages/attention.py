@@ -8,9 +8,9 @@ from plotly.colors import sample_colorscale
 
 from inspector.dash_app.components import graph, panel
 from inspector.dash_app.context import AppContext, selected_step
-from inspector.dash_app.figures import HEAT, TEMPLATE, empty_figure, heatmap_figure
+from inspector.dash_app.figures import HEAT, TEMPLATE, add_flag_markers, empty_figure, heatmap_figure
 from inspector.views.attention import (attention_grid, attention_matrix, attention_steps, collapsed_heads,
-                                       entropy_matrix, entropy_matrix_scale, head_stats)
+                                       entropy_matrix, entropy_matrix_scale, entropy_nonfinite, head_stats)
 from inspector.views.downsample import bin_columns
 from inspector.views.scales import Scale, weight_scale
 from inspector.views.steps import nearest_at_or_before
@@ -165,13 +165,9 @@ def entropy_figure(run) -> go.Figure:
     height = max(340, min(900, 14 * len(labels) + 120))
     fig = heatmap_figure(z, x=steps, y=shown, title=f"attention entropy per head; ⚠ = collapsed · {scale.label}",
                          ztitle=scale.short, height=height, colorscale=colourscale(scale), zmin=scale.lo,
-                         zmax=scale.hi, hover=f"%{{y}}<br>step %{{x}}<br>entropy %{{z:.4f}} of max {scale.hi:.3f}")
-    if flagged:
-        fig.add_trace(go.Scatter(x=list(flagged.values()), y=[f"⚠ {k}" for k in flagged], mode="markers",
-                                 name="collapsed from", marker=dict(symbol="x", size=11, color="#2563eb",
-                                                                         line=dict(color="white", width=1)),
-                                 hovertemplate="%{y} collapsed from step %{x}<extra></extra>"))
-    return fig
+                         zmax=scale.hi, hover=f"%{{y}}<br>step %{{x}}<br>entropy %{{z:.4f}} of max {scale.hi:.3f}",
+                         nonfinite=entropy_nonfinite(run))
+    return add_flag_markers(fig, {f"⚠ {k}": s for k, s in flagged.items()}, "collapsed")
 
 
 def register(app, context: AppContext) -> None:

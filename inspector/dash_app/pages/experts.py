@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import plotly.graph_objects as go
 from dash import Input, Output, dcc, html
 
 from inspector.dash_app.components import graph, panel
 from inspector.dash_app.context import AppContext, selected_step
-from inspector.dash_app.figures import empty_figure, heatmap_figure, line_figure
+from inspector.dash_app.figures import FLAG_MARKER, add_flag_markers, empty_figure, heatmap_figure, line_figure
 from inspector.views.downsample import downsample_indices
 from inspector.views.experts import (expert_bias, expert_counts, expert_share_over_time, expert_steps,
                                      imbalance_series)
 from inspector.views.scales import count_scale, load_ratio, share_scale
 from inspector.views.steps import nearest_at_or_before
+from inspector.views.summary import starved_experts
 
 PATH = "/experts"
 TITLE = "Experts"
@@ -47,9 +49,18 @@ def counts_figure(run, step: int):
                          title=f"tokens per expert at step {at:,}", xtitle="expert",
                          ztitle=scale.short, height=_height(len(layers)), zmin=scale.lo, zmax=scale.hi)
     fig.update_layout(title_subtitle=dict(text=scale.label, font=dict(size=11)))
-    return fig.update_traces(customdata=load_ratio(counts),
-                             hovertemplate="%{y} · expert %{x}<br>%{z:,} tokens · %{customdata:.2f}× balanced"
-                                           "<extra></extra>")
+    fig.update_traces(customdata=load_ratio(counts),
+                      hovertemplate="%{y} · expert %{x}<br>%{z:,} tokens · %{customdata:.2f}× balanced<extra></extra>")
+    starved = [(layer, e, since) for layer, experts in starved_experts(run, step=at).items()
+               for e, since in experts.items()]
+    if starved:
+        fig.update_layout(title=f"tokens per expert at step {at:,}; ✕ = starved")
+        fig.add_trace(go.Scatter(x=[e for _, e, _ in starved], y=[f"L{layer}" for layer, _, _ in starved],
+                                 customdata=[since for _, _, since in starved], mode="markers", name="starved",
+                                 marker=FLAG_MARKER,
+                                 hovertemplate="%{y} · expert %{x} starved: no token since step %{customdata}"
+                                               "<extra></extra>"))
+    return fig
 
 
 def bias_figure(run, step: int):
@@ -86,11 +97,15 @@ def share_figure(run, layer):
     if share.size == 0:
         return empty_figure(f"no expert load for layer {layer}", height=340)
     scale = share_scale(share, share.shape[0])
-    return heatmap_figure(share, x=steps, y=[f"E{e}" for e in range(share.shape[0])],
-                          title=f"layer {layer}: share of tokens per expert over steps · {scale.label}",
-                          ztitle=scale.short, height=max(340, min(800, 12 * share.shape[0] + 140)),
-                          zmin=scale.lo, zmax=scale.hi,
-                          hover=f"%{{y}}<br>step %{{x}}<br>%{{z:.1%}} (balanced {1 / share.shape[0]:.1%})")
+    starved = starved_experts(run).get(int(layer), {})
+    labels = [f"⚠ E{e}" if e in starved else f"E{e}" for e in range(share.shape[0])]
+    fig = heatmap_figure(share, x=steps, y=labels,
+                         title=f"layer {layer}: share of tokens per expert over steps{'; ⚠ = starved' if starved else ''}"
+                               f" · {scale.label}",
+                         ztitle=scale.short, height=max(340, min(800, 12 * share.shape[0] + 140)),
+                         zmin=scale.lo, zmax=scale.hi,
+                         hover=f"%{{y}}<br>step %{{x}}<br>%{{z:.1%}} (balanced {1 / share.shape[0]:.1%})")
+    return add_flag_markers(fig, {f"⚠ E{e}": since for e, since in starved.items()}, "starved")
 
 
 def register(app, context: AppContext) -> None:

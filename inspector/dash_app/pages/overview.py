@@ -8,7 +8,7 @@ from dash import Input, Output, html
 
 from inspector.dash_app.components import graph, message, panel
 from inspector.dash_app.context import AppContext
-from inspector.dash_app.figures import PHASE_COLORS, TEMPLATE, add_threshold, empty_figure, line_figure
+from inspector.dash_app.figures import ANOMALY_MARKER, PHASE_COLORS, TEMPLATE, add_threshold, empty_figure, line_figure
 from inspector.views.anomalies import anomaly_list
 from inspector.views.overview import eval_loss_name
 from inspector.views.series import clip_threshold, grad_norm_series, scalar_names, scalar_series
@@ -40,18 +40,27 @@ def loss_figure(run) -> go.Figure:
     for name, trace in zip(series, fig.data):
         if name != "loss":
             trace.update(mode="lines+markers", marker=dict(size=5))
-    anomalies = anomaly_list(run, limit=500)
-    if len(loss) and len(anomalies):
-        steps = anomalies["step"].to_numpy(np.float64)
-        value = loss["value"].to_numpy(np.float64)
-        ok = np.isfinite(value)  # an anomaly at a NaN-loss step sits between its finite neighbours
-        y = np.interp(steps, loss["step"].to_numpy(np.float64)[ok], value[ok]) if ok.any() else np.zeros(len(steps))
-        text = [f"step {s}: {k} {m}".strip() for s, k, m in zip(anomalies["step"], anomalies["kind"],
-                                                                 anomalies["message"])]
-        fig.add_trace(go.Scatter(x=steps, y=y, mode="markers", name="anomaly", text=text,
-                                 marker=dict(symbol="x", size=10, color="#dc2626", line=dict(width=1)),
-                                 hovertemplate="%{text}<extra></extra>"))
-        fig.update_layout(showlegend=True)
+    return add_anomaly_markers(fig, loss, anomaly_list(run, limit=500))
+
+
+GRAD_KINDS = ("exploding_grad", "vanishing_grad", "nonfinite_grad")
+"""Anomalies marked on the grad-norm chart as well as on the loss chart."""
+
+
+def add_anomaly_markers(fig: go.Figure, line: pd.DataFrame, anomalies: pd.DataFrame) -> go.Figure:
+    """An orange ▼ at each anomaly's step, sitting on `line` (a step/value frame; an anomaly at a
+    non-finite step sits between its finite neighbours); the hover says what it is."""
+    if not len(line) or not len(anomalies):
+        return fig
+    steps = anomalies["step"].to_numpy(np.float64)
+    value = line["value"].to_numpy(np.float64)
+    ok = np.isfinite(value)
+    y = np.interp(steps, line["step"].to_numpy(np.float64)[ok], value[ok]) if ok.any() else np.zeros(len(steps))
+    text = [f"step {s}: {k} {m}".strip() for s, k, m in zip(anomalies["step"], anomalies["kind"], anomalies["message"])]
+    fig.add_trace(go.Scatter(x=steps, y=y, mode="markers", name="anomaly", text=text,
+                             marker=ANOMALY_MARKER,
+                             hovertemplate="%{text}<extra></extra>"))
+    fig.update_layout(showlegend=True)
     return fig
 
 
@@ -109,6 +118,10 @@ def register(app, context: AppContext) -> None:
 def grad_norm_figure(run) -> go.Figure:
     """The global gradient norm before clipping, the norm applied after it, and the clip threshold
     (inferred from the applied norm on clipped steps)."""
-    fig = line_figure(grad_norm_series(run, rank=0), title="global grad norm", empty="no gradient norm recorded")
+    series = grad_norm_series(run, rank=0)
+    fig = line_figure(series, title="global grad norm", empty="no gradient norm recorded")
+    if series:
+        anomalies = anomaly_list(run, limit=500)
+        add_anomaly_markers(fig, next(iter(series.values())), anomalies[anomalies["kind"].isin(GRAD_KINDS)])
     limit = clip_threshold(run, rank=0)
     return add_threshold(fig, limit, f"clip threshold ≈ {limit:.3g} (inferred)" if limit is not None else "")

@@ -1,5 +1,6 @@
 """Experts screen: per-layer bars of tokens per expert (from 0), coloured by load relative to the
-balanced mean (blue starved … white 1× … red hot), with each layer's imbalance."""
+balanced mean (blue starved … white 1× … red hot), with each layer's imbalance and a ✖ under each
+expert the experts probe's rule calls starved at the step."""
 from __future__ import annotations
 
 import numpy as np
@@ -16,6 +17,7 @@ from inspector.tui.widgets.ramp import DIVERGING, hex_colour, ramp_rgb
 from inspector.views.scales import Scale, load_ratio, load_scale
 
 BAR_HEIGHT = 4
+STARVED_STYLE = "bold #60a5fa"
 
 
 def imbalance_style(imbalance: float) -> str:
@@ -30,6 +32,12 @@ def _with_gaps(counts: np.ndarray, width: int) -> np.ndarray:
     out = np.zeros((len(counts), width))
     out[:, : width - 1] = counts[:, None]
     return out.reshape(-1)
+
+
+def starved_marks(starved: dict[int, int], n_exp: int, width: int) -> str:
+    """A ruler-aligned row with ✖ under each starved expert's bar."""
+    return "".join(("✖" if e in starved else " ").center(width - 1).ljust(width) if width > 2
+                   else ("✖" if e in starved else " ").center(width) for e in range(n_exp))
 
 
 def load_legend(scale: Scale) -> Text:
@@ -101,7 +109,13 @@ class ExpertsScreen(InspectorScreen):
             out.append_text(coloured_bars(counts, width, top, scale))
             out.append("\n")
             ruler = "".join(str(e % 10).center(width - 1).ljust(width) if width > 2 else str(e % 10).center(width) if width > 1 or e % 5 == 0 else " " for e in range(n_exp))
-            out.append(ruler + "\n\n", style="dim")
+            out.append(ruler + "\n", style="dim")
+            starved = payload.starved.get(layer, {})
+            if starved:
+                out.append(starved_marks(starved, n_exp, width) + "\n", style=STARVED_STYLE)
+                out.append("✖ starved: " + ", ".join(f"expert {e} (no token since step {s:,})"
+                                                     for e, s in sorted(starved.items())) + "\n", style=STARVED_STYLE)
+            out.append("\n")
         bars.update(out)
         return None
 

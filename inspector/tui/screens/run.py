@@ -2,8 +2,8 @@
 
 A NaN/±Inf value never vanishes from a sparkline: it is drawn as a full-height bar at its step (the
 chart's top edge, the sparkline's max colour) and its label says, in red, "✕ NaN at step 90". The
-grad norm is the pre-clip one; its label names the clip threshold when the payload carries one
-(inferred from the clipped steps, `views.series.clip_threshold`).
+grad norm is the pre-clip one; its label's title line names the clip threshold when the payload
+carries one (inferred from the clipped steps, `views.series.clip_threshold`).
 """
 from __future__ import annotations
 
@@ -57,8 +57,12 @@ class RunScreen(InspectorScreen):
         """Charts up to the cursor step, shares over the last 50 steps, the feed."""
         for title, cid in CHART_IDS.items():
             df = payload.series[title]
-            label = Text(f"{title}\n", style="bold")
             name = payload.series_names.get(title)
+            label = Text(title, style="bold")
+            limit = getattr(payload, "clip_threshold", None) if title == "grad norm" else None
+            if limit is not None and name is not None:   # on the title line: the label shows three lines
+                label.append(f" · clip ≈ {limit:.3g}", style="dim")
+            label.append("\n")
             spark = self.query_one(f"#spark-{cid}", Sparkline)
             if name is None or df.empty:
                 label.append("not recorded", style="dim")
@@ -74,9 +78,6 @@ class RunScreen(InspectorScreen):
                 note = nonfinite_note(df["step"].to_numpy(), values)
                 if note:
                     label.append(f"\n{note}", style="bold red")
-                limit = getattr(payload, "clip_threshold", None) if title == "grad norm" else None
-                if limit is not None:
-                    label.append(f"\nbefore clipping · clip ≈ {limit:.3g} (inferred)", style="dim")
             self.query_one(f"#label-{cid}", Static).update(label)
         shares = self.query_one("#shares", Static)
         if payload.shares:
