@@ -1,6 +1,7 @@
 """Train an engine `Trainer` while a `Watch` records it, closing both however training ends."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import inspector
@@ -20,3 +21,14 @@ def train_watched(trainer: Any, watch: inspector.Watch, *, steps: int | None = N
     finally:
         watch.close()
         trainer.close()
+
+
+def record_short_demo(out: Path, seq_len: int) -> Path:
+    """The demo's recording path on the engine's debug config, 2 steps of `seq_len` tokens (maps at
+    step 0), into `out`."""
+    import torch
+
+    from inspector.demo import train_and_record
+    torch.set_num_threads(1)
+    train_and_record(config="debug", steps=2, out=out, seq_len=seq_len, batch_size=2, progress=False)
+    return out

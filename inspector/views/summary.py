@@ -204,11 +204,12 @@ def _expert_balance(run: LiveRun) -> list[ExpertBalance]:
         return []
     loads = loads[loads["rank"] == 0]
     imb = imbalance_series(run)
+    starved_by_layer = starved_experts(run)
     out = []
     for layer, rows in imb.groupby("layer"):
         worst = rows.loc[rows["imbalance"].idxmax()]
         layer_loads = loads[loads["layer"] == layer].sort_values("step")
-        starved = starved_at_end(layer_loads["step"].to_numpy(np.int64), _counts_SE(layer_loads))
+        starved = starved_by_layer.get(int(layer), {})
         out.append(ExpertBalance(layer=int(layer), name=str(layer_loads["name"].iloc[-1]),
                                  mean_imbalance=float(rows["imbalance"].mean()),
                                  max_imbalance=float(worst["imbalance"]), worst_step=int(worst["step"]),

@@ -16,6 +16,7 @@ from textual.widgets import Static
 from inspector.tui.app import InspectorApp
 from inspector.tui.widgets.heatmap import HeatMap, half_block_strips
 from tests.tui.conftest import FROZEN_NOW, wait_until
+from tests.watched_training import record_short_demo
 
 pytestmark = pytest.mark.anyio
 SEQ = 24
@@ -39,13 +40,7 @@ def rgb(colour: str) -> np.ndarray:
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The demo's recording path on the engine's debug config: 2 steps of 24 tokens (maps at step 0)."""
-    import torch
-
-    from inspector.demo import train_and_record
-    torch.set_num_threads(1)
-    out = tmp_path_factory.mktemp("tui-colours") / "demo"
-    train_and_record(config="debug", steps=2, out=out, seq_len=SEQ, batch_size=2, progress=False)
-    return out
+    return record_short_demo(tmp_path_factory.mktemp("tui-colours") / "demo", SEQ)
 
 
 def cell_colours(grid: Text) -> list[str]:

@@ -16,6 +16,7 @@ from inspector.views.experts import expert_counts, expert_share_over_time
 from inspector.views.live import open_live
 from inspector.views.scales import (count_scale, entropy_scale, load_ratio, load_scale, share_scale,
                                     weight_scale)
+from tests.watched_training import record_short_demo
 
 ROOT = Path(__file__).resolve().parents[2]
 SEQ = 24
@@ -24,13 +25,7 @@ SEQ = 24
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The demo's recording path on the engine's debug config: 2 steps of 24 tokens (maps at step 0)."""
-    import torch
-
-    from inspector.demo import train_and_record
-    torch.set_num_threads(1)
-    out = tmp_path_factory.mktemp("scales") / "demo"
-    train_and_record(config="debug", steps=2, out=out, seq_len=SEQ, batch_size=2, progress=False)
-    return out
+    return record_short_demo(tmp_path_factory.mktemp("scales") / "demo", SEQ)
 
 
 def test_entropy_scale_spans_zero_to_ln_keys_on_a_demo_run(demo_run: Path) -> None:
