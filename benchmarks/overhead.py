@@ -20,6 +20,13 @@ Variants:
                 every step (wandb's hooks record on the steps its counters select)
   wandb-10      the same with ``log_freq=10``
 
+With ``--compile`` every variant's model is ``torch.compile``d after the variant's logger is attached
+(``watch`` before compile), and dynamo's counters (``torch._dynamo.utils.counters``: unique graphs,
+graph breaks, recompiles) are printed per variant for its warm-up (where it compiles; counters are
+process-wide, so a later variant's warm-up may also count a recompile of the shared code for its
+own model instance) and for its timed rounds (0 breaks and 0 recompiles expected). ``default`` is
+then held to ``COMPILE_BUDGETS`` against the compiled ``none``.
+
 Background work (the Inspector's writer and system-sampler threads, TensorBoard's writer thread,
 the wandb-core process) overlaps training, as it does for a user. At the end of each block the
 variant's queued work is drained (``Recorder.flush``, ``SummaryWriter.flush``) and the harness
@@ -50,6 +57,7 @@ Usage::
     python benchmarks/overhead.py --quick                # smoke run (~1-2 min on 2 idle cores)
     python benchmarks/overhead.py --device cuda --config small   # GPU: none/watch-none/default/all-every-1
     python benchmarks/overhead.py --variants none,default --rounds 40 --json /tmp/overhead.json
+    python benchmarks/overhead.py --compile --config debug --variants none,default   # torch.compile
 """
 
 from __future__ import annotations
@@ -83,6 +91,8 @@ from engine.training.trainer import build_optimizer
 ALL_VARIANTS = ("none", "watch-none", "default", "all-every-1", "tb-hist-1", "tb-hist-10", "wandb-1", "wandb-10")
 CUDA_VARIANTS = ("none", "watch-none", "default", "all-every-1")
 BUDGETS = {"cpu": {"default": 1.03, "all-every-1": 1.5}, "cuda": {"default": 1.02}}
+COMPILE_BUDGETS = {"default": 1.05}
+"""With ``--compile``: every variant's model is ``torch.compile``d (the Inspector's watch attached before)."""
 LOSS_TOLERANCE = 0.01
 """Relative spread of final losses accepted as noise: CPU kernels are not bitwise reproducible
 here: two identical baseline models, interleaved, differed by 1e-7 after 3 steps, and the variants'
@@ -251,6 +261,8 @@ class Variant:
     times_s: list[float] = dataclasses.field(default_factory=list)
     round_medians_s: list[float] = dataclasses.field(default_factory=list)
     last_loss: float = math.nan
+    run: Any = None        # what the step calls: the model, or its ``torch.compile`` wrapper
+    dynamo: dict[str, dict[str, int]] = dataclasses.field(default_factory=dict)  # "warm-up"/"rounds" counts
 
 
 def make_logger(name: str, model: Transformer, optimizer: torch.optim.Optimizer, work: Path) -> StepLogger:
@@ -272,13 +284,31 @@ def make_logger(name: str, model: Transformer, optimizer: torch.optim.Optimizer,
     raise ValueError(f"unknown variant {name!r}; known: {', '.join(ALL_VARIANTS)}")
 
 
-def build_variant(name: str, cfg: ModelConfig, device: torch.device, seed: int, work: Path) -> Variant:
-    """A fresh model (same seed for every variant) with the Trainer's AdamW and the variant's logger."""
+def build_variant(name: str, cfg: ModelConfig, device: torch.device, seed: int, work: Path,
+                  compile_model: bool = False) -> Variant:
+    """A fresh model (same seed for every variant) with the Trainer's AdamW and the variant's logger;
+    with ``compile_model`` the step calls ``torch.compile(model)`` (watched before compiling)."""
     torch.manual_seed(seed)
     model = Transformer(cfg).to(device)
     model.train()
     optimizer = build_optimizer(model, TrainConfig())
-    return Variant(name, model, optimizer, make_logger(name, model, optimizer, work))
+    v = Variant(name, model, optimizer, make_logger(name, model, optimizer, work))
+    v.run = torch.compile(model) if compile_model else model
+    return v
+
+
+def dynamo_counts() -> dict[str, int]:
+    """Dynamo's graph, graph-break and recompile counters so far (process-wide)."""
+    from torch._dynamo.utils import counters
+
+    return {"graphs": int(counters["stats"]["unique_graphs"]), "breaks": int(sum(counters["graph_break"].values())),
+            "recompiles": int(sum(counters["recompiles"].values()))}
+
+
+def counts_since(before: dict[str, int]) -> dict[str, int]:
+    """Dynamo's counts added since ``before``."""
+    now = dynamo_counts()
+    return {k: now[k] - before[k] for k in now}
 
 
 def make_batches(n: int, batch_size: int, seq_len: int, seed: int,
@@ -302,7 +332,7 @@ def train_step(v: Variant, batch: tuple[torch.Tensor, torch.Tensor], device: tor
                 else contextlib.nullcontext())
     t0 = time.perf_counter()
     with autocast:
-        logits_BTV = v.model(x_BT)
+        logits_BTV = (v.model if v.run is None else v.run)(x_BT)
     ce = F.cross_entropy(logits_BTV.float().flatten(0, 1), y_BT.flatten())
     loss = ce + v.model.aux_loss().float()
     loss.backward()
@@ -335,7 +365,7 @@ def quantile(xs: list[float], q: float) -> float:
 def report(variants: list[Variant], device: torch.device) -> list[dict[str, Any]]:
     """Print the final table; returns its rows."""
     base = next((v for v in variants if v.name == "none"), None)
-    budgets = BUDGETS.get(device.type, {})
+    budgets = COMPILE_BUDGETS if any(v.dynamo for v in variants) else BUDGETS.get(device.type, {})
     rows = []
     for v in variants:
         med, mean = statistics.median(v.times_s), statistics.fmean(v.times_s)
@@ -349,6 +379,8 @@ def report(variants: list[Variant], device: torch.device) -> list[dict[str, Any]
         budget = budgets.get(v.name)
         row["budget"] = budget
         row["verdict"] = "" if budget is None or "ratio" not in row else ("PASS" if row["ratio"] <= budget else "FAIL")
+        if v.dynamo:
+            row["dynamo"] = v.dynamo
         rows.append(row)
 
     print(f"\n{'variant':<13}{'steps':>6}{'median ms':>11}{'p10-p90 ms':>16}{'mean ms':>10}"
@@ -359,6 +391,10 @@ def report(variants: list[Variant], device: torch.device) -> list[dict[str, Any]
         budget = f"<={r['budget']:.2f}x" if r["budget"] else "-"
         print(f"{r['variant']:<13}{r['steps']:>6}{r['median_ms']:>11.2f}{spread:>16}{r['mean_ms']:>10.2f}"
               f"{ratios}{budget:>8}{r['verdict']:>6}  {r['final_loss']:.6f}")
+        if "dynamo" in r:
+            w, t = r["dynamo"]["warm-up"], r["dynamo"]["rounds"]
+            print(f"{'':<13}torch.compile: warm-up graphs {w['graphs']}, graph breaks {w['breaks']}, recompiles"
+                  f" {w['recompiles']}; timed rounds: graph breaks {t['breaks']}, recompiles {t['recompiles']}")
     losses = [r["final_loss"] for r in rows]
     spread = (max(losses) - min(losses)) / abs(statistics.median(losses))
     if spread > LOSS_TOLERANCE:
@@ -490,6 +526,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--profile-variants", default="none,default", help="CUDA: variants whose syncs are counted")
     p.add_argument("--profile-steps", type=int, default=12, help="CUDA: steps profiled per variant (default 12)")
     p.add_argument("--workdir", default=None, help="where runs are written (default: a temporary directory, removed)")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile every variant's model (watch attached before); prints dynamo's graph-break"
+                        " and recompile counts per variant; budget default <= 1.05x the compiled model unwatched")
     p.add_argument("--json", default=None, help="also write the table, the per-step times and sync counts here")
     args = p.parse_args(argv)
     if args.quick:
@@ -529,21 +568,29 @@ def main(argv: list[str] | None = None) -> None:
         print(f"probe sets: default {probes.PROBE_SETS['default']}, all {probes.PROBE_SETS['all']}")
         batches = make_batches(args.batches, args.batch_size, args.seq_len, args.seed, device)
         t_setup = time.perf_counter()
-        variants = [build_variant(n, cfg, device, args.seed, work) for n in names]
+        variants = [build_variant(n, cfg, device, args.seed, work, args.compile) for n in names]
         try:
             for v in variants:
+                before = dynamo_counts()
                 for _ in range(args.warmup):
                     train_step(v, batches[v.steps_done % len(batches)], device, gamma, clip, sync=True)
                 v.logger.settle()
+                if args.compile:
+                    v.dynamo["warm-up"] = counts_since(before)
+                    v.dynamo["rounds"] = {"graphs": 0, "breaks": 0, "recompiles": 0}
             print(f"set-up and warm-up: {time.perf_counter() - t_setup:.0f} s", flush=True)
             t_start = time.perf_counter()
             for rnd in range(args.rounds):
                 shift = rnd % len(variants)
                 for v in variants[shift:] + variants[:shift]:
+                    before = dynamo_counts()
                     block = [train_step(v, batches[v.steps_done % len(batches)], device, gamma, clip, sync=True)
                              for _ in range(args.steps_per_round)]
                     v.times_s += block
                     v.round_medians_s.append(statistics.median(block))
+                    if args.compile:
+                        for k, n in counts_since(before).items():
+                            v.dynamo["rounds"][k] += n
                     v.logger.settle()
                     time.sleep(args.settle)
                 spent = time.perf_counter() - t_start

@@ -14,7 +14,11 @@ group `inspector.plugins` (the built-in ones in `plugins/` are published the sam
   rich renderable (or a string); the screen opens with `key`.
 
 A plugin that fails to import or to register is skipped with one warning line naming it, and
-none of what it registered is kept. `inspector plugins` lists what loaded. This module imports
+none of what it registered is kept. A plugin's probe runs under the same guard as the built-in
+ones (`inspector.probes.base`): whatever it raises in a hook registered through `Probe.track`, in
+`attach`, `detach`, `on_step_end`/`on_scalars`, or in a deferred value it submitted (resolved on
+the Recorder's writer thread) switches that probe off with one warning line naming it and a
+`probe_error` anomaly in the run, and training goes on; a plugin needs no try/except of its own. `inspector plugins` lists what loaded. This module imports
 only the schema, so every layer may use it.
 """
 from __future__ import annotations

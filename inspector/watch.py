@@ -59,14 +59,7 @@ class Watch:
         self._hooks: list[Any] = []
         self._auto = optimizer is not None
         for name in probes:
-            probe = PROBES[name]()
-            reason = probe.attach(self.ctx)
-            if reason is None:
-                self.probes[name] = probe
-            else:
-                probe.detach()
-                self.not_applicable[name] = reason
-                log.info("inspector: %s probe not applicable: %s", name, reason)
+            self._attach(name)
         if optimizer is not None:
             self._hooks.append(optimizer.register_step_post_hook(self._on_optimizer_step))
         with _active_lock:
@@ -77,30 +70,68 @@ class Watch:
         """The run directory being written."""
         return self.recorder.run_dir
 
+    def _attach(self, name: str) -> None:
+        """Create and attach probe `name`; one that raises doing so is switched off (said once, recorded)."""
+        try:
+            probe = PROBES[name]()
+        except Exception as exc:  # noqa: BLE001 - a probe's bug must not stop training
+            probe = _Unbuilt(name)
+            probe.ctx = self.ctx
+            probe.switch_off(exc, "its constructor")
+            self.not_applicable[name] = probe.switched_off or ""
+            return
+        ctx = self.ctx.for_probe(probe)
+        try:
+            reason = probe.attach(ctx)
+        except Exception as exc:  # noqa: BLE001
+            probe.ctx = ctx
+            probe.switch_off(exc, "attach")
+            reason = None
+        if reason is None and probe.switched_off is None:
+            self.probes[name] = probe
+            return
+        self._detach(name, probe)
+        if probe.switched_off is not None:
+            self.not_applicable[name] = probe.switched_off
+        else:
+            self.not_applicable[name] = reason or ""
+            log.info("inspector: %s probe not applicable: %s", name, reason)
+
+    def _detach(self, name: str, probe: Probe) -> None:
+        """`probe.detach()`; an error there switches it off (unless it already is) and goes no further."""
+        try:
+            probe.detach()
+        except Exception as exc:  # noqa: BLE001
+            probe.switch_off(exc, "detach")
+
     def _on_optimizer_step(self, *_: Any) -> None:
         self._end_step()
 
     def _end_step(self) -> None:
         for name, probe in list(self.probes.items()):
             self._guard(name, probe.on_step_end, self.global_step)
+        self._sweep()
         self.global_step += 1
         self.recorder.step = self.global_step
 
     def _guard(self, name: str, fn: Any, *args: Any) -> None:
-        """Call a probe's step callback; a probe that raises is detached with one warning, and
-        training goes on (nothing a probe raises reaches the training loop)."""
+        """Call a probe's step callback (unless the probe is switched off); a probe that raises is
+        switched off (one warning line, a `probe_error` anomaly) and training goes on."""
+        probe = self.probes.get(name)
+        if probe is None or probe.switched_off is not None:
+            return
         try:
             fn(*args)
         except Exception as exc:  # noqa: BLE001 - a probe's bug must not stop training
-            probe = self.probes.pop(name, None)
-            if probe is not None:
-                try:
-                    probe.detach()
-                except Exception:  # noqa: BLE001
-                    pass
-            self.not_applicable[name] = f"switched off after an error: {type(exc).__name__}: {exc}"
-            log.warning("inspector: %s probe switched off at step %d: %s: %s", name, self.global_step,
-                        type(exc).__name__, exc)
+            probe.switch_off(exc, _callback_name(fn))
+
+    def _sweep(self) -> None:
+        """Detach the probes switched off since the last sweep (their hooks already do nothing)."""
+        for name, probe in list(self.probes.items()):
+            if probe.switched_off is not None:
+                del self.probes[name]
+                self.not_applicable[name] = probe.switched_off
+                self._detach(name, probe)
 
     def step(self, **scalars: Any) -> int:
         """Record `scalars` (tensors are fine: read on the writer thread) for the step just done.
@@ -115,6 +146,8 @@ class Watch:
                 self._guard(name, probe.on_scalars, at, scalars)
         if not self._auto:
             self._end_step()
+        else:
+            self._sweep()
         return at
 
     @contextlib.contextmanager
@@ -143,22 +176,45 @@ class Watch:
         self.recorder.scalar(name, _detach(value), step=step)
 
     def close(self) -> None:
-        """Remove every hook, flush and close the run."""
-        for probe in self.probes.values():
-            probe.detach()
-        for h in self._hooks:
-            h.remove()
-        self._hooks.clear()
-        with _active_lock:
-            if self in _active:
-                _active.remove(self)
-        self.recorder.close()
+        """Remove every hook, flush and close the run (a probe that raises in `detach` is said and
+        recorded like any probe error; the run is closed all the same)."""
+        try:
+            detached = list(self.probes.items())
+            for name, probe in detached:
+                self._detach(name, probe)
+            self.probes.clear()
+            for h in self._hooks:
+                h.remove()
+            self._hooks.clear()
+            with _active_lock:
+                if self in _active:
+                    _active.remove(self)
+            # a deferred value that fails on the writer thread now can still record its probe_error
+            self.recorder.flush()
+            for name, probe in detached:
+                if probe.switched_off is not None:
+                    self.not_applicable[name] = probe.switched_off
+        finally:
+            self.recorder.close()
 
     def __enter__(self) -> "Watch":
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class _Unbuilt(Probe):
+    """Stands in for a probe whose constructor raised, so it is reported like any other probe error."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__()
+        self.name = name  # type: ignore[misc]
+
+
+def _callback_name(fn: Any) -> str:
+    """"on_step_end" for a probe's bound method, else the callable's name."""
+    return str(getattr(fn, "__name__", None) or type(fn).__name__)
 
 
 def _detach(value: Any) -> Any:

@@ -15,7 +15,10 @@ hook returns at once. Dead layers (`dead_layer.DeadLayerTracker`: most of the un
 module's healthy baseline output 0 for the whole batch, on 2 sampled steps in a row) are reported
 as `dead_layer` at their onset step, and again on every sampled step while they stay dead; an
 output whose peak magnitude leaves its healthy range (`activation_drift.DriftTracker`) is reported
-once as `activation_drift`. Both are judged from the host copies once these have landed, so the
+once as `activation_drift`. Under `torch.compile` the hook returns at once while dynamo traces it
+(no graph break, no recompile) and modules inside the compiled region are not recorded (said once);
+nested-tensor outputs (`nn.TransformerEncoder`'s padded fast path) are recorded over their real
+tokens. Both are judged from the host copies once these have landed, so the
 training thread never waits.
 """
 from __future__ import annotations
@@ -89,6 +92,8 @@ class ActivationsProbe(Probe):
         self._drift = DriftTracker()
         self._broken: set[int] = set()
         self._failed = False
+        self._compiled = False  # a hook was traced by torch.compile (set from inside the graph)
+        self._said_compiled = False
 
     def attach(self, ctx: ProbeContext) -> str | None:
         super().attach(ctx)
@@ -103,6 +108,9 @@ class ActivationsProbe(Probe):
 
     def _make_hook(self, i: int):
         def hook(module: nn.Module, args: Any, out: Any) -> None:
+            if torch.compiler.is_compiling():  # inside a compiled graph: record nothing, add nothing
+                self._compiled = True
+                return
             if not self._armed or i in self._rows or i in self._broken:
                 return
             try:
@@ -115,6 +123,8 @@ class ActivationsProbe(Probe):
 
     def _capture(self, i: int, out: Any) -> None:
         x = first_tensor(out)
+        if x is not None and x.is_nested:  # nn.TransformerEncoder's padded fast path: real tokens only
+            x = torch.cat([t.reshape(-1, t.shape[-1]) for t in x.unbind()]) if x.size(0) else None
         if x is None or x.numel() == 0:
             return
         old = self._lohi[i]
@@ -124,6 +134,11 @@ class ActivationsProbe(Probe):
         self._rows[i] = row
 
     def on_step_end(self, step: int) -> None:
+        if self._compiled and not self._said_compiled:
+            self._said_compiled = True
+            log.warning("inspector: activations: the model runs under torch.compile; outputs of modules inside "
+                        "the compiled region are not recorded (compile blocks separately, or watch an eager "
+                        "model, to record them)")
         try:
             if self._rows:
                 self._flush(step)

@@ -88,8 +88,9 @@ class AnomalyProbe(Probe):
     def attach(self, ctx: ProbeContext) -> str | None:
         super().attach(ctx)
         model = ctx.model
-        self.track(model.register_forward_pre_hook(self._root_pre))
-        self.track(model.register_forward_hook(self._root_post))
+        # the root's hooks are a compiled region's boundary: eager there (torch._dynamo.disable)
+        self.track(model.register_forward_pre_hook(torch._dynamo.disable(self._root_pre)))
+        self.track(model.register_forward_hook(torch._dynamo.disable(self._root_post)))
         blocks = find_blocks(model)
         block_ids = {id(m) for _, m in blocks}
         if any(p.is_cuda for p in model.parameters()):
@@ -140,12 +141,16 @@ class AnomalyProbe(Probe):
 
     def _make_hook(self, name: str):
         def hook(module: nn.Module, args: Any, out: Any) -> None:
+            if torch.compiler.is_compiling():  # traced into a compiled graph: add nothing
+                return
             if self._active:
                 self._guarded(self._keep, name, out)
         return hook
 
     def _make_block_hook(self, name: str):
         def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
+            if torch.compiler.is_compiling():
+                return
             if self._active:
                 self._guarded(self._keep, name, out, (module, args, kwargs))
         return hook
@@ -162,10 +167,13 @@ class AnomalyProbe(Probe):
         try:
             if self._sums:
                 self._pending.push((step, "sums", list(self._sum_names)), to_host(torch.stack(self._sums)))
-            elif self._outputs:
+            else:
                 roots = [t for t in floating_tensors(out) if t.device.type != "cuda"]
                 if any_nonfinite(roots):
-                    self._localise(step)
+                    if self._outputs:
+                        self._localise(step)
+                    else:  # nothing referenced: the modules ran inside a compiled region (or there are none)
+                        self._found(step, "model")
         finally:
             self._clear()
 

@@ -1,24 +1,26 @@
-"""Attention adapter for Hugging Face transformers models (checked with transformers 5.23).
+"""Attention adapter for Hugging Face transformers models (checked with transformers 5.25).
 
-Models that dispatch attention through `AttentionInterface` read `config._attn_implementation`
-on every call. For each implementation in use (sdpa, eager, flash…) this registers a wrapping
-function under a new name `inspector<N>_<original>` (the original's name stays a substring, so
-transformers' `"flash" in name` / `"sdpa" in name` checks still hold), registers the original's
-mask function under that name too (otherwise transformers builds no mask for an unknown name),
-and points every config of the model at it. The wrapper calls the model's own function with
-the same arguments, so outputs are unchanged; on sampled calls it also hands the post-rope query,
-the key (fewer heads under grouped-query attention), the mask and the scale to the probe.
+Models that dispatch attention through `AttentionInterface` call
+`ALL_ATTENTION_FUNCTIONS.get_interface(config._attn_implementation, eager_attention_forward)` on
+every forward and then call the function it returns. While at least one watch is open, this adapter
+wraps that lookup (`AttentionInterface.get_interface`, and `__getitem__` for the few models that
+index the interface directly): the function handed back is a thin wrapper around the very function
+transformers chose, which calls it with exactly the arguments it was given, returns exactly its
+result and then, for a module of a watched model on a sampled call, hands the post-rope query, the
+key (fewer heads under grouped-query attention), the mask and the scale to the probe.
 
-The config is switched directly rather than with `model.set_attn_implementation(name)`: that
-method re-validates the name and, for a name containing "flash", tries to load a flash kernel
-of that name. `remove()` puts every config back and unregisters the names.
+Nothing about the model changes: `config._attn_implementation` keeps its name, so every check a
+model makes on that name (`== "eager"` in GPT-2's `reorder_and_upcast_attn` path, `output_attentions`
+validation, `"flash" in name`, mask selection) sees what it saw unwatched, and the outputs are
+bit-identical (tests/test_hf_zoo.py runs every architecture of the installed transformers). Watches
+on the same or different models compose: each registers its model's modules with its own sink, and
+the lookup is restored when the last one closes, in any order.
 transformers is imported only when the model (or a module inside it) looks like one of its models.
 """
 from __future__ import annotations
 
-import itertools
 import logging
-import sys
+import threading
 from typing import Any, Callable
 
 import torch
@@ -28,7 +30,16 @@ from inspector.probes.attention_math import Visibility
 from inspector.probes.attention_sink import AttentionSink
 
 log = logging.getLogger("inspector")
-_TAGS = itertools.count()
+
+_ARG_NAMES = ("module", "query", "key", "value", "attention_mask", "dropout", "scaling")
+"""The positional order of transformers' attention functions (`sdpa_attention_forward`, eager, flash)."""
+
+_MAX_WRAPPERS = 1024
+_lock = threading.Lock()
+_sinks: dict[nn.Module, tuple[AttentionSink, ...]] = {}
+"""Watched module -> the sinks of the watches that hold it (usually one)."""
+_handles: set["HFAttentionHandle"] = set()
+_patch: "_LookupPatch | None" = None
 
 
 def hf_model(model: nn.Module) -> nn.Module | None:
@@ -46,32 +57,35 @@ def attention_modules(model: nn.Module) -> list[nn.Module]:
 
 
 class HFAttentionHandle:
-    """The wrapper names registered and the configs switched to them; `remove()` undoes both."""
+    """One watch's registration of a model's modules; `remove()` ends it (the last one restores
+    transformers' attention lookup)."""
 
-    def __init__(self) -> None:
-        self.names: list[str] = []
-        self.switched: list[tuple[Any, str, str]] = []
+    def __init__(self, modules: list[nn.Module], sink: AttentionSink) -> None:
+        self.modules = modules
+        self.sink = sink
 
     def remove(self) -> None:
-        """Restore each config's original implementation and unregister the wrapper names."""
-        from transformers import AttentionInterface
-        from transformers.masking_utils import AttentionMaskInterface
-
-        for config, original, name in self.switched:
-            if getattr(config, "_attn_implementation_internal", None) == name:
-                config._attn_implementation_internal = original
-        self.switched.clear()
-        for name in self.names:
-            AttentionInterface._global_mapping.pop(name, None)
-            AttentionMaskInterface._global_mapping.pop(name, None)
-        self.names.clear()
+        """Forget this watch's modules; unpatch the lookup when no watch is left. Idempotent."""
+        global _patch
+        with _lock:
+            if self not in _handles:
+                return
+            _handles.discard(self)
+            for module in self.modules:
+                left = tuple(s for s in _sinks.get(module, ()) if s is not self.sink)
+                if left:
+                    _sinks[module] = left
+                else:
+                    _sinks.pop(module, None)
+            self.modules = []
+            if not _handles and _patch is not None:
+                _patch.uninstall()
+                _patch = None
 
 
 def attach_hf(model: nn.Module, sink: AttentionSink) -> HFAttentionHandle | str:
-    """Route the model's attention through a recording wrapper; a reason string when it cannot."""
-    from transformers import AttentionInterface
-    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
-
+    """Record the model's attention through transformers' attention lookup; a reason string when it cannot."""
+    global _patch
     hf = hf_model(model)
     if hf is None:
         return "not a Hugging Face transformers model"
@@ -79,100 +93,100 @@ def attach_hf(model: nn.Module, sink: AttentionSink) -> HFAttentionHandle | str:
     if callable(can_set) and not can_set():
         return (f"{type(hf).__name__} does not dispatch attention through transformers' AttentionInterface, "
                 "so its attention cannot be observed without changing the model")
-    modules = attention_modules(model)
-    if not modules:
+    if not attention_modules(model):
         return f"{type(hf).__name__} is a Hugging Face model without attention modules"
-    tag = next(_TAGS)
-    handle = HFAttentionHandle()
-    wrappers: dict[str, str] = {}
-    for config in _configs(model):
-        original = getattr(config, "_attn_implementation", None)
-        if not isinstance(original, str):
-            continue
-        if original == "eager" and not _eager_resolvable(modules, config):
-            log.info("inspector: attention: no eager_attention_forward beside %s's attention; left as is",
-                     type(hf).__name__)
-            continue
-        name = wrappers.get(original)
-        if name is None:
-            name = wrappers[original] = f"inspector{tag}_{original}"
-            AttentionInterface.register(name, _wrapper(original, sink))
-            if original in ALL_MASK_ATTENTION_FUNCTIONS:
-                AttentionMaskInterface.register(name, ALL_MASK_ATTENTION_FUNCTIONS[original])
-            handle.names.append(name)
-        config._attn_implementation_internal = name
-        handle.switched.append((config, original, name))
-    if not handle.switched:
-        handle.remove()
-        return f"{type(hf).__name__}: no attention implementation the probe can wrap"
+    modules = list(model.modules())
+    handle = HFAttentionHandle(modules, sink)
+    with _lock:
+        if _patch is None:
+            _patch = _LookupPatch()
+            _patch.install()
+        for module in modules:
+            _sinks[module] = _sinks.get(module, ()) + (sink,)
+        _handles.add(handle)
     return handle
 
 
-def _configs(model: nn.Module) -> list[Any]:
-    """Every distinct config of the model's modules and their sub-configs (by identity)."""
-    seen: dict[int, Any] = {}
-    todo = [getattr(m, "config", None) for m in model.modules()]
-    while todo:
-        config = todo.pop()
-        if config is None or id(config) in seen or not hasattr(config, "_attn_implementation_internal"):
-            continue
-        seen[id(config)] = config
-        todo.extend(getattr(config, key, None) for key in getattr(config, "sub_configs", {}) or {})
-    return list(seen.values())
+class _LookupPatch:
+    """`AttentionInterface.get_interface` and `__getitem__` replaced by versions that wrap what the
+    originals return; `uninstall()` puts the originals back (unless someone replaced ours since)."""
+
+    _NAMES = ("get_interface", "__getitem__")
+
+    def __init__(self) -> None:
+        from transformers import AttentionInterface
+
+        self.cls = AttentionInterface
+        self.own = {name: AttentionInterface.__dict__.get(name) for name in self._NAMES}
+        self.ours: dict[str, Callable] = {}
+        self.wrappers: dict[tuple[Callable, str | None], Callable] = {}
+
+    def install(self) -> None:
+        """Put the wrapping lookups on the class."""
+        get_interface = self.cls.get_interface
+        getitem = self.cls.__getitem__
+        wrap = self.wrap
+
+        def inspector_get_interface(iface: Any, attn_implementation: str, default: Callable) -> Callable:
+            return wrap(get_interface(iface, attn_implementation, default), attn_implementation)
+
+        def inspector_getitem(iface: Any, key: str) -> Callable:
+            return wrap(getitem(iface, key), key)
+
+        self.ours = {"get_interface": inspector_get_interface, "__getitem__": inspector_getitem}
+        for name, fn in self.ours.items():
+            setattr(self.cls, name, fn)
+
+    def uninstall(self) -> None:
+        """Restore the class's own lookups."""
+        for name, fn in self.ours.items():
+            if self.cls.__dict__.get(name) is not fn:
+                continue  # replaced after us: leave theirs (our wrappers pass through once no one watches)
+            if self.own[name] is None:
+                delattr(self.cls, name)
+            else:
+                setattr(self.cls, name, self.own[name])
+        self.wrappers.clear()
+
+    def wrap(self, fn: Any, impl: str | None) -> Any:
+        """The recording wrapper around attention function `fn` chosen under the name `impl`."""
+        if not callable(fn) or getattr(fn, "_inspector_wrapped", False):
+            return fn
+        try:
+            return self.wrappers[(fn, impl)]
+        except KeyError:
+            if len(self.wrappers) >= _MAX_WRAPPERS:  # a model passing a new callable on every call
+                self.wrappers.clear()
+            wrapper = self.wrappers[(fn, impl)] = _wrapper(fn, impl or "eager")
+            return wrapper
+        except TypeError:  # an unhashable callable
+            return _wrapper(fn, impl or "eager")
 
 
-def _eager_resolvable(modules: list[nn.Module], config: Any) -> bool:
-    return all(_module_namespace(m).get("eager_attention_forward") is not None
-               for m in modules if m.config is config)
+def _wrapper(fn: Callable, impl: str) -> Callable:
+    """Call `fn` unchanged; then hand the inputs of a watched module's call to its sinks."""
 
-
-def _module_namespace(module: nn.Module) -> dict[str, Any]:
-    mod = sys.modules.get(type(module).__module__)
-    return vars(mod) if mod is not None else {}
-
-
-def _resolve(module: nn.Module, original: str) -> Callable:
-    """The function the module would have called under `original` (its own file's eager function,
-    or its file's attention interface, which may override the global one)."""
-    space = _module_namespace(module)
-    if original == "eager":
-        fn = space.get("eager_attention_forward")
-        if fn is None:
-            raise RuntimeError(f"no eager_attention_forward for {type(module).__name__}")
-        return fn
-    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-
-    iface = space.get("ALL_ATTENTION_FUNCTIONS", ALL_ATTENTION_FUNCTIONS)
-    try:
-        return iface[original]
-    except KeyError:
-        return ALL_ATTENTION_FUNCTIONS[original]
-
-
-def _wrapper(original: str, sink: AttentionSink) -> Callable:
-    """The attention function registered in place of `original`."""
-    resolved: dict[type, Callable] = {}
-    flash = "flash" in original
-
-    def inspector_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                            attention_mask: Any, *args: Any, **kwargs: Any) -> Any:
-        fn = resolved.get(type(module))
-        if fn is None:
-            fn = resolved[type(module)] = _resolve(module, original)
-        if flash:  # flash_attention_forward picks its kernel by the config's name
-            config = module.config
-            current = config._attn_implementation_internal
-            config._attn_implementation_internal = original
-            try:
-                out = fn(module, query, key, value, attention_mask, *args, **kwargs)
-            finally:
-                config._attn_implementation_internal = current
-        else:
-            out = fn(module, query, key, value, attention_mask, *args, **kwargs)
-        _capture(sink, original, module, query, key, attention_mask, kwargs)
+    def inspector_attention(*args: Any, **kwargs: Any) -> Any:
+        out = fn(*args, **kwargs)
+        module = args[0] if args else kwargs.get("module")
+        sinks = _sinks.get(module) if isinstance(module, nn.Module) else None
+        if sinks:
+            _capture_all(sinks, impl, module, args, kwargs)
         return out
 
+    inspector_attention._inspector_wrapped = True  # type: ignore[attr-defined]
+    inspector_attention.__wrapped__ = fn  # type: ignore[attr-defined]
     return inspector_attention
+
+
+def _capture_all(sinks: tuple[AttentionSink, ...], impl: str, module: nn.Module, args: tuple[Any, ...],
+                 kwargs: dict[str, Any]) -> None:
+    """Bind the call's arguments by transformers' positional order and capture for each sink."""
+    named = dict(kwargs)
+    named.update(zip(_ARG_NAMES, args))
+    query, key, mask = named.get("query"), named.get("key"), named.get("attention_mask")
+    for sink in sinks:
+        _capture(sink, impl, module, query, key, mask, named)
 
 
 def _capture(sink: AttentionSink, original: str, module: nn.Module, query: torch.Tensor, key: torch.Tensor,

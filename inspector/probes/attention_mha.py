@@ -9,10 +9,19 @@ is True where attention is NOT allowed, a float one is added to the scores; `bia
 
 Note: torch's `TransformerEncoderLayer` skips its fused inference fast path when any of its
 submodules has a forward hook, so in eval mode under `no_grad` a hooked layer runs the (equal)
-unfused path. Nested-tensor inputs (`TransformerEncoder`'s padded inference path) are skipped.
+unfused path.
+
+Nested tensors: in eval mode under `no_grad`, `TransformerEncoder` given a `src_key_padding_mask`
+packs the batch into a nested tensor holding each sequence's unpadded tokens only, and calls its
+layers without the mask. The queries and keys of sequence 0 are then its own tokens
+(`unbind()[0]`), every key visible: the map recorded is [heads, real tokens, real tokens]. The
+padded positions are never computed there, so there is nothing of them to record; that is said
+once, in one log line (`NESTED_NOTE`).
 """
 from __future__ import annotations
 
+import logging
+import weakref
 from functools import partial
 from typing import Any
 
@@ -22,6 +31,14 @@ from torch import nn
 
 from inspector.probes.attention_math import Visibility
 from inspector.probes.attention_sink import AttentionSink
+
+log = logging.getLogger("inspector")
+
+NESTED_NOTE = ("inspector: attention of nn.MultiheadAttention on nested tensors (TransformerEncoder's padded "
+               "inference path): maps cover sequence 0's unpadded tokens; padded positions are not computed "
+               "by torch and are not recorded")
+"""The one line logged the first time a probe captures a nested-tensor input."""
+_noted: "weakref.WeakSet[Any]" = weakref.WeakSet()  # the sinks (probes) that said it
 
 _PARAMS = ("query", "key", "value", "key_padding_mask", "need_weights", "attn_mask",
            "average_attn_weights", "is_causal")
@@ -104,6 +121,7 @@ def _hook(sink: AttentionSink, module: nn.MultiheadAttention, args: tuple, kwarg
         bound.update(kwargs)
         query, key = bound["query"], bound["key"]
         if query.is_nested or key.is_nested:
+            _capture_nested(sink, module, name, layer, query, key, bound)
             return
         with torch.no_grad():
             q_HTD, k_HSD, scale, vis = mha_qk(
@@ -112,3 +130,30 @@ def _hook(sink: AttentionSink, module: nn.MultiheadAttention, args: tuple, kwarg
         sink.capture(name, layer, q_HTD, k_HSD, scale, vis)
     except Exception as exc:  # a recording problem must never stop the model
         sink.failed(name, exc)
+
+
+def _first_sequence(t: torch.Tensor, batch_first: bool) -> torch.Tensor:
+    """Sequence 0 of a batch: a nested tensor's first component, else row 0 along the batch dim."""
+    if t.is_nested:
+        return t.unbind()[0]
+    if t.dim() < 3:
+        return t
+    return t[0] if batch_first else t[:, 0]
+
+
+def _capture_nested(sink: AttentionSink, module: nn.MultiheadAttention, name: str, layer: int,
+                    query: torch.Tensor, key: torch.Tensor, bound: dict) -> None:
+    """Capture sequence 0 of a nested-tensor call: its own tokens, masks as given (none from
+    `TransformerEncoder`, whose nested path passes no mask)."""
+    q_TE = _first_sequence(query, module.batch_first)
+    k_SE = _first_sequence(key, module.batch_first)
+    if q_TE.shape[0] == 0 or k_SE.shape[0] == 0:
+        return
+    with torch.no_grad():
+        q_HTD, k_HSD, scale, vis = mha_qk(
+            module, q_TE, k_SE, bound.get("attn_mask"), None,
+            bool(bound.get("is_causal", False)), bool(bound.get("need_weights", True)))
+    sink.capture(name, layer, q_HTD, k_HSD, scale, vis)
+    if sink not in _noted:
+        _noted.add(sink)
+        log.warning(NESTED_NOTE)

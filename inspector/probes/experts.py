@@ -10,16 +10,28 @@ Routers are found by duck typing, never by importing a model library:
   with `top_k` / the config's `num_experts_per_tok`. The number of experts comes from
   `n_experts`/`num_experts`/`num_local_experts` on the router, its parent or the model config.
 
-Per training forward of a router (only while `module.training`, only on steps
-`ctx.sampling.due("experts", step)` selects, and never during an activation-checkpoint recompute
-inside backward), on the device and without synchronising: tokens per expert (a scatter-add of
-the top-k ids, i.e. a bincount that does not sync on CUDA), the summed per-token entropy of the
-router's score distribution, and the engine's `aux_loss`. Several forwards in a step (gradient
-accumulation) add up. At `on_step_end` every layer's numbers are packed into one tensor and
-copied to the host once (`to_host`); the Recorder resolves them on its writer thread.
+Per forward of a router (only on steps `ctx.sampling.due("experts", step)` selects, and never
+during an activation-checkpoint recompute inside backward), on the device and without
+synchronising: tokens per expert (a scatter-add of the top-k ids, i.e. a bincount that does not
+sync on CUDA), the summed per-token entropy of the router's score distribution, and the engine's
+`aux_loss`. Several forwards in a step (gradient accumulation, a generation's prefill and decode
+steps) add up. At `on_step_end` every layer's numbers are packed into one tensor and copied to
+the host once (`to_host`); the Recorder resolves them on its writer thread.
 
-Records, kind `expert_load`, one row per router per recorded step (steps with no training forward
-record nothing):
+Training and inference are recorded apart (serving load balancing is driven by inference
+statistics; a training view must not mix them in). A forward is *inference* inside
+`Watch.phase("eval")`, or in eval mode (`model.eval()`) when no gradient reaches the router's
+output before the step ends: under `torch.no_grad()` / `inference_mode` (e.g. KV-cache
+generation) at once, with autograd on when the step ends without a backward through it (a loop
+that trains in eval mode, e.g. to switch dropout off, stays training). A forward in train mode is
+*training*, as before this split, even under `no_grad` (mark such a loop with
+`Watch.phase("eval")` when it is inference). Training rows are kind `expert_load`, inference rows kind
+`expert_load_inference` (same columns; old runs, which hold training rows only, read as before).
+Forwards after the last step end (an inference loop that never calls `Watch.step()`, a final
+evaluation) are recorded at the current step when the probe is detached (`Watch.close()`).
+
+Records, kinds `expert_load` / `expert_load_inference`, one row per router per recorded step
+and phase (steps with no forward of that phase record nothing):
 - `name`: the router's module name; `layer`: the first integer in it (None if there is none).
 - `counts`: token-to-expert assignments per expert, summed over the step's forwards (each token
   counts once for each of its top-k experts, so `sum(counts) = tokens * k`).
@@ -35,8 +47,9 @@ record nothing):
 - `bias`: the balance bias as it is at step end: the engine's `bias` buffer in sigmoid mode,
   an HF router's `e_score_correction_bias`, else null.
 
-Anomaly `expert_starved` (module = router name): an expert received no token on every recorded
-step across `STARVED_STEPS` training steps (so recording every 10th step reports it as soon as
+Anomaly `expert_starved` (module = router name): judged on training rows; on inference rows only
+while no training row has been recorded (an inference-only run). An expert received no token on
+every recorded step across `STARVED_STEPS` steps (so recording every 10th step reports it as soon as
 recording every step would), seen on at least `STARVED_MIN_SAMPLES` recorded steps; reported once
 per such stretch, from host values (one step late on CUDA, when the copy has landed; the training
 thread never waits). The test is absolute (zero tokens), so a lasting starvation never becomes
@@ -90,6 +103,10 @@ class _Streak:
         self.told = zero & (self.told | due)
         return np.flatnonzero(due)
 
+TRAIN, INFERENCE = "train", "inference"
+KIND_OF_PHASE = {TRAIN: "expert_load", INFERENCE: "expert_load_inference"}
+"""The record kind of each phase."""
+
 _EXPERT_ATTRS = ("n_experts", "num_experts", "num_local_experts", "n_routed_experts", "moe_num_experts")
 _TOPK_ATTRS = ("top_k", "num_experts_per_tok", "moe_top_k", "n_activated_experts")
 _CAPACITY_ATTRS = ("capacity", "expert_capacity", "capacity_factor")
@@ -131,6 +148,27 @@ class _Acc:
     tokens: int = 0
     aux_sum: torch.Tensor | None = None
     aux_n: int = 0
+
+    def merge(self, other: "_Acc") -> None:
+        """Add `other`'s sums to these (device tensors, no sync)."""
+        if other.counts is not None:
+            self.counts = other.counts if self.counts is None else self.counts + other.counts
+        if other.entropy_sum is not None:
+            self.entropy_sum = other.entropy_sum if self.entropy_sum is None else self.entropy_sum + other.entropy_sum
+        self.tokens += other.tokens
+        if other.aux_sum is not None:
+            self.aux_sum = other.aux_sum if self.aux_sum is None else self.aux_sum + other.aux_sum
+        self.aux_n += other.aux_n
+
+
+@dataclass
+class _Undecided:
+    """An eval-mode forward with autograd on: training if a gradient reaches the router's output
+    before the step ends, else inference."""
+
+    info: RouterInfo
+    acc: _Acc
+    trained: list[bool] = field(default_factory=lambda: [False])
 
 
 def find_routers(model: nn.Module) -> list[RouterInfo]:
@@ -229,6 +267,13 @@ def token_entropy_sum(scores_NE: torch.Tensor, kind: str) -> torch.Tensor:
     return torch.special.entr(x_NE).sum()
 
 
+def _grad_tracked(out: Any) -> torch.Tensor | None:
+    """The first floating-point tensor of a router's output that autograd tracks, or None."""
+    tensors = [out] if isinstance(out, torch.Tensor) else list(out) if isinstance(out, (tuple, list)) else []
+    return next((t for t in tensors if isinstance(t, torch.Tensor) and t.is_floating_point() and t.requires_grad),
+                None)
+
+
 def _in_backward() -> bool:
     """True inside an autograd backward pass (an activation-checkpoint recompute)."""
     task = getattr(torch._C, "_current_graph_task_id", None)
@@ -240,14 +285,17 @@ class ExpertsProbe(Probe):
     """Expert load per MoE layer; see the module docstring."""
 
     name = "experts"
-    kinds = ("expert_load", "anomaly")
+    kinds = ("expert_load", "expert_load_inference", "anomaly")
 
     def __init__(self) -> None:
         super().__init__()
         self.routers: list[RouterInfo] = []
-        self._acc: dict[str, _Acc] = {}
+        self._acc: dict[str, dict[str, _Acc]] = {TRAIN: {}, INFERENCE: {}}
+        self._undecided: list[_Undecided] = []
         self._pending: list[_StepLoad] = []
-        self._streak: dict[str, _Streak] = {}
+        self._streak: dict[tuple[str, str], _Streak] = {}
+        self._trained = False          # a training row was recorded: inference is no longer judged
+        self._eval_depth = 0           # inside `Watch.phase("eval")`
         self._warned = False
 
     def attach(self, ctx: ProbeContext) -> str | None:
@@ -260,26 +308,54 @@ class ExpertsProbe(Probe):
             self.track(info.module.register_forward_hook(self._hook(info)))
         return None
 
+    def begin_phase(self, name: str) -> None:
+        """`Watch.phase("eval")` began: forwards inside are inference."""
+        self._eval_depth += 1
+
+    def end_phase(self, name: str) -> None:
+        """`Watch.phase("eval")` ended."""
+        self._eval_depth = max(self._eval_depth - 1, 0)
+
     def _hook(self, info: RouterInfo) -> Callable[[nn.Module, Any, Any], None]:
         def hook(module: nn.Module, args: Any, out: Any) -> None:
-            if not module.training or self.ctx is None or not self.ctx.sampling.due(self.name, self.ctx.step) \
-                    or _in_backward():
+            if self.ctx is None or not self.ctx.sampling.due(self.name, self.ctx.step) or _in_backward():
                 return
             try:
+                grad_on = torch.is_grad_enabled() and not torch.is_inference_mode_enabled()
                 with torch.no_grad():
-                    self._accumulate(info, out)
+                    self._record_forward(info, module, out, grad_on)
             except Exception as exc:  # a recording problem must never break training
-                self._warn(f"inspector: experts probe skipped a forward of {info.name}: {exc!r}")
+                self._warn(f"inspector: experts probe skipped a forward of {info.name}: "
+                           f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
         return hook
 
-    def _accumulate(self, info: RouterInfo, out: Any) -> None:
+    def _record_forward(self, info: RouterInfo, module: nn.Module, out: Any, grad_on: bool) -> None:
+        """Add one forward to its phase's sums (an eval-mode forward with autograd on: decided later)."""
+        inference = self._eval_depth > 0 or (not module.training and not grad_on)
+        if inference or module.training:
+            self._accumulate(info, out, self._acc[INFERENCE if inference else TRAIN].setdefault(info.name, _Acc()))
+            return
+        tracked = _grad_tracked(out)
+        if tracked is None:       # nothing a gradient could reach: not trained through
+            self._accumulate(info, out, self._acc[INFERENCE].setdefault(info.name, _Acc()))
+            return
+        forward = _Undecided(info, _Acc())
+        self._accumulate(info, out, forward.acc)
+        flag = forward.trained
+
+        def reached(grad: torch.Tensor) -> None:
+            flag[0] = True  # cannot raise; runs inside the user's backward
+        guard = getattr(self, "guard", None)
+        tracked.register_hook(guard(reached, f"{info.name} (gradient reached)") if callable(guard) else reached)
+        self._undecided.append(forward)
+
+    def _accumulate(self, info: RouterInfo, out: Any, acc: _Acc) -> None:
         scores_NE, indices_NK = parse_router_output(out, info)
         if indices_NK is None:
             return
         e = info.n_experts
         flat = indices_NK.flatten().long()
         flat = torch.where((flat >= 0) & (flat < e), flat, e)
-        acc = self._acc.setdefault(info.name, _Acc())
         if acc.counts is None:
             acc.counts = torch.zeros(e + 1, dtype=torch.int64, device=flat.device)
         acc.counts.scatter_add_(0, flat, torch.ones_like(flat))
@@ -294,34 +370,61 @@ class ExpertsProbe(Probe):
             acc.aux_n += 1
 
     def on_step_end(self, step: int) -> None:
-        """Record the step's load per router (one host copy per device) and check for starvation."""
+        """Record the step's load per router and phase (one host copy per device and phase) and
+        check for starvation."""
         if self.ctx is None:
             return
-        acc, self._acc = self._acc, {}
         try:
-            if acc and self.ctx.sampling.due(self.name, step):
-                load = _StepLoad.pack(step, [(r, acc[r.name]) for r in self.routers if r.name in acc
-                                             and acc[r.name].counts is not None])
-                self.ctx.recorder.submit("expert_load", load.columns(), len(load.rows), step=step)
-                self._pending.append(load)
-            self._check_starved()
+            if self._record(step):
+                self._check_starved()
         except Exception as exc:
-            self._warn(f"inspector: experts probe could not record step {step}: {exc!r}")
+            self._warn(f"inspector: experts probe could not record step {step}: {type(exc).__name__}: {exc}")
+
+    def _record(self, step: int) -> bool:
+        """Submit the sums gathered since the last step end at `step`; True if the probe is live."""
+        if self.ctx is None:
+            return False
+        acc = self._take()
+        if not self.ctx.sampling.due(self.name, step):
+            return True
+        for phase in (TRAIN, INFERENCE):
+            sums = acc[phase]
+            items = [(r, sums[r.name]) for r in self.routers if r.name in sums and sums[r.name].counts is not None]
+            if not items:
+                continue
+            load = _StepLoad.pack(step, items, phase)
+            self.ctx.recorder.submit(KIND_OF_PHASE[phase], load.columns(), len(load.rows), step=step)
+            self._pending.append(load)
+            self._trained = self._trained or phase == TRAIN
+        return True
+
+    def _take(self) -> dict[str, dict[str, _Acc]]:
+        """The sums gathered so far, undecided forwards settled; the probe starts afresh."""
+        acc, self._acc = self._acc, {TRAIN: {}, INFERENCE: {}}
+        undecided, self._undecided = self._undecided, []
+        for fwd in undecided:
+            phase = TRAIN if fwd.trained[0] else INFERENCE
+            acc[phase].setdefault(fwd.info.name, _Acc()).merge(fwd.acc)
+        return acc
 
     def _check_starved(self) -> None:
         while self._pending and self._pending[0].ready():
             load = self._pending.pop(0)
+            if load.phase != TRAIN and self._trained:
+                continue  # inference is judged only while the run has not trained
             for i, info in enumerate(load.rows):
                 counts = load.values()["counts"][i]
-                streak = self._streak.get(info.name)
+                key = (load.phase, info.name)
+                streak = self._streak.get(key)
                 if streak is None or streak.since.shape != counts.shape:
-                    streak = self._streak[info.name] = _Streak.empty(counts.shape[0])
+                    streak = self._streak[key] = _Streak.empty(counts.shape[0])
                 starved = streak.update(load.step, counts)
                 if starved.size:
                     since = int(streak.since[starved].min())
+                    where = "recorded step" if load.phase == TRAIN else "recorded inference step"
                     self.ctx.report(
                         "expert_starved",
-                        f"{info.name}: expert(s) {starved.tolist()} received no token in any recorded step "
+                        f"{info.name}: expert(s) {starved.tolist()} received no token in any {where} "
                         f"from step {since} to {load.step} ({int(streak.seen[starved].min())} recorded)",
                         module=info.name, value=float(starved.size), step=load.step)
         del self._pending[:-64]  # copies that never land (a dead device) must not pile up
@@ -332,9 +435,19 @@ class ExpertsProbe(Probe):
             log.warning(message)
 
     def detach(self) -> None:
-        """Remove the hooks and forget the step's partial sums."""
+        """Record what ran since the last step end (at the current step), then remove the hooks."""
+        try:
+            if self.ctx is not None and self.switched_off_reason() is None:
+                self._record(self.ctx.step)
+        except Exception as exc:  # the run is closing: say so, never raise
+            self._warn(f"inspector: experts probe could not record the last forwards: {type(exc).__name__}: {exc}")
         super().detach()
-        self._acc.clear()
+        self._acc = {TRAIN: {}, INFERENCE: {}}
+        self._undecided = []
+
+    def switched_off_reason(self) -> str | None:
+        """Why the Watch switched this probe off (None while it works, or on a base without switch-off)."""
+        return getattr(self, "switched_off", None)
 
 
 @dataclass
@@ -345,11 +458,12 @@ class _StepLoad:
     rows: list[RouterInfo]
     parts: list[tuple[HostValue, list[tuple[int, int, bool]]]]  # per device: copy, (row, E, has bias)
     dropped_known: list[bool]
+    phase: str = TRAIN
     _values: dict[str, Any] | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     @classmethod
-    def pack(cls, step: int, items: list[tuple[RouterInfo, _Acc]]) -> "_StepLoad":
+    def pack(cls, step: int, items: list[tuple[RouterInfo, _Acc]], phase: str = TRAIN) -> "_StepLoad":
         """Concatenate every router's numbers per device into one float64 tensor and start its copy.
 
         Per router: counts[E + 1] (last = invalid ids), entropy, aux, then bias[E] if it has one.
@@ -369,7 +483,7 @@ class _StepLoad:
             layouts.setdefault(dev, []).append((len(rows), info.n_experts, bias is not None))
             rows.append(info)
         parts = [(to_host(torch.cat(pieces[dev])), layouts[dev]) for dev in pieces]
-        return cls(step, rows, parts, [not r.capacity for r in rows])
+        return cls(step, rows, parts, [not r.capacity for r in rows], phase)
 
     def ready(self) -> bool:
         """True when every copy has landed (never blocks)."""

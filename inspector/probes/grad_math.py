@@ -8,12 +8,24 @@ length #params, in float64 (float32 on MPS).
 Precision follows the gradients: fp16/bf16/fp32 tensors are reduced with fp32 accumulation, float64
 tensors in float64 (`stat_dtype`), so a float64 model keeps float64 statistics; a model mixing
 both gets its per-parameter vectors in float64.
+
+DTensors (FSDP2's sharded parameters and gradients) are reduced on the shard this rank holds
+(`local`: no copy, no communication); `ShardSums` then turns the per-tensor partial results
+(squared norms, sums, counts, maxima) into whole-tensor ones with one small collective per mesh
+dimension that shards them (one under FSDP2), so memory grows with the local shard only.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, Sequence
 
 import torch
+import torch.distributed as dist
+
+try:
+    from torch.distributed.tensor import DTensor
+except ImportError:  # a torch built without distributed support has no DTensor
+    DTensor = None
 
 STATS = ("norm", "mean", "var", "max_abs", "zero_frac", "var_over_steps")
 """Column order of the [groups, 6] matrix `group_stats` returns."""
@@ -54,6 +66,14 @@ def stat_dtype(dtype: torch.dtype) -> torch.dtype:
 def common_stat_dtype(tensors: list[torch.Tensor]) -> torch.dtype:
     """float64 if any tensor is float64, else float32: the dtype of per-tensor result vectors."""
     return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
+
+
+def local(t: torch.Tensor) -> torch.Tensor:
+    """The part of `t` this rank holds: a DTensor's local shard (the same storage, no
+    communication; call under `torch.no_grad()`), any other tensor itself."""
+    if DTensor is not None and isinstance(t, DTensor):
+        return t.to_local()
+    return t
 
 
 def norms(tensors: list[torch.Tensor]) -> torch.Tensor:
@@ -130,19 +150,21 @@ def acc_dtype(device: torch.device) -> torch.dtype:
 
 def param_sums(grads: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(sum_P, max |g|_P, nonzero count_P), one entry per tensor, each from one pass over it
-    (accumulated in `stat_dtype`: no copy of a low-precision gradient, no narrowing of float64)."""
+    (accumulated in `stat_dtype`: no copy of a low-precision gradient, no narrowing of float64).
+    An empty tensor (a rank's share of a parameter too small to split) gives 0, 0, 0."""
     vec = common_stat_dtype(grads)
     sum_P = torch.stack([g.sum(dtype=stat_dtype(g.dtype)) for g in grads]).to(vec)
-    extremes = [torch.aminmax(g) for g in grads]
+    extremes = [torch.aminmax(g) if g.numel() else (g.new_zeros(()), g.new_zeros(())) for g in grads]
     low_P = torch.stack([lo.to(vec) for lo, _ in extremes])
     high_P = torch.stack([hi.to(vec) for _, hi in extremes])
     nnz_P = torch.stack([torch.count_nonzero(g) for g in grads])
     return sum_P, torch.maximum(-low_P, high_P), nnz_P
 
 
-def group_stats(layout: GroupLayout, norms_P: torch.Tensor, grads: list[torch.Tensor],
+def group_stats(layout: GroupLayout, norms_P: torch.Tensor, sums: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
                 var_over_steps_G: torch.Tensor) -> torch.Tensor:
-    """[G, 6] matrix of `STATS` per group, all elements of a group's gradients pooled.
+    """[G, 6] matrix of `STATS` per group, all elements of a group's gradients pooled, from the
+    per-tensor norms and `param_sums` (sum, max |g|, nonzero count) of whole tensors.
 
     `var` is the population variance (divisor n, like `torch.var(unbiased=False)`) over all
     elements of the group, E[g^2] - E[g]^2 from per-tensor sums (fp32, float64 for float64
@@ -151,7 +173,7 @@ def group_stats(layout: GroupLayout, norms_P: torch.Tensor, grads: list[torch.Te
     rare exceptions such as a bias whose every element has the same gradient).
     """
     acc = acc_dtype(norms_P.device)
-    sum_P, max_P, nnz_P = param_sums(grads)
+    sum_P, max_P, nnz_P = sums
     n_G = layout.numel_G.to(acc)
     mean_G = layout.sum(sum_P.to(acc)) / n_G
     sq_G = layout.sum(norms_P.to(acc).square())
@@ -170,9 +192,10 @@ class ElementWelford:
     so a tensor's summed M2 grows by (k-1)/k * ||d||^2: the per-element M2 is never stored. State:
     one tensor per parameter in its `stat_dtype` (memory 1x the parameters in fp32, or in float64
     for float64 parameters) and one float64 number per tensor.
-    `update` returns, per group, the mean over the group's elements of each element's population
-    variance over the steps seen (sum of M2 / k / elements): the gradient-noise signal. A
-    non-finite gradient makes its tensor's state NaN.
+    `update` returns, per tensor, the sum over its elements of each element's population variance
+    over the steps seen (M2 / k); `group_noise` turns that into the gradient-noise signal, the mean
+    over a group's elements. On a DTensor shard both state and result are the shard's (a partial
+    sum that `ShardSums` adds up). A non-finite gradient makes its tensor's state NaN.
     """
 
     def __init__(self, n_params: int) -> None:
@@ -181,9 +204,9 @@ class ElementWelford:
         self.m2_P: torch.Tensor | None = None
         self._index: dict[tuple[int, ...], torch.Tensor] = {}
 
-    def update(self, layout: GroupLayout, present: tuple[int, ...], grads: list[torch.Tensor],
-               norms_G: torch.Tensor) -> torch.Tensor:
-        """Add one observation of every present gradient; the per-group noise variance [G]."""
+    def update(self, present: tuple[int, ...], grads: list[torch.Tensor]) -> torch.Tensor:
+        """Add one observation of every present gradient; per present tensor, the sum of its
+        elements' variances over the steps seen [P]."""
         for i, g in zip(present, grads):
             if self.mean[i] is None:
                 self.mean[i] = torch.zeros_like(g, dtype=stat_dtype(g.dtype))
@@ -217,7 +240,13 @@ class ElementWelford:
             k_P = to_device(ks, acc, device)
             weight = (k_P - 1.0) / k_P
         self.m2_P.index_add_(0, index, dnorm_P.to(acc).square() * weight)
-        return layout.sum(self.m2_P[index] / k_P) / layout.numel_G.to(acc)
+        return self.m2_P[index] / k_P
+
+    @staticmethod
+    def group_noise(layout: GroupLayout, m2k_P: torch.Tensor) -> torch.Tensor:
+        """Per group, the mean over its elements of each element's variance over the steps [G]."""
+        acc = acc_dtype(m2k_P.device)
+        return layout.sum(m2k_P.to(acc)) / layout.numel_G.to(acc)
 
     def clear(self) -> None:
         """Free the state."""
@@ -234,8 +263,7 @@ class NormWelford:
         self.n_groups = n_groups
         self.state: torch.Tensor | None = None  # [3, groups]: count, mean, M2
 
-    def update(self, layout: GroupLayout, present: tuple[int, ...], grads: list[torch.Tensor],
-               norms_G: torch.Tensor) -> torch.Tensor:
+    def update(self, layout: GroupLayout, norms_G: torch.Tensor) -> torch.Tensor:
         """Add one observation of each present group's norm; the per-group variance [G]."""
         if self.state is None:
             self.state = torch.zeros(3, self.n_groups, dtype=norms_G.dtype, device=norms_G.device)
@@ -251,3 +279,96 @@ class NormWelford:
     def clear(self) -> None:
         """Free the state."""
         self.state = None
+
+
+class ShardSums:
+    """Turns per-tensor results over DTensor shards (the part each rank holds) into whole-tensor ones.
+
+    Built once from the watched tensors: a tensor is sharded along each mesh dimension whose
+    placement is `Shard` (FSDP2: one, over all ranks; HSDP: the shard dimension only; a
+    `Replicate` dimension needs nothing). `combine` packs the partial columns of the sharded
+    tensors into one [S, C] matrix of fixed shape (S = every sharded tensor, zeros for those
+    without a value here, so all ranks send the same shape whatever they hold) and reduces it with
+    one collective per sharding process group: an `all_reduce` (sum) when every column adds up,
+    else one all-gather of [world x S, C] summed and max-ed locally in rank order (identical on
+    every rank). Under NCCL the collective is queued on the device: the host does not wait.
+    Tensors that are not sharded (plain ones, DDP's) are returned as they were. Every rank of a
+    group must call `combine` at the same points with the same number of columns.
+    """
+
+    def __init__(self, tensors: Sequence[torch.Tensor]) -> None:
+        self.rows: dict[int, int] = {}  # tensor index -> row of the [S, C] matrix
+        self.ways: list[int] = []  # per tensor, into how many shards it is split
+        by_group: dict[Any, list[int]] = {}
+        for i, t in enumerate(tensors):
+            ways = 1
+            for mesh, dim in _shard_dims(t):
+                group = mesh.get_group(dim)
+                by_group.setdefault(group, []).append(self.rows.setdefault(i, len(self.rows)))
+                ways *= mesh.size(dim)
+            self.ways.append(ways)
+        self.groups = [(g, dist.get_world_size(g), rows) for g, rows in by_group.items()
+                       if dist.get_world_size(g) > 1]
+        self._index: dict[tuple[tuple[int, ...], torch.device], tuple[torch.Tensor, torch.Tensor, list[Any]]] = {}
+
+    @property
+    def active(self) -> bool:
+        """True when some tensor is split over several ranks (combining then communicates)."""
+        return bool(self.groups)
+
+    def combine(self, present: tuple[int, ...], norms: Sequence[torch.Tensor], sums: Sequence[torch.Tensor] = (),
+                maxes: Sequence[torch.Tensor] = ()) -> tuple[list[torch.Tensor], ...]:
+        """Whole-tensor values of per-tensor columns (one entry per tensor in `present`, indices
+        into the tensors given at construction): `norms` are 2-norms (their squares add up),
+        `sums` add up, `maxes` take the largest. Each comes back in its own dtype."""
+        norms, sums, maxes = list(norms), list(sums), list(maxes)
+        if not self.groups:
+            return norms, sums, maxes
+        cols = norms + sums + maxes
+        n_norm, n_sum = len(norms), len(norms) + len(sums)
+        device = cols[0].device
+        acc = acc_dtype(device)
+        pos_Q, rows_Q, sels = self._indices(present, device)
+        part_QC = torch.stack([c.to(acc) for c in cols], dim=1).index_select(0, pos_Q)
+        part_QC[:, :n_norm] = part_QC[:, :n_norm].square()
+        mat_SC = torch.zeros(len(self.rows), len(cols), dtype=acc, device=device).index_copy_(0, rows_Q, part_QC)
+        for (group, world, _), sel in zip(self.groups, sels):
+            sub_SC = mat_SC if sel is None else mat_SC.index_select(0, sel)
+            sub_SC = _reduce(sub_SC, n_sum, group, world)
+            mat_SC = sub_SC if sel is None else mat_SC.index_copy_(0, sel, sub_SC)
+        whole_QC = mat_SC.index_select(0, rows_Q)
+        whole_QC[:, :n_norm] = whole_QC[:, :n_norm].sqrt()
+        out = [c.index_copy(0, pos_Q, whole_QC[:, j].to(c.dtype)) for j, c in enumerate(cols)]
+        return out[:n_norm], out[n_norm:n_sum], out[n_sum:]
+
+    def _indices(self, present: tuple[int, ...], device: torch.device) -> tuple[torch.Tensor, torch.Tensor, list[Any]]:
+        key = (present, device)
+        found = self._index.get(key)
+        if found is None:
+            if len(self._index) > 16:
+                self._index.clear()
+            pos = [k for k, i in enumerate(present) if i in self.rows]
+            sels = [None if len(rows) == len(self.rows) else to_device(rows, torch.int64, device)
+                    for _, _, rows in self.groups]
+            found = self._index[key] = (to_device(pos, torch.int64, device),
+                                        to_device([self.rows[present[k]] for k in pos], torch.int64, device), sels)
+        return found
+
+
+def _shard_dims(t: torch.Tensor) -> list[tuple[Any, int]]:
+    """(device mesh, mesh dimension) for each dimension along which DTensor `t` is split."""
+    if DTensor is None or not isinstance(t, DTensor):
+        return []
+    return [(t.device_mesh, d) for d, placement in enumerate(t.placements) if placement.is_shard()]
+
+
+def _reduce(part_SC: torch.Tensor, n_sum: int, group: Any, world: int) -> torch.Tensor:
+    """Sum the first `n_sum` columns over the ranks of `group`, take the maximum of the others."""
+    if n_sum == part_SC.shape[1]:
+        dist.all_reduce(part_SC, group=group)
+        return part_SC
+    gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor  # renamed in torch 2.13
+    out_WSC = part_SC.new_empty((world * part_SC.shape[0], part_SC.shape[1]))
+    gather(out_WSC, part_SC.contiguous(), group=group)
+    out_WSC = out_WSC.view(world, *part_SC.shape)
+    return torch.cat([out_WSC[..., :n_sum].sum(0), out_WSC[..., n_sum:].amax(0)], dim=1)

@@ -47,6 +47,18 @@ memory in fp32, or in float64 for float64 parameters, and the summed M2 per tens
 group's norm instead). Memory on sampled steps: one transient copy of the weights (for
 `update_ratio`) and one fp32 (float64 for float64) copy of the gradients (the Welford delta).
 Every dtype is measured: fp16/bf16/fp32 gradients with fp32 accumulation, float64 ones in float64.
+
+DTensor parameters (FSDP2's `fully_shard`, HSDP, DTensor-based tensor parallelism): every value
+is that of the whole tensor, as an unsharded run would record it. Each rank reduces the shard it
+holds (partial squared norms, sums, nonzero counts, maxima, Welford sums; the Welford state and
+the weight copy for `update_ratio` are per shard, so memory grows with the local shard only,
+and no parameter is ever gathered whole) and `grad_math.ShardSums` combines them with one small
+collective per step: an `all_reduce` of a [sharded tensors, 2] matrix (the pre-clip and applied
+squared norms), or on sampled steps one all-gather of a [sharded tensors, 8] matrix from every
+rank (those two, the weight and update squared norms, sums, nonzero counts, Welford sums and
+maxima), issued in the optimizer's post-hook (or at `Watch.step()` without an optimizer). Plain
+tensors (DDP's all-reduced gradients, a single process) are recorded as they are, with no
+collective. Every rank must take the same steps (as FSDP2 itself requires).
 """
 from __future__ import annotations
 
@@ -67,9 +79,12 @@ from inspector.probes.grad_math import (
     ElementWelford,
     GroupLayout,
     NormWelford,
+    ShardSums,
     group_parameters,
     group_stats,
+    local,
     norms,
+    param_sums,
 )
 from inspector.probes.host import HostSlice, PendingCopies, to_host
 from inspector.probes.registry import register_probe
@@ -84,15 +99,22 @@ WARMUP_STEPS = 10
 
 
 @dataclass
-class _Sampled:
-    """A sampled step between the optimizer's pre- and post-hook."""
+class _Measured:
+    """One step's per-tensor values (partial over the local shard for DTensors) until recorded.
+
+    A sampled step with an optimizer is held from the optimizer's pre-hook (gradients) to its
+    post-hook (the update), so that the step needs one collective under FSDP2."""
 
     step: int
-    layout: GroupLayout
-    stats_G6: torch.Tensor
     present: tuple[int, ...]
-    before: list[torch.Tensor]
-    weight_norms_P: torch.Tensor
+    norms_P: torch.Tensor
+    pre_norms_P: torch.Tensor | None
+    layout: GroupLayout | None = None
+    sums: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # sum, max |g|, nonzero count
+    m2k_P: torch.Tensor | None = None  # ElementWelford's per-tensor sums of variances
+    before: list[torch.Tensor] | None = None  # the weights (local shards) before the update
+    weight_norms_P: torch.Tensor | None = None
+    delta_norms_P: torch.Tensor | None = None
 
 
 @dataclass
@@ -121,7 +143,8 @@ class GradientsProbe(Probe):
         self._layouts: dict[tuple[int, ...], GroupLayout] = {}
         self._welford: ElementWelford | NormWelford | None = None
         self._pending = PendingCopies()  # (step, parameters present) -> [pre-clip norm, pre-clip norms...]
-        self._sampled: _Sampled | None = None
+        self._sampled: _Measured | None = None
+        self._shards: ShardSums | None = None
         self._pre_clip: _PreClip | None = None
         self._baseline = HealthyBaseline(window=100, min_history=20)
         self._evaluated = 0
@@ -136,7 +159,9 @@ class GradientsProbe(Probe):
         self._names = [n for n, _ in named]
         self._params = [p for _, p in named]
         self._group_names, self._group_of = group_parameters(self._names, self.max_groups)
-        if sum(p.numel() for p in self._params) <= self.elementwise_welford_max_params:
+        self._shards = ShardSums(self._params)
+        held = sum(-(-p.numel() // ways) for p, ways in zip(self._params, self._shards.ways))  # the same on every rank
+        if held <= self.elementwise_welford_max_params:
             self._welford = ElementWelford(len(self._params))
         else:
             self._welford = NormWelford(len(self._group_names))
@@ -187,9 +212,10 @@ class GradientsProbe(Probe):
     # ---- measuring ---------------------------------------------------------------------------
 
     def _present(self) -> tuple[tuple[int, ...], list[torch.Tensor]]:
+        """Indices of the parameters holding a dense gradient, and those gradients (local shards)."""
         grads_all = [p.grad for p in self._params]
         present = tuple([i for i, g in enumerate(grads_all) if g is not None and not g.is_sparse])
-        return present, [grads_all[i] for i in present]
+        return present, [local(grads_all[i]) for i in present]
 
     def _measure_backward(self) -> None:
         """At the end of a backward pass: the per-tensor norms before the loop can clip them."""
@@ -197,47 +223,88 @@ class GradientsProbe(Probe):
         self._pre_clip = _PreClip(present, norms(grads)) if present else None
 
     def _measure_step(self, step: int, with_update: bool) -> None:
-        self._sampled = None
+        if self._sampled is not None:  # the last sampled step's post-hook never came: record it without its update
+            self._sampled.before = None
+            self._finish_sampled()
         pre, self._pre_clip = self._pre_clip, None
         present, grads = self._present()
         if not present:
             return
         norms_P = norms(grads)
-        applied = torch.linalg.vector_norm(norms_P).reshape(1)
-        rec = self.ctx.recorder
-        if pre is not None and pre.present == present:
-            pre_norms_P = pre.norms_P.to(norms_P.dtype)
-            total = torch.linalg.vector_norm(pre_norms_P).reshape(1)
-            coef = torch.where(total == 0, torch.ones_like(total), applied / total)  # NaN stays NaN
-            host = to_host(torch.cat([total, pre_norms_P, applied, coef]))
-            n = len(present)
-            rec.scalars({"grad_norm/global": HostSlice(host, 0), "grad_norm/applied": HostSlice(host, n + 1),
-                         "grad_norm/clip_coef": HostSlice(host, n + 2)}, step=step)
-        else:
-            host = to_host(torch.cat([applied, norms_P]))
-            rec.scalar("grad_norm/global", HostSlice(host, 0), step=step)
-        self._pending.push((step, present), host)
-        if not self.ctx.sampling.due(self.name, step):
-            return
-        layout = self._layout(present, norms_P.device)
-        noise_G = self._welford.update(layout, present, grads, layout.root_sum_sq(norms_P))
-        stats_G6 = group_stats(layout, norms_P, grads, noise_G)
-        if not with_update:
-            self._submit(step, layout, stats_G6, None)
-            return
-        params = [self._params[i] for i in present]
-        before = torch._foreach_mul(params, 1.0)
-        weight_norms_P = norms(before)
-        self._sampled = _Sampled(step, layout, stats_G6, present, before, weight_norms_P)
+        pre_norms_P = pre.norms_P.to(norms_P.dtype) if pre is not None and pre.present == present else None
+        m = _Measured(step, present, norms_P, pre_norms_P)
+        if self.ctx.sampling.due(self.name, step):
+            m.layout = self._layout(present, norms_P.device)
+            m.sums = param_sums(grads)
+            if isinstance(self._welford, ElementWelford):
+                m.m2k_P = self._welford.update(present, grads)
+            if with_update:
+                m.before = torch._foreach_mul([local(self._params[i]) for i in present], 1.0)
+                m.weight_norms_P = norms(m.before)
+                self._sampled = m
+                return
+        self._record(m)
 
     def _finish_sampled(self) -> None:
-        s, self._sampled = self._sampled, None
-        if s is None:
+        m, self._sampled = self._sampled, None
+        if m is None:
             return
-        torch._foreach_sub_(s.before, [self._params[i] for i in s.present])
-        delta_P = norms(s.before)
-        ratio_G = s.layout.root_sum_sq(delta_P) / s.layout.root_sum_sq(s.weight_norms_P)
-        self._submit(s.step, s.layout, s.stats_G6, ratio_G)
+        if m.before is not None:
+            torch._foreach_sub_(m.before, [local(self._params[i]) for i in m.present])
+            m.delta_norms_P, m.before = norms(m.before), None
+        self._record(m)
+
+    def _record(self, m: _Measured) -> None:
+        """Make shard values whole (one collective under FSDP2), then record the step."""
+        if self._shards.active:
+            self._combine(m)
+        norms_P = m.norms_P
+        applied = torch.linalg.vector_norm(norms_P).reshape(1)
+        rec = self.ctx.recorder
+        if m.pre_norms_P is not None:
+            total = torch.linalg.vector_norm(m.pre_norms_P).reshape(1)
+            coef = torch.where(total == 0, torch.ones_like(total), applied / total)  # NaN stays NaN
+            host = to_host(torch.cat([total, m.pre_norms_P, applied, coef]))
+            n = len(m.present)
+            rec.scalars({"grad_norm/global": HostSlice(host, 0), "grad_norm/applied": HostSlice(host, n + 1),
+                         "grad_norm/clip_coef": HostSlice(host, n + 2)}, step=m.step)
+        else:
+            host = to_host(torch.cat([applied, norms_P]))
+            rec.scalar("grad_norm/global", HostSlice(host, 0), step=m.step)
+        self._pending.push((m.step, m.present), host)
+        if m.layout is None:
+            return
+        layout = m.layout
+        if m.m2k_P is not None:
+            noise_G = ElementWelford.group_noise(layout, m.m2k_P)
+        else:
+            noise_G = self._welford.update(layout, layout.root_sum_sq(norms_P))
+        stats_G6 = group_stats(layout, norms_P, m.sums, noise_G)
+        ratio_G = None
+        if m.delta_norms_P is not None:
+            ratio_G = layout.root_sum_sq(m.delta_norms_P) / layout.root_sum_sq(m.weight_norms_P)
+        self._submit(m.step, layout, stats_G6, ratio_G)
+
+    def _combine(self, m: _Measured) -> None:
+        """Replace `m`'s shard values by whole-tensor ones; the same columns on every rank."""
+        pre = m.pre_norms_P if m.pre_norms_P is not None else m.norms_P  # a placeholder keeps the shape
+        cols = [m.norms_P, pre]
+        if m.delta_norms_P is not None:
+            cols += [m.weight_norms_P, m.delta_norms_P]
+        sums: list[torch.Tensor] = []
+        maxes: list[torch.Tensor] = []
+        if m.sums is not None:
+            sums = [m.sums[0], m.sums[2]] + ([m.m2k_P] if m.m2k_P is not None else [])
+            maxes = [m.sums[1]]
+        cols, sums, maxes = self._shards.combine(m.present, cols, sums, maxes)
+        m.norms_P = cols[0]
+        m.pre_norms_P = cols[1] if m.pre_norms_P is not None else None
+        if m.delta_norms_P is not None:
+            m.weight_norms_P, m.delta_norms_P = cols[2], cols[3]
+        if m.sums is not None:
+            m.sums = (sums[0], maxes[0], sums[1])
+            if m.m2k_P is not None:
+                m.m2k_P = sums[2]
 
     def _layout(self, present: tuple[int, ...], device: torch.device) -> GroupLayout:
         layout = self._layouts.get(present)

@@ -40,6 +40,13 @@ step's forward. The engine trainer, Hugging Face's and Lightning's loops evaluat
 optimizer step, so their eval is filed with the next step (whose interval it ran in); an eval after
 the last step belongs to no step and is not recorded.
 
+torch.compile: hook bodies never run inside a compiled graph (each returns at once while dynamo
+traces it, reading no Python state, so it adds no graph break, no op and no recompile). The
+root's hooks are wrapped in `torch._dynamo.disable`: for `watch` before `torch.compile(model)`,
+`watch(torch.compile(model))` and `model.compile()` they are the compiled region's boundary and
+run eagerly there (no break), so the model's forward and backward, the optimizer, data, other and
+total are measured as usual; block rows are left out (said once in the log).
+
 Records, kind `timing`, at every step `ctx.sampling.due("timing", step)` selects (default every
 step), one `submit` per step, all `ms` in milliseconds:
 - name = <block name>, phase "forward" / "backward": each block (e.g. "layers.3").
@@ -292,6 +299,8 @@ class TimingProbe(Probe):
         self._prev_end: Mark | None = None
         self._active = False
         self._warned = False
+        self._compiled = False      # a block hook was traced by torch.compile (set from inside the graph)
+        self._said_compiled = False
 
     def attach(self, ctx: ProbeContext) -> str | None:
         """Hook the root, the blocks and the optimizer."""
@@ -337,6 +346,9 @@ class TimingProbe(Probe):
 
     def _hook_module(self, module: nn.Module, timed: _Timed, root: bool) -> None:
         def pre(mod: nn.Module, args: tuple, kwargs: dict) -> None:
+            if torch.compiler.is_compiling():  # traced into a compiled graph: see "torch.compile" above
+                self._compiled = True
+                return
             if not self._active:
                 return
             try:
@@ -359,6 +371,8 @@ class TimingProbe(Probe):
                 self._warn(exc)
 
         def post(mod: nn.Module, args: tuple, kwargs: dict, out: Any) -> None:
+            if torch.compiler.is_compiling():
+                return
             if not self._active:
                 return
             recompute = _in_backward()
@@ -377,6 +391,8 @@ class TimingProbe(Probe):
             except Exception as exc:
                 self._warn(exc)
 
+        if root:  # the root's hooks are the compiled region's boundary: always run them eagerly
+            pre, post = torch._dynamo.disable(pre), torch._dynamo.disable(post)
         self.track(module.register_forward_pre_hook(pre, with_kwargs=True))
         self.track(module.register_forward_hook(post, with_kwargs=True))
 
@@ -429,7 +445,9 @@ class TimingProbe(Probe):
         if ref is None:
             return None
         rows: list[tuple[str, str, list[Interval]]] = []
-        for b in self.blocks:
+        if self._compiled:
+            self._say_compiled()
+        for b in ([] if self._compiled else self.blocks):
             rows.append((b.name, "forward", b.training_forward(trained)))
             rows.append((b.name, "backward", b.backward))
         parts = [len(rows), len(rows) + 1]
@@ -448,6 +466,13 @@ class TimingProbe(Probe):
         rows += [("step", "other", []), ("step", "total", [])]
         return _StepTimes(self.clock, ref, end, rows, parts, other=len(rows) - 2, total=len(rows) - 1,
                           data=data, eval_spans=spans)
+
+    def _say_compiled(self) -> None:
+        if not self._said_compiled:
+            self._said_compiled = True
+            log.warning("inspector: timing: the model runs under torch.compile; per-block forward/backward times "
+                        "are not measured inside the compiled region (the model's forward and backward are timed "
+                        "at its boundary)")
 
     def _reset(self) -> None:
         for t in (self.root, *self.blocks):

@@ -141,11 +141,18 @@ ACTIVATION_STATS = register_kind(KindSpec(
      _f("dead_frac", f64), _f("saturated_frac", f64), _f("nonfinite", i64)),
     description="per-module output statistics"))
 
+_EXPERT_LOAD_FIELDS = (
+    _NAME, _f("layer", i32), _f("counts", pa.list_(i64)), _f("imbalance", f64), _f("cv", f64),
+    _f("router_entropy", f64), _f("dropped", i64), _f("aux_loss", f64), _f("bias", pa.list_(f32)))
+
 EXPERT_LOAD = register_kind(KindSpec(
-    "expert_load", 1,
-    (_NAME, _f("layer", i32), _f("counts", pa.list_(i64)), _f("imbalance", f64), _f("cv", f64),
-     _f("router_entropy", f64), _f("dropped", i64), _f("aux_loss", f64), _f("bias", pa.list_(f32))),
-    description="tokens per expert of one MoE layer, imbalance = max/mean, cv = std/mean"))
+    "expert_load", 1, _EXPERT_LOAD_FIELDS,
+    description="tokens per expert of one MoE layer in training forwards, imbalance = max/mean, cv = std/mean"))
+
+EXPERT_LOAD_INFERENCE = register_kind(KindSpec(
+    "expert_load_inference", 1, _EXPERT_LOAD_FIELDS,
+    description="as expert_load, for inference forwards (no_grad, eval mode without a backward, "
+                "Watch.phase('eval')): kept apart so training views and detectors never mix them in"))
 
 TIMING = register_kind(KindSpec(
     "timing", 1,

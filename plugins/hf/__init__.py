@@ -3,10 +3,11 @@
     from plugins.hf import InspectorCallback
     trainer = Trainer(model=model, args=args, train_dataset=ds, callbacks=[InspectorCallback()])
 
-Attention capture (a wrapping `AttentionInterface` function, so `sdpa`/flash stay in use) and the
-Mixtral / Qwen-MoE / DeepSeek-V3 router capture are part of the probes themselves
-(`inspector/probes/attention_hf.py`, `inspector/probes/experts.py`): `inspector.watch` works on a
-Hugging Face model with or without this plugin. The plugin adds the Trainer glue.
+Attention capture (the function transformers' `AttentionInterface` picks, wrapped while a watch is
+open; the model keeps its own implementation name, so sdpa/eager/flash paths and outputs stay
+exactly as they are) and the Mixtral / Qwen-MoE / DeepSeek-V3 router capture are part of the
+probes themselves (`inspector/probes/attention_hf.py`, `inspector/probes/experts.py`):
+`inspector.watch` works on a Hugging Face model with or without this plugin. The plugin adds the Trainer glue.
 """
 from __future__ import annotations
 

@@ -46,7 +46,7 @@ def test_sdpa_maps_equal_eager_weights_and_outputs_are_unchanged(tmp_path: Path,
         before = model(ids, attention_mask=mask).logits
     w = inspector.watch(model, tmp_path / "run", probes=["attention"], every=1)
     assert w.not_applicable == {}
-    assert model.config._attn_implementation != "sdpa"  # routed through the probe's wrapper
+    assert model.config._attn_implementation == "sdpa"  # the name is never changed
     with torch.no_grad():
         during = model(ids, attention_mask=mask).logits
     w.step()
