@@ -50,12 +50,15 @@ def print_summary(summary: RunSummary, console: Console | None = None) -> None:
 
     if summary.experts:
         table = Table(title="expert balance per MoE layer (imbalance = max/mean tokens)", title_justify="left")
-        for col in ("layer", "router", "mean", "worst", "at step", "last", "starved at the end (since step)"):
+        phases = len({e.phase for e in summary.experts}) > 1 or any(e.phase != "train" for e in summary.experts)
+        for col in (("phase",) if phases else ()) + ("layer", "router", "mean", "worst", "at step", "last",
+                                                     "starved at the end (since step)"):
             table.add_column(col)
         for e in summary.experts:
             starved = ", ".join(f"{x} ({e.starved_since[x]})" if x in e.starved_since else str(x)
                                 for x in e.starved_experts) or "-"
-            table.add_row(str(e.layer), safe(e.name, 120), f"{e.mean_imbalance:.2f}", f"{e.max_imbalance:.2f}",
+            table.add_row(*((e.phase,) if phases else ()), str(e.layer), safe(e.name, 120),
+                          f"{e.mean_imbalance:.2f}", f"{e.max_imbalance:.2f}",
                           str(e.worst_step), f"{e.last_imbalance:.2f}",
                           f"[red]{starved}[/]" if e.starved_experts else starved)
         con.print(table)

@@ -53,32 +53,76 @@ class Tiny(nn.Module):
         return self.head(h_BTD)
 
 
+class Router(nn.Module):
+    """A top-k MoE layer written the way many are: `gate` beside an `experts` list; every expert runs
+    on every token and the chosen ones are gathered (no data-dependent shape, so no graph break)."""
+
+    def __init__(self, dim: int, n_experts: int = 4, top_k: int = 2) -> None:
+        super().__init__()
+        self.gate = nn.Linear(dim, n_experts, bias=False)
+        self.experts = nn.ModuleList([nn.Linear(dim, dim) for _ in range(n_experts)])
+        self.top_k = top_k
+
+    def forward(self, x_BTD: torch.Tensor) -> torch.Tensor:
+        weights_BTK, chosen_BTK = self.gate(x_BTD).softmax(-1).topk(self.top_k, -1)
+        all_BTED = torch.stack([expert(x_BTD) for expert in self.experts], -2)
+        picked_BTKD = torch.gather(all_BTED, -2, chosen_BTK.unsqueeze(-1).expand(*chosen_BTK.shape, x_BTD.shape[-1]))
+        return (picked_BTKD * weights_BTK.unsqueeze(-1)).sum(-2)
+
+
+class AttentionBlock(nn.Module):
+    """Pre-norm block: causal nn.MultiheadAttention, then the MoE layer."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = nn.MultiheadAttention(dim, 2, batch_first=True)
+        self.norm2 = nn.LayerNorm(dim)
+        self.moe = Router(dim)
+
+    def forward(self, x_BTD: torch.Tensor) -> torch.Tensor:
+        h_BTD = self.norm1(x_BTD)
+        T = x_BTD.shape[1]
+        causal_TT = torch.triu(torch.ones(T, T, dtype=torch.bool), 1)
+        x_BTD = x_BTD + self.attn(h_BTD, h_BTD, h_BTD, attn_mask=causal_TT, need_weights=False)[0]
+        return x_BTD + self.moe(self.norm2(x_BTD))
+
+
+class TinyAttentionMoE(Tiny):
+    """Tiny with attention + MoE blocks: the attention and experts probes apply too."""
+
+    def __init__(self, vocab: int = 32, dim: int = 16) -> None:
+        super().__init__(vocab, dim)
+        self.layers = nn.ModuleList([AttentionBlock(dim), AttentionBlock(dim)])
+
+
 def _counts() -> dict[str, int]:
     return {"graphs": counters["stats"]["unique_graphs"], "breaks": sum(counters["graph_break"].values()),
             "recompiles": sum(counters["recompiles"].values())}
 
 
-def _train(mode: str, run_dir, steps: int = STEPS) -> tuple[dict[str, int], list[float]]:
+def _train(mode: str, run_dir, steps: int = STEPS, model_cls: type[nn.Module] = Tiny
+           ) -> tuple[dict[str, int], list[float]]:
     """Train `steps` steps; returns dynamo's counts and the manual pre-clip gradient norm per step."""
     torch._dynamo.reset()
     counters.clear()
     torch.manual_seed(0)
-    model = Tiny()
+    model = model_cls()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     w = None
     if mode == "eager":
-        w, run = inspector.watch(model, run_dir, optimizer=opt), model
+        w, run = inspector.watch(model, run_dir, optimizer=opt, every=1), model
     elif mode == "none":
         run = torch.compile(model)
     elif mode == "before":
-        w = inspector.watch(model, run_dir, optimizer=opt)
+        w = inspector.watch(model, run_dir, optimizer=opt, every=1)
         run = torch.compile(model)
     elif mode == "after":
         run = torch.compile(model)
-        w = inspector.watch(run, run_dir, optimizer=opt)
+        w = inspector.watch(run, run_dir, optimizer=opt, every=1)
     elif mode == "method":
         model.compile()
-        w, run = inspector.watch(model, run_dir, optimizer=opt), model
+        w, run = inspector.watch(model, run_dir, optimizer=opt, every=1), model
     gen = torch.Generator().manual_seed(1)
     norms = []
     try:
@@ -146,6 +190,25 @@ def test_compiled_region_said_once(tmp_path, caplog: pytest.LogCaptureFixture) -
         _train("before", tmp_path, steps=3)
     lines = [r.getMessage() for r in caplog.records if "torch.compile" in r.getMessage()]
     assert sum("timing" in m for m in lines) == 1 and sum("activations" in m for m in lines) <= 1, lines
+
+
+@pytest.mark.parametrize("mode", ["before", "method"])
+def test_attention_and_experts_add_no_break(tmp_path, caplog: pytest.LogCaptureFixture, mode: str) -> None:
+    """The attention (nn.MultiheadAttention) and experts (gate + experts) probes apply to this model,
+    every probe samples every step, and still nothing is added to the one graph; what they cannot
+    see inside it is said once each."""
+    unwatched, _ = _train("none", tmp_path / "none", model_cls=TinyAttentionMoE)
+    assert unwatched == {"graphs": 1, "breaks": 0, "recompiles": 0}
+    with caplog.at_level("WARNING", logger="inspector"):
+        watched, _ = _train(mode, tmp_path / mode, model_cls=TinyAttentionMoE)
+    assert watched == unwatched, dict(counters["graph_break"])
+    lines = [r.getMessage() for r in caplog.records if "torch.compile" in r.getMessage()]
+    for probe in ("attention", "experts"):
+        assert sum(f"inspector: {probe}:" in m for m in lines) == 1, lines
+    eager_dir = tmp_path / "eager"
+    _train("eager", eager_dir, model_cls=TinyAttentionMoE)
+    assert len(RunReader(eager_dir).to_pandas("expert_load")) == 2 * STEPS  # eager: both routers, every step
+    assert len(RunReader(eager_dir).to_pandas("attention_stats")) > 0
 
 
 def test_nested_tensor_encoder_activations(tmp_path, caplog: pytest.LogCaptureFixture) -> None:

@@ -220,11 +220,11 @@ def test_views_default_to_training_and_show_inference_on_request(mixed: Generate
 
 def test_a_run_recorded_before_inference_load_reads_as_training(tmp_path: Path) -> None:
     """A run holding only `expert_load` rows (all runs written before this change) reads as before."""
-    rec = inspector.watch(nn.Linear(2, 2), tmp_path / "run", probes="none").recorder
-    rec.submit("expert_load", {"name": ["layers.1.ffn.router"], "layer": [1], "counts": [[5, 0, 3, 8]],
+    w = inspector.watch(nn.Linear(2, 2), tmp_path / "run", probes="none")
+    w.recorder.submit("expert_load", {"name": ["layers.1.ffn.router"], "layer": [1], "counts": [[5, 0, 3, 8]],
                                "imbalance": [2.0], "cv": [0.5], "router_entropy": [1.0], "dropped": [0],
                                "aux_loss": [None], "bias": [None]}, rows=1, step=4)
-    rec.close()
+    w.close()
     run = LiveRun(tmp_path / "run")
     assert views.expert_phases(run) == ["train"]
     layers, counts = views.expert_counts(run, step=10)
@@ -267,3 +267,19 @@ def test_an_inference_only_run_reports_a_starved_expert(tmp_path: Path) -> None:
 def test_inference_starvation_is_not_judged_once_the_run_trains(tmp_path: Path) -> None:
     assert _starved_inference(tmp_path, train_first=True).empty
     assert not _loads(tmp_path / "run", "expert_load_inference").empty
+
+
+def test_summary_reports_balance_per_phase(mixed: Generated) -> None:
+    """`inspector summary`'s expert table: one row per layer and phase, each phase's imbalance
+    computed from the test's own counts (max/mean tokens per expert)."""
+    from inspector.views.summary import run_summary
+
+    summary = run_summary(LiveRun(mixed.run))
+    assert [e.phase for e in summary.experts] == ["train"] * len(mixed.routers) + ["inference"] * len(mixed.routers)
+    for e in summary.experts:
+        labels = TRAIN_LABELS if e.phase == "train" else INFERENCE_LABELS
+        n_experts = mixed.routers[e.name]
+        per_step = [mixed.tap.counts(labels, s, e.name, n_experts) for s in range(STEPS)]
+        imbalance = [c.max() / c.mean() for c in per_step]
+        np.testing.assert_allclose(e.mean_imbalance, np.mean(imbalance), rtol=1e-5)
+        np.testing.assert_allclose(e.last_imbalance, imbalance[-1], rtol=1e-5)

@@ -29,11 +29,6 @@ def _is_note(record: logging.LogRecord) -> bool:
     return "nested tensors" in msg and "not recorded" in msg
 
 
-NOT_YET_NESTED = {"activations"}
-"""Default probes left out of the whole-watch test: the activations probe fails on nested tensors
-and logs each module's multi-line error (owned elsewhere; see the issue 14 report)."""
-
-
 def _encoder() -> nn.TransformerEncoder:
     torch.manual_seed(0)
     layer = nn.TransformerEncoderLayer(D, HEADS, 64, dropout=0.0, batch_first=True)
@@ -154,8 +149,8 @@ def test_what_cannot_be_recorded_is_said_once_in_one_line(attention_only: Watche
 
 
 def test_default_probes_do_not_flood_the_log(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
-    probes = [p for p in resolve_probes("default") if p not in NOT_YET_NESTED]
-    assert "attention" in probes
+    probes = resolve_probes("default")
+    assert "attention" in probes and "activations" in probes
     watched = _run(tmp_path, probes)
     for before, during in zip(watched.unwatched, watched.watched):
         assert torch.equal(before, during)

@@ -69,6 +69,8 @@ class AttentionProbe(Probe):
         self._pending: deque[_Pending] = deque()
         self._tracker = CollapseTracker()
         self._warned: set[str] = set()
+        self._traced = False      # an adapter's hook ran inside a torch.compile trace
+        self._said_traced = False
 
     # ---- Probe contract ------------------------------------------------------------------------
 
@@ -94,6 +96,10 @@ class AttentionProbe(Probe):
 
     def on_step_end(self, step: int) -> None:
         """Turn the statistics whose copies have landed into records."""
+        if self._traced and not self._said_traced:
+            self._said_traced = True
+            log.warning("inspector: attention: the model runs under torch.compile; attention inside the compiled "
+                        "region is not recorded (watch the eager model to record it)")
         self._drain(block=False)
 
     def detach(self) -> None:
@@ -142,6 +148,10 @@ class AttentionProbe(Probe):
         if len(self._pending) >= _MAX_PENDING:
             self._drain(block=True)
         self._pending.append(_Pending(step, name, layer, heads, to_host(stats_h4)))
+
+    def traced(self) -> None:
+        """An adapter's hook ran inside a torch.compile trace (it captured nothing)."""
+        self._traced = True
 
     def failed(self, where: str, exc: BaseException) -> None:
         """Warn once per module; the model goes on."""

@@ -170,7 +170,10 @@ def _wrapper(fn: Callable, impl: str) -> Callable:
         out = fn(*args, **kwargs)
         module = args[0] if args else kwargs.get("module")
         sinks = _sinks.get(module) if isinstance(module, nn.Module) else None
-        if sinks:
+        if sinks and torch.compiler.is_compiling():
+            for sink in sinks:
+                sink.traced()
+        elif sinks:
             _capture_all(sinks, impl, module, args, kwargs)
         return out
 

@@ -112,6 +112,9 @@ def _pad(t: torch.Tensor, extra: int, value: bool | float) -> torch.Tensor:
 
 
 def _hook(sink: AttentionSink, module: nn.MultiheadAttention, args: tuple, kwargs: dict, output: Any) -> None:
+    if torch.compiler.is_compiling():
+        sink.traced()
+        return
     name = "MultiheadAttention"
     try:
         name, layer = sink.layer_of(module)

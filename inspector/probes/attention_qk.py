@@ -35,6 +35,9 @@ def qk_visibility(tap: nn.Module, T: int, S: int) -> Visibility:
 
 
 def _hook(sink: AttentionSink, module: nn.Module, args: tuple, output: Any) -> None:
+    if torch.compiler.is_compiling():
+        sink.traced()
+        return
     name = "QKCapture"
     try:
         name, layer = sink.layer_of(module)

@@ -26,6 +26,10 @@ class AttentionSink(Protocol):
         """Recompute, reduce and record the attention of one sequence (batch element 0)."""
         ...
 
+    def traced(self) -> None:
+        """The hook runs inside a torch.compile trace: nothing is captured there (said once)."""
+        ...
+
     def failed(self, where: str, exc: BaseException) -> None:
         """A capture went wrong: warn once per `where`, never raise into the model."""
         ...

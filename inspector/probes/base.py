@@ -247,6 +247,8 @@ class Probe:
                 probe.switch_off(exc, label)
                 return None
 
+        if getattr(fn, "_torchdynamo_disable", False):  # a compiled region's boundary stays one
+            guarded = torch._dynamo.disable(guarded)
         guarded.__wrapped__ = fn  # type: ignore[attr-defined]
         guarded.__inspector_guard__ = probe  # type: ignore[attr-defined]
         guarded.__name__ = getattr(fn, "__name__", "guarded")

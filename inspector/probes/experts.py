@@ -297,6 +297,8 @@ class ExpertsProbe(Probe):
         self._trained = False          # a training row was recorded: inference is no longer judged
         self._eval_depth = 0           # inside `Watch.phase("eval")`
         self._warned = False
+        self._traced = False           # a router hook ran inside a torch.compile trace
+        self._said_traced = False
 
     def attach(self, ctx: ProbeContext) -> str | None:
         """Hook every router; a reason when the model has none."""
@@ -318,6 +320,9 @@ class ExpertsProbe(Probe):
 
     def _hook(self, info: RouterInfo) -> Callable[[nn.Module, Any, Any], None]:
         def hook(module: nn.Module, args: Any, out: Any) -> None:
+            if torch.compiler.is_compiling():  # inside a compiled graph: record nothing, add nothing
+                self._traced = True
+                return
             if self.ctx is None or not self.ctx.sampling.due(self.name, self.ctx.step) or _in_backward():
                 return
             try:
@@ -374,6 +379,10 @@ class ExpertsProbe(Probe):
         check for starvation."""
         if self.ctx is None:
             return
+        if self._traced and not self._said_traced:
+            self._said_traced = True
+            log.warning("inspector: experts: the model runs under torch.compile; routers inside the compiled region "
+                        "are not recorded (watch the eager model to record them)")
         try:
             if self._record(step):
                 self._check_starved()

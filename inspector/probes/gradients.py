@@ -62,7 +62,6 @@ collective. Every rank must take the same steps (as FSDP2 itself requires).
 """
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -89,7 +88,6 @@ from inspector.probes.grad_math import (
 from inspector.probes.host import HostSlice, PendingCopies, to_host
 from inspector.probes.registry import register_probe
 
-log = logging.getLogger("inspector")
 
 EXPLODE_Z = 10.0
 EXPLODE_RATIO = 10.0
@@ -207,7 +205,7 @@ class GradientsProbe(Probe):
         except Exception as exc:  # a recording problem must never reach the training loop
             self._failed = True
             self._sampled = None
-            log.warning("inspector: gradients probe stopped recording: %s: %s", type(exc).__name__, exc)
+            self.switch_off(exc, getattr(fn, "__qualname__", "a measurement"))
 
     # ---- measuring ---------------------------------------------------------------------------
 

@@ -124,6 +124,7 @@ class _BackwardCall:
     end: Mark | None = None
     hooked: bool = False     # a gradient hook sits on one of its outputs
     used: bool = False       # a gradient reached its outputs: this forward was trained through
+    guard: Callable[[Callable, str], Callable] = lambda fn, where: fn  # the probe's `Probe.guard`
 
     def output_grad(self) -> None:
         """First gradient at the outputs: backward of this call starts."""
@@ -132,8 +133,8 @@ class _BackwardCall:
             return
         self.start = self.clock.mark()
         if not self.has_inputs:
-            _queue_at_backward_end(self.input_grad)
-        _queue_at_backward_end(self.finish)
+            _queue_at_backward_end(self.guard(self.input_grad, "end-of-backward callback (timing)"))
+        _queue_at_backward_end(self.guard(self.finish, "end-of-backward callback (timing)"))
 
     def input_grad(self) -> None:
         """A gradient left through an input (the last one wins)."""
@@ -357,9 +358,10 @@ class TimingProbe(Probe):
                 call = None
                 if torch.is_grad_enabled():
                     inputs = [] if root else [t for t in _grad_tensors((args, kwargs)) if t.grad_fn is not None]
-                    call = _BackwardCall(timed, self.clock, bool(inputs))
+                    call = _BackwardCall(timed, self.clock, bool(inputs), guard=self.guard)
+                    on_input = self.guard(lambda g, c=call: c.input_grad(), "gradient hook on a block input (timing)")
                     for t in inputs:
-                        t.register_hook(lambda g, c=call: c.input_grad())
+                        t.register_hook(on_input)
                 if recompute:
                     mode = None
                 elif not root and self.root.stack:      # a block takes the class of the root forward
@@ -385,8 +387,9 @@ class TimingProbe(Probe):
                     timed.forward.append((start, self.clock.mark(), mode or _Mode()))
                 if call is not None:
                     outputs = _grad_tensors(out)
+                    on_output = self.guard(lambda g, c=call: c.output_grad(), "gradient hook on a block output (timing)")
                     for t in outputs:
-                        t.register_hook(lambda g, c=call: c.output_grad())
+                        t.register_hook(on_output)
                     call.hooked = call.hooked or bool(outputs)
             except Exception as exc:
                 self._warn(exc)

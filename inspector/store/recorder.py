@@ -301,7 +301,8 @@ class Recorder:
                     self.dropped += rows
                     continue
                 except Exception as exc:  # a bad tensor from a caller must not stop recording
-                    self._warn_once(f"bad-{spec.name}", f"inspector: dropped a {spec.name} record: {exc}")
+                    if not getattr(exc, "inspector_reported", False):
+                        self._warn_once(f"bad-{spec.name}", f"inspector: dropped a {spec.name} record: {exc}")
                     self.dropped += rows
                     continue
                 blob_kinds[spec].append((cols, rows))
@@ -348,7 +349,8 @@ class Recorder:
             try:
                 good.append(build_batch(spec.schema, [(cols, n)]))
             except Exception as exc:  # a caller's bad values must not stop recording
-                self._warn_once(f"bad-{spec.name}", f"inspector: dropped {n} {spec.name} record(s): {exc}")
+                if not getattr(exc, "inspector_reported", False):  # the probe already said it was switched off
+                    self._warn_once(f"bad-{spec.name}", f"inspector: dropped {n} {spec.name} record(s): {exc}")
                 self.dropped += n
         if not good:
             return None

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from inspector.views.anomalies import anomaly_list
-from inspector.views.experts import imbalance_series
+from inspector.views.experts import expert_load_frame, expert_phases, imbalance_series
 from inspector.views.live import LiveRun
 from inspector.views.ranks import rank_table
 from inspector.views.timing import slowest_modules
@@ -58,6 +58,7 @@ class ExpertBalance:
     last_imbalance: float
     starved_experts: list[int]          # experts starved at the last recorded step (see `starved_since`)
     starved_since: dict[int, int] = field(default_factory=dict)  # expert -> first step of its empty stretch
+    phase: str = "train"                # "train", or "inference" (forwards without training)
 
 
 class _HeadOnset(NamedTuple):
@@ -161,10 +162,12 @@ def _counts_SE(layer_loads: pd.DataFrame) -> np.ndarray:
     return counts_SE
 
 
-def starved_experts(run: LiveRun, *, step: int | None = None, rank: int = 0) -> dict[int, dict[int, int]]:
+def starved_experts(run: LiveRun, *, step: int | None = None, rank: int = 0,
+                    phase: str | None = None) -> dict[int, dict[int, int]]:
     """{layer: {expert: first step of its empty stretch}} for the experts starved (the experts probe's
-    rule, see `starved_mask`) at the last recorded step at or before `step` (None: the last one)."""
-    loads = run.frame("expert_load")
+    rule, see `starved_mask`) at the last recorded step at or before `step` (None: the last one), in
+    one phase's load (see `views.experts.resolve_phase`)."""
+    loads = expert_load_frame(run, phase=phase)
     if loads.empty:
         return {}
     loads = loads[loads["rank"] == rank]
@@ -199,12 +202,17 @@ def _collapsed_heads(run: LiveRun, rank: int = 0) -> list[CollapsedHead]:
 
 
 def _expert_balance(run: LiveRun) -> list[ExpertBalance]:
-    loads = run.frame("expert_load")
+    """Balance per MoE layer and phase: training first, then inference (forwards without training)."""
+    return [b for phase in expert_phases(run) for b in _phase_balance(run, phase)]
+
+
+def _phase_balance(run: LiveRun, phase: str) -> list[ExpertBalance]:
+    loads = expert_load_frame(run, phase=phase)
     if loads.empty:
         return []
     loads = loads[loads["rank"] == 0]
-    imb = imbalance_series(run)
-    starved_by_layer = starved_experts(run)
+    imb = imbalance_series(run, phase=phase)
+    starved_by_layer = starved_experts(run, phase=phase)
     out = []
     for layer, rows in imb.groupby("layer"):
         worst = rows.loc[rows["imbalance"].idxmax()]
@@ -214,7 +222,7 @@ def _expert_balance(run: LiveRun) -> list[ExpertBalance]:
                                  mean_imbalance=float(rows["imbalance"].mean()),
                                  max_imbalance=float(worst["imbalance"]), worst_step=int(worst["step"]),
                                  last_imbalance=float(rows["imbalance"].iloc[-1]),
-                                 starved_experts=sorted(starved), starved_since=starved))
+                                 starved_experts=sorted(starved), starved_since=starved, phase=phase))
     return out
 
 
