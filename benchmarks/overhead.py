@@ -25,7 +25,17 @@ With ``--compile`` every variant's model is ``torch.compile``d after the variant
 graph breaks, recompiles) are printed per variant for its warm-up (where it compiles; counters are
 process-wide, so a later variant's warm-up may also count a recompile of the shared code for its
 own model instance) and for its timed rounds (0 breaks and 0 recompiles expected). ``default`` is
-then held to ``COMPILE_BUDGETS`` against the compiled ``none``.
+then held to ``COMPILE_BUDGETS`` against the compiled ``none``. Caution: the engine's model breaks
+the graph on its own (rope's ``int(positions.max())``, the MoE dispatch's ``bincount(...).tolist()``),
+so the compiled ``none`` is already many graphs and this figure does not show what the probes add
+to a compiled model. ``benchmarks/overhead_stacks.py --stack compile`` does: a model of its own
+that compiles to one graph with no break, unwatched vs watched, eager vs compiled, interleaved.
+
+Other stacks (issue 14): ``benchmarks/overhead_stacks.py`` also times a 2-rank FSDP2 run
+(``--stack fsdp2``: gloo, CPU, ``fully_shard`` per block + root, launched by the script itself),
+with the collectives the probes add per step. It is a file of its own because both stacks need a
+model other than the engine's (one that compiles without breaks, and whose blocks FSDP2 can shard)
+and FSDP2 needs a launcher and per-rank reporting that this single-process harness does not have.
 
 Background work (the Inspector's writer and system-sampler threads, TensorBoard's writer thread,
 the wandb-core process) overlaps training, as it does for a user. At the end of each block the
@@ -57,7 +67,9 @@ Usage::
     python benchmarks/overhead.py --quick                # smoke run (~1-2 min on 2 idle cores)
     python benchmarks/overhead.py --device cuda --config small   # GPU: none/watch-none/default/all-every-1
     python benchmarks/overhead.py --variants none,default --rounds 40 --json /tmp/overhead.json
-    python benchmarks/overhead.py --compile --config debug --variants none,default   # torch.compile
+    python benchmarks/overhead.py --compile --config debug --variants none,default   # torch.compile (engine breaks)
+    python benchmarks/overhead_stacks.py --stack compile    # torch.compile on a break-free model
+    python benchmarks/overhead_stacks.py --stack fsdp2      # 2-rank FSDP2 (CPU, gloo)
 """
 
 from __future__ import annotations

@@ -240,3 +240,38 @@ def test_nested_tensor_encoder_activations(tmp_path, caplog: pytest.LogCaptureFi
     ref_ND = torch.cat([r.reshape(-1, 16) for r in real]).numpy()
     np.testing.assert_allclose(row["mean"], ref_ND.mean(), rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(row["max"], ref_ND.max(), rtol=1e-4)
+
+
+def _hf_llama_counts(watched: bool, run_dir) -> dict[str, int]:
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    torch._dynamo.reset()
+    counters.clear()
+    torch.manual_seed(0)
+    model = transformers.LlamaForCausalLM(cfg)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    w = inspector.watch(model, run_dir, optimizer=opt, every=1) if watched else None
+    compiled = torch.compile(model)
+    gen = torch.Generator().manual_seed(1)
+    try:
+        for _ in range(3):
+            x_BT = torch.randint(0, 64, (2, 8), generator=gen)
+            loss = compiled(input_ids=x_BT, labels=x_BT).loss
+            loss.backward()
+            opt.step()
+            opt.zero_grad()
+            if w is not None:
+                w.step(loss=loss.detach())
+    finally:
+        if w is not None:
+            w.close()
+    return _counts()
+
+
+def test_hugging_face_attention_adds_no_graph_or_recompile(tmp_path) -> None:
+    """A Hugging Face Llama (sdpa, through the wrapped AttentionInterface) compiles to the same graphs
+    watched as unwatched (the wrapper cache once guarded the graph: one recompile)."""
+    unwatched = _hf_llama_counts(False, tmp_path / "none")
+    assert unwatched["breaks"] == 0
+    assert _hf_llama_counts(True, tmp_path / "watched") == unwatched, dict(counters["recompiles"])

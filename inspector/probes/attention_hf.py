@@ -152,6 +152,8 @@ class _LookupPatch:
         """The recording wrapper around attention function `fn` chosen under the name `impl`."""
         if not callable(fn) or getattr(fn, "_inspector_wrapped", False):
             return fn
+        if torch.compiler.is_compiling():  # traced: reading the cache would guard the graph on its contents
+            return _wrapper(fn, impl or "eager")
         try:
             return self.wrappers[(fn, impl)]
         except KeyError:

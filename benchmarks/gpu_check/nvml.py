@@ -1,0 +1,163 @@
+"""Stage 4, the NVML sampler: `SystemSampler` at 2 Hz for ~10 s while a matmul loop keeps the GPU busy.
+
+The sampler records into a real run (with the system probe's torch allocator counters); the rows
+are read back through `inspector.open_run(...).to_pandas("system")`, and per device the stage
+reports the sample rate achieved and min/median/max of every column (N/A where a column is null).
+Clock throttle reasons are not a `system` column (sysmon/nvml.py reads none), so this stage reads
+them itself through pynvml at the same rate and reports every reason seen.
+PASS on a GPU: 1-2.5 samples/s, every GPU column recorded, utilisation above 50 % at its peak.
+In a dry run the loop runs on the CPU, NVML is N/A and only the host row is expected.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks.gpu_check.common import Result, cuda_ready, dry_run, fmt, judge, no_cuda, quick, run_stage
+
+INTERVAL_S = 0.5
+GPU_COLUMNS = ("gpu_util", "mem_used", "mem_total", "power_w", "temp_c", "sm_clock_mhz",
+               "torch_allocated", "torch_reserved", "torch_peak")
+HOST_COLUMNS = ("cpu_percent", "rss")
+
+
+def throttle_names(mask: int, nvml: Any) -> list[str]:
+    """Names of the bits set in a clocks-event/throttle-reason mask (pynvml's constant names)."""
+    names = []
+    for attr in dir(nvml):
+        for prefix in ("nvmlClocksEventReason", "nvmlClocksThrottleReason"):
+            if attr.startswith(prefix) and attr[len(prefix):] not in ("All", "None"):
+                bit = getattr(nvml, attr)
+                if isinstance(bit, int) and bit and mask & bit == bit:
+                    names.append(attr[len(prefix):])
+    return sorted(set(names))
+
+
+class ThrottleWatcher:
+    """Reads GPU 0's clock throttle reasons every `INTERVAL_S` on a thread; N/A without NVML."""
+
+    def __init__(self) -> None:
+        self.seen: dict[str, int] = {}
+        self.samples = 0
+        self.reason: str | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="gpu-check-throttle", daemon=True)
+
+    def _run(self) -> None:
+        try:
+            import pynvml as nv
+
+            nv.nvmlInit()
+        except Exception as exc:
+            self.reason = f"{type(exc).__name__}: {exc}"
+            return
+        try:
+            handle = nv.nvmlDeviceGetHandleByIndex(0)
+            read = getattr(nv, "nvmlDeviceGetCurrentClocksEventReasons", None) or nv.nvmlDeviceGetCurrentClocksThrottleReasons
+            while not self._stop.is_set():
+                mask = int(read(handle))
+                self.samples += 1
+                for name in throttle_names(mask, nv) or ["none"]:
+                    self.seen[name] = self.seen.get(name, 0) + 1
+                self._stop.wait(INTERVAL_S)
+        except Exception as exc:
+            self.reason = f"{type(exc).__name__}: {exc}"
+        finally:
+            nv.nvmlShutdown()
+
+    def __enter__(self) -> "ThrottleWatcher":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+
+def busy_loop(seconds: float, on_gpu: bool) -> int:
+    """Matrix products for `seconds` (bf16 8192² on the GPU, fp32 256² on the CPU); returns the count."""
+    import torch
+
+    n, dev, dtype = (8192, "cuda", torch.bfloat16) if on_gpu else (256, "cpu", torch.float32)
+    a = torch.randn(n, n, device=dev, dtype=dtype)
+    b = torch.randn(n, n, device=dev, dtype=dtype)
+    done, end = 0, time.monotonic() + seconds
+    while time.monotonic() < end:
+        for _ in range(10):
+            a = (a @ b).clamp_(-1, 1)
+        if on_gpu:
+            torch.cuda.synchronize()
+        done += 10
+    return done
+
+
+def column_stats(df: Any, column: str) -> str:
+    """"min / median / max" of a column's non-null values, or N/A."""
+    vals = df[column].dropna().to_numpy(np.float64) if column in df else np.array([])
+    if not len(vals):
+        return "N/A"
+    scale, unit = (2**30, " GiB") if column in ("mem_used", "mem_total", "rss") or column.startswith("torch_") else (1, "")
+    lo, med, hi = (np.min(vals) / scale, np.median(vals) / scale, np.max(vals) / scale)
+    return f"{fmt(lo)} / {fmt(med)} / {fmt(hi)}{unit}"
+
+
+def body(out: Path, res: Result) -> None:
+    """Sample while busy, read back, judge."""
+    import inspector
+    from inspector.probes.system import torch_memory
+    from inspector.sysmon import SystemSampler
+
+    on_gpu = cuda_ready()
+    if not on_gpu and not dry_run():
+        no_cuda(res, "torch sees no CUDA device")
+        return
+    seconds = 3.0 if quick() or dry_run() else 10.0
+    run_dir = out / "work" / "nvml-run"
+    rec = inspector.Recorder(run_dir, name="gpu-check-nvml")
+    sampler = SystemSampler(rec, INTERVAL_S, extra=torch_memory)
+    fig = res.figures
+    fig["nvml"] = "available" if sampler.nvml.available else (sampler.nvml.reason or "N/A")
+    with ThrottleWatcher() as throttle:
+        sampler.start()
+        t0 = time.monotonic()
+        fig["matmuls"] = busy_loop(seconds, on_gpu)
+        busy_s = time.monotonic() - t0
+        sampler.close()
+    rec.close()
+    df = inspector.open_run(run_dir).to_pandas("system")
+    fig["busy seconds"] = round(busy_s, 1)
+    ok = True
+    for device, rows in df.groupby(df["device"].astype(str)):
+        wall = rows["wall_time"].to_numpy(np.float64)
+        rate = (len(wall) - 1) / (wall.max() - wall.min()) if len(wall) > 1 and wall.max() > wall.min() else float("nan")
+        fig[f"{device} samples"] = f"{len(rows)} at {fmt(rate)} Hz"
+        cols = HOST_COLUMNS if device == "host" else GPU_COLUMNS
+        for c in cols:
+            fig[f"{device} {c}"] = column_stats(rows, c)
+        if device != "host":
+            ok &= 1.0 <= rate <= 2.5 and all(rows[c].notna().any() for c in GPU_COLUMNS)
+            ok &= bool(rows["gpu_util"].max() > 50)
+        else:
+            ok &= len(rows) >= 2 and rows["rss"].notna().all()
+    fig["throttle reasons (samples)"] = throttle.seen or f"N/A ({throttle.reason})"
+    res.budget = "1-2.5 samples/s; every GPU column recorded; peak util > 50 %"
+    gpu_rows = [d for d in df["device"].astype(str).unique() if d != "host"]
+    if dry_run():
+        res.notes.append("dry run: CPU loop, NVML N/A; only the host row is judged")
+        judge(res, ok)
+        if not gpu_rows:
+            res.status = "ok (host only; GPU N/A)"
+        return
+    if not gpu_rows:
+        res.notes.append("no GPU rows recorded: NVML unavailable")
+    judge(res, ok and bool(gpu_rows))
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(run_stage("nvml", body))
