@@ -30,7 +30,10 @@ parameter in backward order, i.e. the last in registration order, with a non-fin
 `exploding_grad` (pre-clip norm with robust z-score > 10 and > 10x the median of a *healthy*
 baseline: the last 100 norms that were not flagged, so a sustained explosion stays flagged) and
 `vanishing_grad` (norm < 1e-8 on 5 consecutive steps after 10 warm-up steps). With an fp16
-`GradScaler` the pre-clip norm is that of the scaled gradients (the scaler unscales later).
+`torch.amp.GradScaler` the gradients at backward end are scaled: the pre-clip norms are divided by
+the scale of the scaler that scaled the loss (`grad_scaler.active_scale`), so every norm is that of
+the true gradients; a non-finite gradient under a scaler is a loss-scale overflow the scaler skips
+(reported as `nonfinite_grad` with severity warning and saying so).
 
 Sampled steps (`Sampling.gradients`, default every 50): one `grad_stats` row per group, from the
 gradients at the optimizer step (after clipping: what the update used). Groups are
@@ -72,6 +75,7 @@ from torch import nn
 from inspector.probes.backward_end import BackwardEnd
 from inspector.probes.base import Probe, ProbeContext
 from inspector.probes.baseline import HealthyBaseline
+from inspector.probes import grad_scaler
 from inspector.probes.closure import wrap_closure
 from inspector.probes.grad_math import (
     STATS,
@@ -148,6 +152,8 @@ class GradientsProbe(Probe):
         self._evaluated = 0
         self._vanishing = 0
         self._failed = False
+        self._scaled = False  # a GradScaler scaled the loss of some measured backward
+        self._scaler_hooked = False
 
     def attach(self, ctx: ProbeContext) -> str | None:
         super().attach(ctx)
@@ -163,6 +169,8 @@ class GradientsProbe(Probe):
             self._welford = ElementWelford(len(self._params))
         else:
             self._welford = NormWelford(len(self._group_names))
+        grad_scaler.install()
+        self._scaler_hooked = True
         for handle in BackwardEnd(self._params, lambda: self._guarded(self._measure_backward)).handles:
             self.track(handle)
         if ctx.optimizer is not None:
@@ -189,6 +197,9 @@ class GradientsProbe(Probe):
 
     def detach(self) -> None:
         super().detach()
+        if self._scaler_hooked:
+            self._scaler_hooked = False
+            grad_scaler.uninstall()
         self._sampled = None
         self._pre_clip = None
         self._guarded(self._drain, True)
@@ -218,7 +229,15 @@ class GradientsProbe(Probe):
     def _measure_backward(self) -> None:
         """At the end of a backward pass: the per-tensor norms before the loop can clip them."""
         present, grads = self._present()
-        self._pre_clip = _PreClip(present, norms(grads)) if present else None
+        if not present:
+            self._pre_clip = None
+            return
+        norms_P = norms(grads)
+        scale = grad_scaler.active_scale()
+        if scale is not None:  # the gradients are still multiplied by the loss scale
+            self._scaled = True
+            norms_P = norms_P / scale.to(device=norms_P.device, dtype=norms_P.dtype, non_blocking=True).reshape(())
+        self._pre_clip = _PreClip(present, norms_P)
 
     def _measure_step(self, step: int, with_update: bool) -> None:
         if self._sampled is not None:  # the last sampled step's post-hook never came: record it without its update
@@ -335,9 +354,12 @@ class GradientsProbe(Probe):
         if bad.size:
             self._vanishing = 0
             pname = self._names[present[int(bad[-1])]]
+            overflow = " under fp16 loss scaling: the GradScaler skips this step and lowers its scale" \
+                if self._scaled else ""
             self.ctx.report("nonfinite_grad", f"non-finite gradient at step {step} in {pname} (first in backward "
-                                              f"order; {bad.size} tensor(s) affected)",
-                            module=_owner(pname), severity="error", value=total, step=step)
+                                              f"order; {bad.size} tensor(s) affected){overflow}",
+                            module=_owner(pname), severity="warning" if self._scaled else "error", value=total,
+                            step=step)
             return
         self._evaluated += 1
         z, median = self._baseline.score(total)  # (0, NaN) until 20 healthy norms were seen
