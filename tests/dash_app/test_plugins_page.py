@@ -27,6 +27,7 @@ def test_weight_norm_panel(page, tmp_path):
         assert heat["y"] == BLOCKS and heat["x"] == sorted(norms)
         np.testing.assert_allclose(np.array(heat["z"], float), np.array([norms[s] for s in sorted(norms)]).T)
         expect(page.locator("#plugin-weight_norm")).to_be_visible()
+        assert page.get_by_text("Weight norm per block").count() == 1  # the panel header, not repeated by the figure
         page.screenshot(path=str(artifacts_dir() / "plugins.png"), full_page=True)
         assert page.errors == []
 

@@ -38,6 +38,9 @@ def _render(p: PanelEntry, run, step: int):
         return empty_figure(out, height=120), ""
     if hasattr(out, "to_plotly_json") and hasattr(out, "layout") and hasattr(out, "data"):
         out.update_layout(template=TEMPLATE)
+        title = getattr(getattr(out.layout, "title", None), "text", None)
+        if isinstance(title, str) and title.strip().lower() == p.title.strip().lower():
+            out.update_layout(title=None, margin_t=20)  # the panel's header already says it
         return out, ""
     return empty_figure("", height=40), out
 
