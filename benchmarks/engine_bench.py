@@ -22,10 +22,10 @@ import time
 
 import torch
 
-from engine.config import get_config
-from engine.model import KVCache, Transformer
-from engine.training import TrainConfig, Trainer
-from engine.training.distributed import resolve_device
+from inspector_engine.config import get_config
+from inspector_engine.model import KVCache, Transformer
+from inspector_engine.training import TrainConfig, Trainer
+from inspector_engine.training.distributed import resolve_device
 
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "A10": 125.0, "4090": 165.0}
 

@@ -93,12 +93,12 @@ from typing import Any, Protocol
 import torch
 import torch.nn.functional as F
 
-from engine.config import ModelConfig, get_config
-from engine.data import load_bytes
-from engine.model import Transformer
-from engine.training.config import TrainConfig
-from engine.training.data import windows
-from engine.training.trainer import build_optimizer
+from inspector_engine.config import ModelConfig, get_config
+from inspector_engine.data import load_bytes
+from inspector_engine.model import Transformer
+from inspector_engine.training.config import TrainConfig
+from inspector_engine.training.data import windows
+from inspector_engine.training.trainer import build_optimizer
 
 ALL_VARIANTS = ("none", "watch-none", "default", "all-every-1", "tb-hist-1", "tb-hist-10", "wandb-1", "wandb-10")
 CUDA_VARIANTS = ("none", "watch-none", "default", "all-every-1")

@@ -252,16 +252,18 @@ def run_rounds(arms: list[Arm], batches: list[tuple[torch.Tensor, torch.Tensor]]
             say(f"round {rnd + 1}/{rounds} ({spent:.0f} s, about {spent / (rnd + 1) * (rounds - rnd - 1):.0f} s to go)")
 
 
-def ratios(arm: Arm, base: Arm) -> dict[str, float]:
-    """``arm`` against ``base``: median, mean and paired (per-round) ratios."""
-    return {"ratio": statistics.median(arm.times_s) / statistics.median(base.times_s),
-            "mean_ratio": statistics.fmean(arm.times_s) / statistics.fmean(base.times_s),
-            "paired_ratio": statistics.median(a / b for a, b in zip(arm.round_medians_s, base.round_medians_s))}
+def ratios(times_s: list[float], rounds_s: list[float], base_times_s: list[float],
+           base_rounds_s: list[float]) -> dict[str, float]:
+    """Step times (and per-round medians) against a baseline's: median, mean and paired ratios."""
+    return {"ratio": statistics.median(times_s) / statistics.median(base_times_s),
+            "mean_ratio": statistics.fmean(times_s) / statistics.fmean(base_times_s),
+            "paired_ratio": statistics.median(a / b for a, b in zip(rounds_s, base_rounds_s))}
 
 
 def print_table(title: str, arms: list[Arm], bases: dict[str, Arm], budgeted: set[str],
                 extra: Callable[[Arm], str] = lambda arm: "") -> list[dict[str, Any]]:
-    """Print one line per arm (ratios against ``bases[arm.name]``); returns the rows."""
+    """Print one line per arm (ratios against ``bases[arm.name]``, the budget on the ``budgeted``
+    arms, ``extra(arm)`` at the end); returns the rows."""
     print(f"\n== {title} ==")
     print(f"{'arm':<18}{'steps':>6}{'median ms':>11}{'mean ms':>10}{'ratio':>9}{'mean x':>9}{'paired':>9}"
           f"{'budget':>9}{'':>6}  {'final loss':<11}")
@@ -272,7 +274,8 @@ def print_table(title: str, arms: list[Arm], bases: dict[str, Arm], budgeted: se
                                "mean_ms": 1e3 * statistics.fmean(arm.times_s), "final_loss": arm.last_loss}
         base = bases.get(arm.name)
         if base is not None and base is not arm:
-            row.update(ratios(arm, base), baseline=base.name)
+            row.update(ratios(arm.times_s, arm.round_medians_s, base.times_s, base.round_medians_s),
+                       baseline=base.name)
         if arm.name in budgeted and "ratio" in row:
             row["budget"] = BUDGET
             row["verdict"] = "PASS" if max(row["ratio"], row["mean_ratio"]) <= BUDGET else "FAIL"
@@ -300,17 +303,15 @@ def counts_since(before: dict[str, int]) -> dict[str, int]:
     return {k: now[k] - before[k] for k in now}
 
 
-def break_reasons() -> dict[str, int]:
-    """Graph-break reasons counted so far (empty when there was none)."""
+def break_reasons() -> Counter[str]:
+    """Graph-break reasons counted so far in this process."""
     from torch._dynamo.utils import counters
 
-    return {str(k)[:120]: int(v) for k, v in counters["graph_break"].items()}
+    return Counter({str(k)[:160]: int(v) for k, v in counters["graph_break"].items()})
 
 
 def compile_stack(args: argparse.Namespace, size: ModelSize, work: Path) -> dict[str, Any]:
     """The compile stack: eager and compiled arms, unwatched and watched, interleaved in this process."""
-    import torch._dynamo
-
     torch.set_num_threads(args.threads)
     batches = make_batches(size, args.batches, args.seed)
     compile_kw = {"backend": args.backend}
@@ -318,15 +319,28 @@ def compile_stack(args: argparse.Namespace, size: ModelSize, work: Path) -> dict
             build_arm("eager+probes", size, args.seed, work / "eager-probes"),
             build_arm("compiled", size, args.seed, None, compile_kw=compile_kw),
             build_arm("compiled+probes", size, args.seed, work / "compiled-probes", compile_kw=compile_kw)]
+    try:
+        return measure_compiled(args, arms, batches)
+    finally:
+        for arm in arms:
+            if arm.watch is not None:
+                arm.watch.close()
+
+
+def measure_compiled(args: argparse.Namespace, arms: list[Arm],
+                     batches: list[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, Any]:
+    """Count dynamo's work per compiled arm, time every arm interleaved, print the report."""
+    import torch._dynamo
+
     compiled = [a for a in arms if a.name.startswith("compiled")]
     t0 = time.perf_counter()
     for arm in compiled:  # each compiled arm alone, as in a fresh process
         torch._dynamo.reset()
-        before = dynamo_counts()
+        before, reasons = dynamo_counts(), break_reasons()
         for _ in range(args.warmup):
             train_step(arm, batches[arm.steps_done % len(batches)])
         arm.dynamo["alone"] = counts_since(before)
-        arm.dynamo["alone_reasons"] = break_reasons()
+        arm.dynamo["alone_reasons"] = dict(break_reasons() - reasons)
     print(f"compiled each arm alone: {time.perf_counter() - t0:.0f} s", flush=True)
     for arm in compiled:  # both compiled models now share the process's code caches
         before = dynamo_counts()
@@ -341,8 +355,8 @@ def compile_stack(args: argparse.Namespace, size: ModelSize, work: Path) -> dict
     rounds_counts = counts_since(before)
     bases = {"eager+probes": arms[0], "compiled+probes": arms[2], "compiled": arms[0]}
 
-    def dyn(arm: Arm | None) -> str:
-        if arm is None or not arm.dynamo:
+    def dyn(arm: Arm) -> str:
+        if not arm.dynamo:
             return ""
         a, s = arm.dynamo["alone"], arm.dynamo["shared"]
         return (f"  graphs/breaks/recompiles: alone {a['graphs']}/{a['breaks']}/{a['recompiles']},"
@@ -362,9 +376,6 @@ def compile_stack(args: argparse.Namespace, size: ModelSize, work: Path) -> dict
     if watched.watch is not None:
         print(f"  compiled+probes: probes {sorted(watched.watch.probes)}, records written"
               f" {watched.watch.recorder.records_written}, dropped {watched.watch.recorder.dropped}")
-    for arm in arms:
-        if arm.watch is not None:
-            arm.watch.close()
     return {"stack": "compile", "rows": rows, "dynamo": {a.name: a.dynamo for a in compiled},
             "dynamo_rounds": rounds_counts, "added": added, "check_ok": ok}
 
@@ -504,22 +515,17 @@ def fsdp2_report(ranks: list[dict[str, Any]], args: argparse.Namespace) -> None:
           f"{'budget':>9}{'':>6}  final loss")
     verdicts = []
     for r, got in enumerate(ranks):
-        arms = {}
-        for name, d in got["arms"].items():
-            arm = Arm(name, nn.Module(), lambda x: x, None)  # type: ignore[arg-type]
-            arm.times_s, arm.round_medians_s, arm.last_loss = d["times_s"], d["round_medians_s"], d["last_loss"]
-            arms[name] = arm
-        base, watched = arms["unwatched"], arms["watched"]
-        for arm in (base, watched):
-            cols = f"{'-':>9}" * 3 + f"{'-':>9}{'':>6}"
-            if arm is watched:
-                q = ratios(arm, base)
+        base = got["arms"]["unwatched"]
+        for name, arm in got["arms"].items():
+            cols = f"{'-':>9}" * 4 + f"{'':>6}"
+            if arm is not base:
+                q = ratios(arm["times_s"], arm["round_medians_s"], base["times_s"], base["round_medians_s"])
                 verdict = "PASS" if max(q["ratio"], q["mean_ratio"]) <= BUDGET else "FAIL"
                 verdicts.append(verdict)
                 cols = (f"{q['ratio']:>8.3f}x{q['mean_ratio']:>8.3f}x{q['paired_ratio']:>8.3f}x"
                         f"{'<=' + format(BUDGET, '.2f') + 'x':>9}{verdict:>6}")
-            print(f"{r:<6}{arm.name:<11}{len(arm.times_s):>6}{1e3 * statistics.median(arm.times_s):>11.2f}"
-                  f"{1e3 * statistics.fmean(arm.times_s):>10.2f}{cols}  {arm.last_loss:.6f}")
+            print(f"{r:<6}{name:<11}{len(arm['times_s']):>6}{1e3 * statistics.median(arm['times_s']):>11.2f}"
+                  f"{1e3 * statistics.fmean(arm['times_s']):>10.2f}{cols}  {arm['last_loss']:.6f}")
     sampling = Sampling()
     for r, got in enumerate(ranks):
         plain, probed = got["arms"]["unwatched"]["collectives"], got["arms"]["watched"]["collectives"]
@@ -530,7 +536,8 @@ def fsdp2_report(ranks: list[dict[str, Any]], args: argparse.Namespace) -> None:
     print(f"  gradients sampled every {sampling.gradients} steps, experts every {sampling.experts},"
           f" attention/activations every {sampling.attention}/{sampling.activations}")
     print(f"  watched: {ranks[0]['summary']}")
-    print(f"FSDP2 verdict (both ratios <= {BUDGET:.2f}x on every rank): {'PASS' if set(verdicts) == {'PASS'} else 'FAIL'}")
+    verdict = "PASS" if set(verdicts) == {"PASS"} else "FAIL"
+    print(f"FSDP2 verdict (both ratios <= {BUDGET:.2f}x on every rank): {verdict}")
     if args.json:
         Path(args.json).write_text(json.dumps({"stack": "fsdp2", "ranks": ranks}))
 

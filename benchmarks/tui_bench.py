@@ -19,6 +19,17 @@ The UI runs headless (`App.run(headless=True)`, 160x50): it lays out and renders
 the bytes to a terminal are skipped. The writer's CPU is not counted (another process).
 
     .venv/bin/python benchmarks/tui_bench.py [--ranks 64] [--seconds 5] [--rate 5] [--repeat 3]
+
+With `--hang N` it measures the hang verdict's cost instead (issue 15): first frame and idle CPU/s of
+the TUI (Ranks screen, its HANG banner computed by the poller) on a hung N-rank run, as a ratio to
+the same on a hung 4-rank run. Both runs hold a few steps of records (the writer above) and every
+rank's heartbeat.json and stack dump (rank 1 of 4, or N/2+5 of N, stuck in its data loader, the
+others waiting in all_reduce #42: `tests/views/test_hang_runs.py`); a separate process rewrites every
+heartbeat once a second, as live watchdogs do, so the UI re-reads them all the time.
+`--hang-base DIR` reuses an N-rank run already written by the records writer (writing 1,024
+Recorders' files takes minutes on a busy machine).
+
+    .venv/bin/python benchmarks/tui_bench.py --hang 1024 [--hang-base DIR] [--seconds 5] [--repeat 3]
 """
 from __future__ import annotations
 
@@ -42,6 +53,63 @@ def write_steps(path: Path, ranks: int, steps: int, *, rate: float = 0.0, hold: 
     from tests.tui.many_ranks import write_many_ranks
 
     write_many_ranks(path, ranks, steps, rate=rate, hold=hold)
+
+
+def rewrite_heartbeats(path: Path, ranks: int, period: float = 1.0) -> None:
+    """Rewrite every rank's heartbeat (the "data" hang) every `period` s against the clock, forever."""
+    sys.path.insert(0, str(ROOT))
+    from tests.views.test_hang_runs import write_hang_run
+
+    while True:
+        t = time.monotonic()
+        write_hang_run(path, "data", ranks, now=time.time(), dumps=False)
+        time.sleep(max(0.0, period - (time.monotonic() - t)))
+
+
+def hang_bench(a: argparse.Namespace) -> None:
+    """First frame and idle CPU/s on a hung `a.hang`-rank run, as ratios to a hung 4-rank run."""
+    import shutil
+
+    sys.path.insert(0, str(ROOT))
+    from tests.views.test_hang_runs import write_hang_run
+
+    results = {}
+    with tempfile.TemporaryDirectory(prefix="tui-hang-bench-") as tmp:
+        tmp = Path(tmp)
+        for ranks, beats in ((4, True), (a.hang, False), (a.hang, True)):
+            path = tmp / f"hang{ranks}-{beats}"
+            t = time.perf_counter()
+            if ranks == a.hang and a.hang_base:
+                shutil.copytree(a.hang_base, path)
+            else:
+                write_steps(path, ranks, 10)
+            for closed in path.glob("rank-*/closed.json"):   # a hung job never closed
+                closed.unlink()
+            if beats:
+                write_hang_run(path, "data", ranks, now=time.time())
+            print(f"wrote a {'hung ' if beats else ''}{ranks}-rank run in {time.perf_counter() - t:.1f} s"
+                  f"{'' if beats else ' (no heartbeats: the records alone)'}")
+            rewriter = subprocess.Popen([sys.executable, __file__, "--rewriter", json.dumps([str(path), ranks])],
+                                        cwd=ROOT, start_new_session=True) if beats else None
+            try:
+                time.sleep(2.0)
+                first = [run_child("tui", str(path))["startup_s"] for _ in range(a.repeat)]
+                idle = run_child("tui", str(path), a.seconds)
+            finally:
+                if rewriter is not None:
+                    rewriter.kill()
+                    rewriter.wait()
+            results[ranks, beats] = (statistics.median(first), first, idle)
+    print(f"\nTUI hang benchmark: runs left open (no closed.json), heartbeats rewritten every second, headless "
+          f"{SIZE[0]}x{SIZE[1]}, CPU over {a.seconds:g} s, {os.cpu_count()} cores (shared)")
+    base_first, _, base_idle = results[4, True]
+    print(f"{'run':40} {'first frame s':>13} {'ratio':>7} {'idle CPU/s':>11} {'ratio':>7}  notes")
+    for (ranks, beats), (first, runs, idle) in results.items():
+        name = f"{ranks} ranks, " + ("hung (banner)" if beats else "no heartbeats")
+        cpu = idle["cpu_per_s"]
+        print(f"{name:40} {first:13.2f} {first / base_first:6.2f}x {cpu:11.3f} "
+              f"{cpu / max(base_idle['cpu_per_s'], 1e-6):6.2f}x  first frames {', '.join(f'{x:.2f}' for x in runs)}; "
+              f"{idle['draws']} draws")
 
 
 def child(mode: str, target: str, seconds: float) -> None:
@@ -110,7 +178,17 @@ def main() -> None:
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--target", default="", help=argparse.SUPPRESS)
     ap.add_argument("--writer", help=argparse.SUPPRESS)
+    ap.add_argument("--hang", type=int, default=0, help="measure the hang banner on a hung run of this many ranks")
+    ap.add_argument("--hang-base", help="an N-rank run of records to reuse for --hang (copied)")
+    ap.add_argument("--rewriter", help=argparse.SUPPRESS)
     a = ap.parse_args()
+    if a.rewriter:
+        path, ranks = json.loads(a.rewriter)
+        rewrite_heartbeats(Path(path), int(ranks))
+        return
+    if a.hang:
+        hang_bench(a)
+        return
     if a.child:
         child(a.child, a.target, a.seconds)
         return

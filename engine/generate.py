@@ -1,9 +1,9 @@
-"""``python -m engine.generate``: sample text from a trained checkpoint (or a random-init config).
+"""``python -m inspector_engine.generate``: sample text from a trained checkpoint (or a random-init config).
 
 Examples::
 
-    python -m engine.generate --ckpt runs/tiny/ckpt_0000300.pt --prompt "ROMEO:" --temperature 0.8 --top-k 40
-    python -m engine.generate --ckpt runs/tiny/ckpt_0000300.pt --prompt "HAMLET:" --prompt "KING:" --max-batch-size 2
+    python -m inspector_engine.generate --ckpt runs/tiny/ckpt_0000300.pt --prompt "ROMEO:" --temperature 0.8 --top-k 40
+    python -m inspector_engine.generate --ckpt runs/tiny/ckpt_0000300.pt --prompt "HAMLET:" --prompt "KING:" --max-batch-size 2
 """
 
 from __future__ import annotations
@@ -14,17 +14,17 @@ import time
 
 import torch
 
-from engine.config import get_config, list_configs
-from engine.inference import BatchScheduler, SamplingParams, generate
-from engine.model import Transformer
-from engine.tokenizer import ByteTokenizer
-from engine.training.checkpoint import load_model
-from engine.training.distributed import resolve_device
+from inspector_engine.config import get_config, list_configs
+from inspector_engine.inference import BatchScheduler, SamplingParams, generate
+from inspector_engine.model import Transformer
+from inspector_engine.tokenizer import ByteTokenizer
+from inspector_engine.training.checkpoint import load_model
+from inspector_engine.training.distributed import resolve_device
 
 
 def build_parser() -> argparse.ArgumentParser:
     """Command-line options."""
-    p = argparse.ArgumentParser(prog="python -m engine.generate", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m inspector_engine.generate", description=__doc__.splitlines()[0])
     p.add_argument("--ckpt", default=None, help="training checkpoint (ckpt_*.pt)")
     p.add_argument("--config", default="tiny", choices=list_configs(), help="random-init model when no --ckpt")
     p.add_argument("--prompt", action="append", default=None, help="repeat for several requests (batched)")
@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.ckpt:
         model = load_model(a.ckpt, device)
     else:
-        print(f"[engine.generate] no --ckpt: random-init {a.config!r} weights", file=sys.stderr)
+        print(f"[inspector_engine.generate] no --ckpt: random-init {a.config!r} weights", file=sys.stderr)
         torch.manual_seed(a.seed)
         model = Transformer(get_config(a.config)).to(device).eval()
     if a.absorb:
@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     for p, out in zip(prompts, outs):
         print(f"=== {p!r}\n{p}{tok.decode(out)}\n")
     n = sum(len(o) for o in outs)
-    print(f"[engine.generate] {n} tokens in {dt:.2f}s ({n / dt:.1f} tokens/s)", file=sys.stderr)
+    print(f"[inspector_engine.generate] {n} tokens in {dt:.2f}s ({n / dt:.1f} tokens/s)", file=sys.stderr)
     return 0
 
 

@@ -1,10 +1,10 @@
-"""``python -m engine.train``: train a named config on the bundled corpus (``torchrun`` for DDP).
+"""``python -m inspector_engine.train``: train a named config on the bundled corpus (``torchrun`` for DDP).
 
 Examples::
 
-    python -m engine.train --config tiny --steps 300 --out runs/tiny
-    python -m engine.train --config tiny --steps 600 --out runs/tiny --resume
-    python -m torch.distributed.run --nproc_per_node 2 -m engine.train --config debug --steps 50
+    python -m inspector_engine.train --config tiny --steps 300 --out runs/tiny
+    python -m inspector_engine.train --config tiny --steps 600 --out runs/tiny --resume
+    python -m torch.distributed.run --nproc_per_node 2 -m inspector_engine.train --config debug --steps 50
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from engine.config import get_config, list_configs
-from engine.training import JsonlLogger, TrainConfig, Trainer
+from inspector_engine.config import get_config, list_configs
+from inspector_engine.training import JsonlLogger, TrainConfig, Trainer
 
 __all__ = ["Trainer", "TrainConfig", "build_parser", "main"]
 
@@ -22,7 +22,7 @@ __all__ = ["Trainer", "TrainConfig", "build_parser", "main"]
 def build_parser() -> argparse.ArgumentParser:
     """Command-line options; defaults come from `TrainConfig`."""
     d = TrainConfig()
-    p = argparse.ArgumentParser(prog="python -m engine.train", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m inspector_engine.train", description=__doc__.splitlines()[0])
     p.add_argument("--config", default="tiny", choices=list_configs())
     p.add_argument("--steps", type=int, default=d.steps)
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="sequences per micro-batch per process")

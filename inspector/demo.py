@@ -106,8 +106,8 @@ def train_and_record(*, config: str, steps: int, out: Path, seed: int = 0, probe
     rank 0 prints the start-up stages."""
     log = StartupLog(enabled=int(os.environ.get("RANK", "0")) == 0)
     log.stage("loading torch and the engine")
-    from engine.config import get_config
-    from engine.training import TrainConfig, Trainer
+    from inspector_engine.config import get_config
+    from inspector_engine.training import TrainConfig, Trainer
 
     model_cfg = get_config(config)
     train_cfg = TrainConfig(steps=steps, seed=seed, progress=progress, eval_every=max(10, steps // 10))

@@ -1,10 +1,13 @@
 """`inspector summary RUN`: the post-mortem report printed with rich (data from `views.summary`)."""
 from __future__ import annotations
 
+import time
+
 from rich.console import Console
 from rich.table import Table
 
 from inspector.cli_format import safe
+from inspector.views.hang import HangVerdict, rank_list, stuck_table
 from inspector.views.summary import CollapsedHead, RunSummary
 
 
@@ -21,11 +24,52 @@ def _head_state(h: CollapsedHead) -> str:
     return f"{label} (steps {h.first_step}–{h.last_flagged}, recovered by step {h.last_sampled})"
 
 
+def print_hang(v: HangVerdict, con: Console) -> None:
+    """The HANG section: headline, desynchronised collectives, the stuck-ranks table, the named ranks'
+    frames (the user's first, then the innermost one)."""
+    con.print(f"[bold white on red] HANG [/] [bold red]{safe(v.headline, 600)}[/]")
+    for d in v.desyncs:
+        if d.line() not in v.headline:
+            con.print(f"  [red]desynchronised:[/] {safe(d.line(), 400)}")
+    if v.silent:
+        con.print(f"  [red]no heartbeat at all from {'rank' if len(v.silent) == 1 else 'ranks'} "
+                  f"{rank_list(v.silent)}[/] (never started, or no watchdog)")
+    table = Table(title=f"stuck ranks ({len(v.stuck)} of {v.world_size})", title_justify="left",
+                  title_style="bold red")
+    for col in ("rank", "state", "step", "phase", "module", "collective", "stalled", "host:pid", "where"):
+        table.add_column(col, overflow="fold")
+    for row in stuck_table(v):
+        table.add_row(rank_list(row.ranks, limit=6), row.state, str(row.step), row.phase, safe(row.module, 80),
+                      safe(row.collective, 80), row.stalled_text, safe(row.host, 60), safe(row.where, 80),
+                      style="bold" if row.named else None)
+    con.print(table)
+    for s in v.named:
+        if not s.frames and s.innermost is None:
+            if s.stuck:
+                con.print(f"  rank {s.rank}: no stack dump"
+                          + (" (it stopped before its watchdog saw a stall)" if s.state == "stopped reporting" else ""))
+            continue
+        when = f", written {time.strftime('%H:%M:%S', time.gmtime(s.dump_time))} UTC" if s.dump_time else ""
+        con.print(f"  [bold]rank {s.rank}[/] main thread ({safe(s.dump, 60)}{when}), most recent call first:")
+        for f in s.frames:
+            con.print(f"    [bold]{safe(f.where, 100)}[/] in {safe(f.function, 80)}  [dim]{safe(f.file, 200)}[/]")
+        if s.innermost is not None:
+            f = s.innermost
+            con.print(f"    innermost: {safe(f.where, 100)} in {safe(f.function, 80)}  [dim]{safe(f.file, 200)}[/]")
+    if v.processes_gone:
+        con.print(f"  [red]the processes are gone:[/] last heartbeat "
+                  f"{time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(v.last_heartbeat))} UTC; this is their last state")
+    for p in v.problems:
+        con.print(f"  [yellow]{safe(p, 300)}[/]")
+
+
 def print_summary(summary: RunSummary, console: Console | None = None) -> None:
     """Print `summary` as a few titled tables; sections with nothing to say print one line."""
     con = console or Console()
     con.print(f"[bold]{safe(summary.name)}[/] · {summary.status} · {summary.steps} steps · {summary.ranks} rank(s) · "
               f"loss {_fmt(summary.loss_first)} → {_fmt(summary.loss_last)} (best {_fmt(summary.loss_min)})")
+    if summary.hang is not None:
+        print_hang(summary.hang, con)
 
     nf = summary.first_nonfinite
     if nf is not None:

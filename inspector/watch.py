@@ -5,8 +5,13 @@ torch.distributed process group, else from torchrun's environment: `DistEnv.dete
 writes the model summary and probe settings into run.json, attaches the selected probes, and
 advances the step counter from the optimizer's step hook when an optimizer is given, else from
 `Watch.step()`. `with watch.phase("eval"):` marks an evaluation loop the timing probe cannot
-detect by itself (see `inspector.probes.timing`). `close()` removes every hook: the model then
-computes exactly what it did before.
+detect by itself (see `inspector.probes.timing`); `with watch.phase("checkpoint"):` a checkpoint save.
+Whatever probes are chosen, the watchdog (`inspector.watchdog`) runs too: phase hooks keep track of
+where the rank is (data, forward, backward, optimizer, a collective, eval, checkpoint, user code), a
+thread writes `heartbeat.json` every `heartbeat_s` and the stacks of all threads when the rank made
+no progress for `hang_after_s`; the collective tracker (`inspector.watchdog.collectives`, when
+present) records the collectives the rank entered and completed. `close()` removes every hook
+(the model then computes exactly what it did before) and writes a last heartbeat, phase "closed".
 """
 from __future__ import annotations
 
@@ -21,11 +26,13 @@ import torch
 from torch import nn
 
 from inspector.probes import PROBES, Probe, ProbeContext, Sampling, resolve_probes, to_host
+from inspector.store.format import rank_dir_name
 from inspector.store.recorder import Recorder
+from inspector.watchdog import PhaseHooks, Progress, Watchdog
 
 log = logging.getLogger("inspector")
 
-PHASES = ("eval",)
+PHASES = ("eval", "checkpoint")
 """The phases `Watch.phase` knows."""
 
 _active: list["Watch"] = []
@@ -49,7 +56,8 @@ class Watch:
     """A model being recorded: call `.step(loss=...)` once per training step, `.close()` at the end."""
 
     def __init__(self, model: nn.Module, recorder: Recorder, *, optimizer: torch.optim.Optimizer | None,
-                 probes: Sequence[str], sampling: Sampling) -> None:
+                 probes: Sequence[str], sampling: Sampling, hang_after_s: float | None = 20.0,
+                 heartbeat_s: float = 2.0) -> None:
         self.model = model
         self.recorder = recorder
         self.global_step = 0
@@ -62,6 +70,17 @@ class Watch:
             self._attach(name)
         if optimizer is not None:
             self._hooks.append(optimizer.register_step_post_hook(self._on_optimizer_step))
+        self.progress = Progress()
+        self.phase_hooks: PhaseHooks | None = self._attach_phase_hooks()
+        self.tracker: Any = _make_tracker(self.progress, model)
+        self.watchdog: Watchdog | None = None
+        if hang_after_s is not None and recorder.failed is None:
+            self.watchdog = Watchdog(self.run_dir / rank_dir_name(recorder.rank), self.progress, self.tracker,
+                                     rank=recorder.rank, world_size=recorder.world_size, heartbeat_s=heartbeat_s,
+                                     hang_after_s=hang_after_s)
+            if self.tracker is not None:
+                self.tracker.on_error = self.watchdog.write_now
+            self.watchdog.start()
         with _active_lock:
             _active.append(self)
 
@@ -97,6 +116,18 @@ class Watch:
             self.not_applicable[name] = reason or ""
             log.info("inspector: %s probe not applicable: %s", name, reason)
 
+    def _attach_phase_hooks(self) -> PhaseHooks | None:
+        """The watchdog's phase hooks, attached (None when attaching raised: said once, recorded)."""
+        hooks = PhaseHooks(self.progress)
+        try:
+            hooks.attach(self.ctx.for_probe(hooks))
+        except Exception as exc:  # noqa: BLE001
+            hooks.ctx = hooks.ctx or self.ctx
+            hooks.switch_off(exc, "attach")
+            self._detach("watchdog", hooks)
+            return None
+        return hooks
+
     def _detach(self, name: str, probe: Probe) -> None:
         """`probe.detach()`; an error there switches it off (unless it already is) and goes no further."""
         try:
@@ -110,9 +141,13 @@ class Watch:
     def _end_step(self) -> None:
         for name, probe in list(self.probes.items()):
             self._guard(name, probe.on_step_end, self.global_step)
+        if self.tracker is not None:
+            _record_step_times(self.tracker, self.recorder, self.global_step)
         self._sweep()
         self.global_step += 1
         self.recorder.step = self.global_step
+        if self.phase_hooks is not None:
+            self.phase_hooks.step_end(self.global_step)
 
     def _guard(self, name: str, fn: Any, *args: Any) -> None:
         """Call a probe's step callback (unless the probe is switched off); a probe that raises is
@@ -148,22 +183,31 @@ class Watch:
             self._end_step()
         else:
             self._sweep()
+            if self.phase_hooks is not None:
+                self.phase_hooks.step_end(self.global_step)
         return at
 
     @contextlib.contextmanager
     def phase(self, name: str) -> Iterator[None]:
-        """Time what runs inside as phase `name` ("eval"), not as training step time.
+        """Mark what runs inside as phase `name`: "eval" (timed as eval, not as training step time)
+        or "checkpoint" (shown as such in the heartbeat and a hang verdict).
 
         The timing probe detects most eval loops itself (`no_grad`, or `model.eval()` without a
         backward); use this for the others: `with watch.phase("eval"): evaluate(model)`.
         """
         if name not in PHASES:
             raise ValueError(f"unknown phase {name!r}; known: {', '.join(PHASES)}")
-        self._phase_call("begin_phase", name)
+        hooks = self.phase_hooks
+        previous = hooks.begin(name) if hooks is not None else ""
+        if name == "eval":
+            self._phase_call("begin_phase", name)
         try:
             yield
         finally:
-            self._phase_call("end_phase", name)
+            if name == "eval":
+                self._phase_call("end_phase", name)
+            if hooks is not None:
+                hooks.end(previous)
 
     def _phase_call(self, method: str, name: str) -> None:
         for probe_name, probe in list(self.probes.items()):
@@ -186,6 +230,9 @@ class Watch:
             for h in self._hooks:
                 h.remove()
             self._hooks.clear()
+            if self.phase_hooks is not None:
+                self._detach("watchdog", self.phase_hooks)
+            _uninstall_tracker(self.tracker)
             with _active_lock:
                 if self in _active:
                     _active.remove(self)
@@ -195,6 +242,9 @@ class Watch:
                 if probe.switched_off is not None:
                     self.not_applicable[name] = probe.switched_off
         finally:
+            if self.watchdog is not None:
+                self.watchdog.stop()
+            self.progress.set_phase("closed")
             self.recorder.close()
 
     def __enter__(self) -> "Watch":
@@ -212,6 +262,50 @@ class _Unbuilt(Probe):
         self.name = name  # type: ignore[misc]
 
 
+def _make_tracker(progress: Progress, model: nn.Module) -> Any:
+    """The collective tracker (`inspector.watchdog.collectives`), installed and attached to a DDP
+    model; None in a process without an initialised process group (no collective to record: call
+    `init_process_group` before `watch`), or when setting it up raised (said once)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return None
+    try:
+        from inspector.watchdog.collectives import CollectiveTracker
+    except ImportError:
+        return None
+    try:
+        tracker = CollectiveTracker(progress)
+        tracker.install()
+    except Exception as exc:  # noqa: BLE001 - the watchdog goes on without collectives
+        log.warning("inspector: collective tracking off: %s: %s", type(exc).__name__, exc)
+        return None
+    try:
+        why_not = tracker.attach_ddp(model)
+        if why_not:
+            log.info("inspector: DDP communication not tracked: %s", why_not)
+    except Exception as exc:  # noqa: BLE001
+        log.warning("inspector: DDP communication not tracked: %s: %s", type(exc).__name__, exc)
+    return tracker
+
+
+def _record_step_times(tracker: Any, recorder: Recorder, step: int) -> None:
+    """The tracker's communication wait of `step` as `timing` rows (`collectives.record_step_times`,
+    which never raises)."""
+    from inspector.watchdog.collectives import record_step_times
+    record_step_times(tracker, recorder, step)
+
+
+def _uninstall_tracker(tracker: Any) -> None:
+    """`tracker.uninstall()`, its errors said and swallowed."""
+    if tracker is None:
+        return
+    try:
+        tracker.uninstall()
+    except Exception as exc:  # noqa: BLE001
+        log.warning("inspector: collective tracker: %s: %s", type(exc).__name__, exc)
+
+
 def _callback_name(fn: Any) -> str:
     """"on_step_end" for a probe's bound method, else the callable's name."""
     return str(getattr(fn, "__name__", None) or type(fn).__name__)
@@ -227,20 +321,26 @@ def watch(model: nn.Module, run_dir: str | Path, *, probes: str | Sequence[str] 
           optimizer: torch.optim.Optimizer | None = None, every: int | Mapping[str, int] | None = None,
           layers: Sequence[int] | None = None, heads: Sequence[int] | None = None,
           max_attention_rows: int | None = None, name: str | None = None,
-          config: Mapping[str, Any] | None = None, **recorder_options: Any) -> Watch:
+          config: Mapping[str, Any] | None = None, hang_after_s: float | None = 20.0, heartbeat_s: float = 2.0,
+          **recorder_options: Any) -> Watch:
     """Start recording `model` into `run_dir` (one directory per run; each rank writes its own part).
 
     `probes`: "default", "all", "none" or a list of probe names. `every`: sampling period(s) in
     steps (an int for all heavy probes, or e.g. {"attention": 50}). `layers`/`heads`: which
     attention layers and heads to keep (default all); `max_attention_rows`: longer sequences keep
-    every n-th query row. Other keyword arguments go to the `Recorder`.
+    every n-th query row. `hang_after_s`: seconds without progress after which the rank writes
+    the stacks of its threads into its rank directory, again every minute while the stall lasts
+    (None: no watchdog thread); `heartbeat_s`: how often it rewrites `heartbeat.json` (also the
+    Recorder's liveness period). Other keyword arguments go to the `Recorder`.
     """
     selected = resolve_probes(probes)
     extra = {} if max_attention_rows is None else {"max_attention_rows": int(max_attention_rows)}
     sampling = Sampling.build(every, layers=layers, heads=heads, **extra)
     recorder = Recorder(run_dir, name=name, config=config, model=model_summary(model),
-                        probes={"selected": selected, "sampling": dataclasses.asdict(sampling)}, **recorder_options)
-    return Watch(model, recorder, optimizer=optimizer, probes=selected, sampling=sampling)
+                        probes={"selected": selected, "sampling": dataclasses.asdict(sampling)},
+                        heartbeat_s=heartbeat_s, **recorder_options)
+    return Watch(model, recorder, optimizer=optimizer, probes=selected, sampling=sampling,
+                 hang_after_s=hang_after_s, heartbeat_s=heartbeat_s)
 
 
 def log_scalar(name: str, value: Any, step: int | None = None) -> None:

@@ -33,8 +33,8 @@ import torch
 
 import hf_samples
 import inspector
-from engine.config import get_config
-from engine.training import TrainConfig, Trainer
+from inspector_engine.config import get_config
+from inspector_engine.training import TrainConfig, Trainer
 from inspector.demo import RecordingCallback
 
 HERE = Path(__file__).resolve().parent

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Create .venv (if missing) and install the project with the given extras; idempotent, and quick
-# when pyproject.toml has not changed. Usage: scripts/setup_env.sh [EXTRAS]   e.g. scripts/setup_env.sh dev
+# when pyproject.toml and setup.py have not changed. Usage: scripts/setup_env.sh [EXTRAS]   e.g. scripts/setup_env.sh dev
 set -euo pipefail
 cd "$(dirname "$0")/.."
 extras=${1:-}
@@ -10,7 +10,7 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 stamp=.venv/.installed-${extras:-base}
-if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ setup.py -nt "$stamp" ]; then
   echo "[setup] installing deepseek-inspector${extras:+[$extras]} into .venv (first time: a minute or two)"
   pip_quiet() {
     # pip warns about every configured local index that lacks a package; those lines are noise.

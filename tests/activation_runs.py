@@ -34,8 +34,8 @@ class DriftRun:
 
 def write_drift_run(path: Path) -> DriftRun:
     """Train the engine's debug model STEPS steps with the planted drift; activations sampled every step."""
-    from engine.config import get_config
-    from engine.model import Transformer
+    from inspector_engine.config import get_config
+    from inspector_engine.model import Transformer
     from inspector.probes.activations import select_modules
 
     cfg = get_config("debug")

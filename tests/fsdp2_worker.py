@@ -29,6 +29,11 @@ CLIP = 4.0  # between the smallest and the largest pre-clip norm of the 6 steps:
 LR = 0.02
 
 
+PASS_THROUGH = "inspector.watchdog.collective_patch"
+"""The watchdog's wrappers of the `torch.distributed` collectives: they record a call (FSDP2's, the
+loop's) and pass it on, issuing none of their own."""
+
+
 class Block(nn.Module):
     """Pre-norm residual MLP block."""
 
@@ -110,7 +115,8 @@ class _Census:
         chain: list[str] = []
         while frame is not None:
             module = frame.f_globals.get("__name__", "")
-            if module.startswith(("inspector.", "plugins.")) and module not in chain:
+            if (module.startswith(("inspector.", "inspector_plugins.")) and module not in chain
+                    and module != PASS_THROUGH):
                 chain.append(module)
             frame = frame.f_back
         return " < ".join(chain) or None
@@ -170,7 +176,7 @@ def worker(rank: int, world: int, run: str, rendezvous: str, probes: Any) -> Non
     logging.getLogger("inspector").addHandler(warned)
     try:
         install_plugin_probes()
-        from plugins.weight_norm.probe import WeightNormProbe
+        from inspector_plugins.weight_norm.probe import WeightNormProbe
 
         WeightNormProbe.period = WEIGHT_EVERY
         model = build_model()

@@ -32,8 +32,8 @@ class Recorded:
 def write_nonfinite_run(path: Path) -> Recorded:
     """Train `LAST + 1` steps into `path`; see the module docstring."""
     import inspector
-    from engine.config import get_config
-    from engine.model import Transformer
+    from inspector_engine.config import get_config
+    from inspector_engine.model import Transformer
 
     torch.manual_seed(0)
     cfg = get_config("debug")

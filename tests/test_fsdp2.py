@@ -154,7 +154,7 @@ def test_one_small_collective_per_step_and_no_whole_parameter(fsdp_run) -> None:
         assert census["gathers"] == []  # never DTensor.full_tensor()/redistribute() of a parameter
         by_probe: dict[str, list[tuple[int, str]]] = {"gradients": [], "weight_norm": []}
         for step, chain, op in census["collectives"]:
-            probe = "weight_norm" if "plugins.weight_norm.probe" in chain else "gradients"
+            probe = "weight_norm" if "inspector_plugins.weight_norm.probe" in chain else "gradients"
             assert "inspector.probes.gradients" in chain or probe == "weight_norm", chain
             by_probe[probe].append((step, op))
         assert by_probe["gradients"] == [(s, "all_gather_single" if s in sampled else "all_reduce")

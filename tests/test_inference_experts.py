@@ -19,9 +19,9 @@ import torch
 from torch import nn
 
 import inspector
-from engine.config import get_config
-from engine.inference.generate import generate
-from engine.model import Transformer
+from inspector_engine.config import get_config
+from inspector_engine.inference.generate import generate
+from inspector_engine.model import Transformer
 from inspector.probes.experts import STARVED_STEPS
 from inspector.views import experts as views
 from inspector.views.live import LiveRun

@@ -28,7 +28,7 @@ def _fake_distribution(site: Path, name: str, entry: str, module_source: str) ->
 def test_builtin_plugin_is_found_through_its_entry_point() -> None:
     registry = load_plugins()
     plugin = {p.name: p for p in registry.plugins}["weight_norm"]
-    assert plugin.ok and plugin.source == "plugins.weight_norm:register"
+    assert plugin.ok and plugin.source == "inspector_plugins.weight_norm:register"
     assert [s.key for s in registry.tui_screens if s.name == "weight_norm"] == ["w"]
     assert get_kind("weight_norm").name == "weight_norm"
 

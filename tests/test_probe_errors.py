@@ -104,8 +104,8 @@ class Runs:
 
 
 def _trainer() -> Any:
-    from engine.config import get_config
-    from engine.training import TrainConfig, Trainer
+    from inspector_engine.config import get_config
+    from inspector_engine.training import TrainConfig, Trainer
 
     cfg = TrainConfig(steps=STEPS, batch_size=2, seq_len=32, warmup_steps=1, eval_every=0, progress=False)
     return Trainer(get_config("debug"), cfg)

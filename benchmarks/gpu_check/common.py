@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-STAGES: tuple[str, ...] = ("env", "cuda_tests", "overhead", "nvml", "fsdp_compile", "sample_run")
+STAGES: tuple[str, ...] = ("env", "cuda_tests", "overhead", "nvml", "fsdp_compile", "sample_run", "determinism")
 """Every stage, in the order the driver runs them."""
 
 NO_CUDA = "skipped: no CUDA"
@@ -19,7 +19,7 @@ NO_CUDA = "skipped: no CUDA"
 @dataclass
 class Result:
     """One stage's outcome: `status` (ok, failed, error, timeout, skipped: …), the figures measured,
-    the budget they are held to and the verdict (PASS, FAIL, SKIP, or n/a in a dry run)."""
+    the budget they are held to and the verdict (PASS, FAIL, or n/a where a dry run cannot judge)."""
 
     stage: str
     status: str = "ok"

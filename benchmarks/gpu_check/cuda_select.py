@@ -2,15 +2,17 @@
 
 A test needs CUDA when a `skip`/`skipif` marker's reason names CUDA or a GPU (e.g. the
 `reason="needs a CUDA device"` of tests/probes/test_gradients.py), or when its own body calls
-`pytest.skip` behind a `torch.cuda.is_available()` check. Loaded with
+`pytest.skip` under an `if` that tests `torch.cuda.is_available()` (read from its syntax tree). Loaded with
 `pytest -p benchmarks.gpu_check.cuda_select`; the selected node ids are printed and written to
 `$GPU_CHECK_SELECTED` when set.
 """
 from __future__ import annotations
 
+import ast
 import inspect
 import os
 import re
+import textwrap
 from typing import Any
 
 import pytest
@@ -29,10 +31,18 @@ def needs_cuda(item: pytest.Item) -> bool:
     if fn is None:
         return False
     try:
-        src = inspect.getsource(fn)
-    except (OSError, TypeError):
+        tree = ast.parse(textwrap.dedent(inspect.getsource(fn)))
+    except (OSError, TypeError, SyntaxError):
         return False
-    return "pytest.skip(" in src and "cuda.is_available" in src
+    return any(_skips_without_cuda(node) for node in ast.walk(tree))
+
+
+def _skips_without_cuda(node: ast.AST) -> bool:
+    """An `if ...cuda.is_available()...:` whose body calls `pytest.skip` (code, not text in a string)."""
+    if not isinstance(node, ast.If) or "cuda.is_available" not in ast.unparse(node.test):
+        return False
+    return any(isinstance(n, ast.Call) and ast.unparse(n.func) == "pytest.skip"
+               for stmt in node.body for n in ast.walk(stmt))
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -1,12 +1,13 @@
 """Stage 2, the CUDA tests: every test that is skipped without CUDA (see `cuda_select`), run by pytest.
 
-Candidate files are the test files under tests/ (UI tests apart: they never touch CUDA) whose text
-mentions CUDA; the plugin keeps the tests among them that need it. Counts come from pytest's
+Candidate files are the test files under tests/ (UI tests apart: they never touch CUDA; and the
+test of this kit) that test `cuda.is_available` or give CUDA/GPU as a skip reason; the plugin keeps the tests among them that need it. Counts come from pytest's
 JUnit XML. PASS on a GPU: at least one test ran, none failed, none was skipped; in a dry run every
 selected test is expected to skip, and none may fail.
 """
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import subprocess
@@ -18,16 +19,19 @@ from benchmarks.gpu_check.common import Result, dry_run, judge, run_stage, NO_CU
 
 ROOT = Path(__file__).resolve().parents[2]
 UI_DIRS = ("dash_app", "tui")
+CUDA_GATE = re.compile(r"cuda\.is_available|reason=[^)]*\b(?:CUDA|GPU)\b", re.IGNORECASE)
+"""What a file that can skip a test for want of CUDA contains (the skip's condition or reason)."""
+OWN_TEST = "test_gpu_check_script.py"  # runs this kit: never from inside it
 
 
 def candidate_files(tests: Path = ROOT / "tests") -> list[str]:
-    """Test files (relative to the repo root) that mention CUDA, outside the UI test folders."""
+    """Test files (relative to the repo root) that can skip for want of CUDA, outside the UI folders."""
     out = []
     for path in sorted(tests.rglob("test_*.py")):
         rel = path.relative_to(ROOT)
-        if any(part in UI_DIRS for part in rel.parts):
+        if any(part in UI_DIRS for part in rel.parts) or path.name == OWN_TEST:
             continue
-        if re.search(r"cuda", path.read_text(errors="replace"), re.IGNORECASE):
+        if CUDA_GATE.search(path.read_text(errors="replace")):
             out.append(str(rel))
     return out
 
@@ -57,9 +61,13 @@ def body(out: Path, res: Result) -> None:
     xml = out / "work" / "cuda_tests.xml"
     xml.parent.mkdir(parents=True, exist_ok=True)
     selected = out / "work" / "cuda_tests_selected.txt"
-    env = {**os.environ, "GPU_CHECK_SELECTED": str(selected), "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    # Installed plugins are not autoloaded (one importing a UI toolkit the GPU machine lacks would stop
+    # the run); pytest-timeout is loaded by name where it is installed.
+    env = {**os.environ, "GPU_CHECK_SELECTED": str(selected), "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1",
+           "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    timeout = ["-p", "pytest_timeout", "--timeout", "120"] if importlib.util.find_spec("pytest_timeout") else []
     cmd = [sys.executable, "-m", "pytest", "-p", "benchmarks.gpu_check.cuda_select", "-p", "no:cacheprovider",
-           "--continue-on-collection-errors", "-q", "-rA", f"--junitxml={xml}", "--timeout", "120", *files]
+           *timeout, "--continue-on-collection-errors", "-q", "-rA", f"--junitxml={xml}", *files]
     print(" ".join(cmd), flush=True)
     rc = subprocess.run(cmd, cwd=ROOT, env=env).returncode
     counts = junit_counts(xml)

@@ -26,6 +26,10 @@ def nvidia_smi() -> tuple[str, str]:
     except subprocess.TimeoutExpired:
         return "timed out", ""
     text = (p.stdout or p.stderr).strip()
+    try:  # the full screen, for the log
+        print(subprocess.run([exe], capture_output=True, text=True, timeout=20).stdout, flush=True)
+    except subprocess.TimeoutExpired:
+        pass
     return ("ok" if p.returncode == 0 else f"rc {p.returncode}"), text
 
 
@@ -75,6 +79,7 @@ def body(out: Path, res: Result) -> None:
         res.notes.append("this torch is a CPU-only build: run the kit with a CUDA build of torch (PYTHON=...)")
     if missing:
         res.notes.append(f"missing modules: {', '.join(missing)}")
+    res.budget = "modules import; torch sees CUDA"
     if dry_run():
         judge(res, not missing)
         return

@@ -6,7 +6,8 @@ reports the sample rate achieved and min/median/max of every column (N/A where a
 Clock throttle reasons are not a `system` column (sysmon/nvml.py reads none), so this stage reads
 them itself through pynvml at the same rate and reports every reason seen.
 PASS on a GPU: 1-2.5 samples/s, every GPU column recorded, utilisation above 50 % at its peak.
-In a dry run the loop runs on the CPU, NVML is N/A and only the host row is expected.
+In a dry run the loop runs on the CPU and, where NVML is unavailable, `fake_nvml` stands in for it
+(one GPU with fixed readings), so the GPU rows take the same path; torch's allocator columns stay N/A.
 """
 from __future__ import annotations
 
@@ -20,8 +21,8 @@ import numpy as np
 from benchmarks.gpu_check.common import Result, cuda_ready, dry_run, fmt, judge, no_cuda, quick, run_stage
 
 INTERVAL_S = 0.5
-GPU_COLUMNS = ("gpu_util", "mem_used", "mem_total", "power_w", "temp_c", "sm_clock_mhz",
-               "torch_allocated", "torch_reserved", "torch_peak")
+NVML_COLUMNS = ("gpu_util", "mem_used", "mem_total", "power_w", "temp_c", "sm_clock_mhz")
+GPU_COLUMNS = (*NVML_COLUMNS, "torch_allocated", "torch_reserved", "torch_peak")
 HOST_COLUMNS = ("cpu_percent", "rss")
 
 
@@ -40,7 +41,8 @@ def throttle_names(mask: int, nvml: Any) -> list[str]:
 class ThrottleWatcher:
     """Reads GPU 0's clock throttle reasons every `INTERVAL_S` on a thread; N/A without NVML."""
 
-    def __init__(self) -> None:
+    def __init__(self, nvml: Any = None) -> None:
+        self.nvml = nvml
         self.seen: dict[str, int] = {}
         self.samples = 0
         self.reason: str | None = None
@@ -49,8 +51,10 @@ class ThrottleWatcher:
 
     def _run(self) -> None:
         try:
-            import pynvml as nv
-
+            if self.nvml is None:
+                import pynvml as nv
+            else:
+                nv = self.nvml
             nv.nvmlInit()
         except Exception as exc:
             self.reason = f"{type(exc).__name__}: {exc}"
@@ -102,14 +106,14 @@ def column_stats(df: Any, column: str) -> str:
         return "N/A"
     scale, unit = (2**30, " GiB") if column in ("mem_used", "mem_total", "rss") or column.startswith("torch_") else (1, "")
     lo, med, hi = (np.min(vals) / scale, np.median(vals) / scale, np.max(vals) / scale)
-    return f"{fmt(lo)} / {fmt(med)} / {fmt(hi)}{unit}"
+    return f"{fmt(lo, '.4g')} / {fmt(med, '.4g')} / {fmt(hi, '.4g')}{unit}"
 
 
 def body(out: Path, res: Result) -> None:
     """Sample while busy, read back, judge."""
     import inspector
     from inspector.probes.system import torch_memory
-    from inspector.sysmon import SystemSampler
+    from inspector.sysmon import NvmlReader, SystemSampler
 
     on_gpu = cuda_ready()
     if not on_gpu and not dry_run():
@@ -118,10 +122,14 @@ def body(out: Path, res: Result) -> None:
     seconds = 3.0 if quick() or dry_run() else 10.0
     run_dir = out / "work" / "nvml-run"
     rec = inspector.Recorder(run_dir, name="gpu-check-nvml")
-    sampler = SystemSampler(rec, INTERVAL_S, extra=torch_memory)
+    nvml, fake = None, dry_run() and not NvmlReader().available
+    if fake:  # no GPU here: a stand-in NVML, so the GPU rows' path runs too
+        from benchmarks.gpu_check import fake_nvml as nvml
+    sampler = SystemSampler(rec, INTERVAL_S, extra=torch_memory, nvml=NvmlReader(nvml=nvml))
     fig = res.figures
-    fig["nvml"] = "available" if sampler.nvml.available else (sampler.nvml.reason or "N/A")
-    with ThrottleWatcher() as throttle:
+    fig["nvml"] = ("fake (dry run: benchmarks/gpu_check/fake_nvml.py)" if fake
+                   else "available" if sampler.nvml.available else (sampler.nvml.reason or "N/A"))
+    with ThrottleWatcher(nvml) as throttle:
         sampler.start()
         t0 = time.monotonic()
         fig["matmuls"] = busy_loop(seconds, on_gpu)
@@ -139,15 +147,19 @@ def body(out: Path, res: Result) -> None:
         for c in cols:
             fig[f"{device} {c}"] = column_stats(rows, c)
         if device != "host":
-            ok &= 1.0 <= rate <= 2.5 and all(rows[c].notna().any() for c in GPU_COLUMNS)
+            needed = NVML_COLUMNS if dry_run() else GPU_COLUMNS  # no torch allocator counters on a CPU
+            ok &= 1.0 <= rate <= 2.5 and all(rows[c].notna().any() for c in needed)
             ok &= bool(rows["gpu_util"].max() > 50)
         else:
             ok &= len(rows) >= 2 and rows["rss"].notna().all()
-    fig["throttle reasons (samples)"] = throttle.seen or f"N/A ({throttle.reason})"
-    res.budget = "1-2.5 samples/s; every GPU column recorded; peak util > 50 %"
     gpu_rows = [d for d in df["device"].astype(str).unique() if d != "host"]
+    if not gpu_rows:  # every GPU column, N/A, so the table's shape is the same with and without a GPU
+        fig["gpu0 samples"] = "N/A (no GPU rows)"
+        fig.update({f"gpu0 {c}": "N/A" for c in GPU_COLUMNS})
+    fig["throttle reasons (samples)"] = throttle.seen or f"N/A ({throttle.reason})"
+    res.budget = "1-2.5 Hz; all GPU columns; util peak > 50%"
     if dry_run():
-        res.notes.append("dry run: CPU loop, NVML N/A; only the host row is judged")
+        res.notes.append("dry run: CPU loop" + ("; GPU rows from a fake NVML" if fake else ""))
         judge(res, ok)
         if not gpu_rows:
             res.status = "ok (host only; GPU N/A)"

@@ -27,8 +27,8 @@ def body(out: Path, res: Result) -> None:
     import torch
 
     import inspector
-    from engine.config import get_config
-    from engine.training import TrainConfig, Trainer
+    from inspector_engine.config import get_config
+    from inspector_engine.training import TrainConfig, Trainer
     from inspector.demo import RecordingCallback
 
     on_gpu = cuda_ready()
@@ -75,7 +75,7 @@ def body(out: Path, res: Result) -> None:
         ok &= len(gpu0) > 0 and bool(gpu0["gpu_util"].notna().any()) and bool(gpu0["torch_allocated"].notna().any())
     if missing:
         res.notes.append(f"missing kinds: {missing}")
-    res.budget = f"kinds {', '.join(EXPECTED_KINDS)}; timing finite"
+    res.budget = "every default kind; timing finite"
     judge(res, ok)
 
 

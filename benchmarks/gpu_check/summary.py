@@ -16,7 +16,7 @@ from typing import Any
 
 from benchmarks.gpu_check.common import STAGES, fmt
 
-WIDTH = 118
+WIDTH = 110
 HEADLINE = {
     "env": ("device", "torch", "cuda available"),
     "cuda_tests": ("selected", "passed", "failed", "skipped"),
@@ -25,6 +25,7 @@ HEADLINE = {
     "fsdp_compile": ("graph breaks added", "recompiles added", "grad norm watched vs unwatched, max rel diff",
                      "recorded grad_norm/global vs loop's, max rel diff"),
     "sample_run": ("run", "timing rows / finite and > 0", "step total ms (median)"),
+    "determinism": ("probes switched off", "losses bitwise equal", "first error"),
 }
 
 
@@ -69,14 +70,15 @@ def headline(res: dict[str, Any]) -> str:
 
 
 def table(results: list[dict[str, Any]]) -> str:
-    """The one-screen table: stage, status, time, figures, budget, verdict."""
-    lines = [f"{'stage':<13}{'status':<24}{'time':>7}  {'verdict':<8}figures / budget", "-" * WIDTH]
+    """The one-screen table: per stage a line of stage, status, time, verdict and budget, then its
+    headline figures wrapped on at most two lines (every figure is in the details)."""
+    lines = [f"{'stage':<13}{'status':<26}{'time':>6}  {'verdict':<8}budget", "-" * WIDTH]
     for r in results:
         t = f"{r['seconds']:.0f}s" if r.get("seconds") is not None else "-"
-        lines.append(f"{r['stage']:<13}{str(r['status'])[:23]:<24}{t:>7}  {r['verdict'] or '-':<8}"
-                     + textwrap.shorten(headline(r), WIDTH - 54, placeholder=" …"))
-        if r.get("budget"):
-            lines.append(f"{'':<52}budget: {textwrap.shorten(r['budget'], WIDTH - 60, placeholder=' …')}")
+        budget = textwrap.shorten(r.get("budget") or "-", WIDTH - 55, placeholder=" …")
+        lines.append(f"{r['stage']:<13}{str(r['status'])[:25]:<26}{t:>6}  {r['verdict'] or '-':<8}{budget}")
+        lines += textwrap.wrap(headline(r), WIDTH, initial_indent="    ", subsequent_indent="    ",
+                               max_lines=2, placeholder=" …")
     fails = [r["stage"] for r in results if r["verdict"] == "FAIL"]
     lines.append("-" * WIDTH)
     lines.append(f"{len(results) - len(fails)} of {len(results)} stages without FAIL" +
@@ -102,8 +104,9 @@ def main(argv: list[str]) -> int:
     stages = argv[1:] or list(STAGES)
     results = [load(out, s) for s in stages]
     head = out / "results" / "header.txt"
-    text = (head.read_text() if head.exists() else "") + table(results)
-    (out / "summary.txt").write_text(text + "\n\n== details ==" + details(results) + "\n")
+    text = table(results)
+    header = head.read_text() if head.exists() else ""
+    (out / "summary.txt").write_text(header + text + "\n\n== details ==" + details(results) + "\n")
     (out / "summary.json").write_text(json.dumps(results, indent=1, default=str))
     print(text)
     return 1 if any(r["verdict"] == "FAIL" for r in results) else 0

@@ -1,7 +1,7 @@
 """Inference: sampling, cached generation, and the dynamic batching scheduler."""
 
-from engine.inference.generate import generate
-from engine.inference.sampling import SamplingParams, filter_logits, sample
-from engine.inference.scheduler import BatchScheduler, Request
+from inspector_engine.inference.generate import generate
+from inspector_engine.inference.sampling import SamplingParams, filter_logits, sample
+from inspector_engine.inference.scheduler import BatchScheduler, Request
 
 __all__ = ["BatchScheduler", "Request", "SamplingParams", "filter_logits", "generate", "sample"]

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from engine.inference.sampling import SamplingParams, sample
-from engine.model.cache import KVCache
+from inspector_engine.inference.sampling import SamplingParams, sample
+from inspector_engine.model.cache import KVCache
 
 
 def make_generator(params: SamplingParams, device: torch.device) -> torch.Generator | None:

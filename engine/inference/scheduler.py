@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from engine.inference.generate import make_generator
-from engine.inference.sampling import SamplingParams, sample
-from engine.model.cache import KVCache
+from inspector_engine.inference.generate import make_generator
+from inspector_engine.inference.sampling import SamplingParams, sample
+from inspector_engine.model.cache import KVCache
 
 
 @dataclass

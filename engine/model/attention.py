@@ -19,11 +19,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from engine.config import ModelConfig
-from engine.model.cache import KVCache
-from engine.model.hooks import QKCapture
-from engine.model.norm import RMSNorm
-from engine.model.rope import apply_rope
+from inspector_engine.config import ModelConfig
+from inspector_engine.model.cache import KVCache
+from inspector_engine.model.hooks import QKCapture
+from inspector_engine.model.norm import RMSNorm
+from inspector_engine.model.rope import apply_rope
 
 
 def attention_mask(

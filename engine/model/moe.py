@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from engine.config import ModelConfig
-from engine.model.mlp import MLP
-from engine.model.router import Router
+from inspector_engine.config import ModelConfig
+from inspector_engine.model.mlp import MLP
+from inspector_engine.model.router import Router
 
 
 class MoE(nn.Module):

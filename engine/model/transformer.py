@@ -9,14 +9,14 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from engine.config import ModelConfig
-from engine.model.attention import MLA, attention_mask
-from engine.model.cache import KVCache
-from engine.model.mlp import MLP
-from engine.model.moe import MoE
-from engine.model.norm import RMSNorm
-from engine.model.rope import RotaryEmbedding
-from engine.model.router import Router, recomputation
+from inspector_engine.config import ModelConfig
+from inspector_engine.model.attention import MLA, attention_mask
+from inspector_engine.model.cache import KVCache
+from inspector_engine.model.mlp import MLP
+from inspector_engine.model.moe import MoE
+from inspector_engine.model.norm import RMSNorm
+from inspector_engine.model.rope import RotaryEmbedding
+from inspector_engine.model.router import Router, recomputation
 
 
 class Block(nn.Module):

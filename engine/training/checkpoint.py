@@ -68,8 +68,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu", merge_adapters: bool = True) -> torch.nn.Module:
     """Rebuild the `Transformer` stored in a training checkpoint (LoRA adapters merged by default)."""
-    from engine.config import ModelConfig
-    from engine.model import Transformer, apply_lora, merge_lora
+    from inspector_engine.config import ModelConfig
+    from inspector_engine.model import Transformer, apply_lora, merge_lora
 
     state = load_checkpoint(path, map_location=device)
     model = Transformer(ModelConfig.from_dict(state["model_config"]))

@@ -14,16 +14,16 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-from engine.config import ModelConfig
-from engine.data import load_bytes
-from engine.model import Transformer, apply_lora
-from engine.training.checkpoint import (
+from inspector_engine.config import ModelConfig
+from inspector_engine.data import load_bytes
+from inspector_engine.model import Transformer, apply_lora
+from inspector_engine.training.checkpoint import (
     checkpoint_path, latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state,
 )
-from engine.training.config import TrainConfig
-from engine.training.data import TokenStream, eval_starts, split_tokens, windows
-from engine.training.distributed import DistEnv, all_reduce_, barrier, setup_distributed
-from engine.training.schedule import build_scheduler
+from inspector_engine.training.config import TrainConfig
+from inspector_engine.training.data import TokenStream, eval_starts, split_tokens, windows
+from inspector_engine.training.distributed import DistEnv, all_reduce_, barrier, setup_distributed
+from inspector_engine.training.schedule import build_scheduler
 
 CHECKPOINT_FORMAT = 1
 
@@ -234,7 +234,7 @@ class Trainer:
 
     def close(self) -> None:
         """Destroy the default process group, if one exists (call once, at the end of a DDP job)."""
-        from engine.training.distributed import cleanup
+        from inspector_engine.training.distributed import cleanup
 
         cleanup()
 

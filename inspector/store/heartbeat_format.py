@@ -53,11 +53,12 @@ class CollectiveRef:
     dtype: str = ""            # e.g. "float32"
     entered: float = 0.0       # epoch seconds
     completed: float | None = None  # epoch seconds; None while not completed
+    error: str = ""            # why it failed ("" unless it raised, e.g. a peer's connection closed)
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-able dict."""
         return {"group": self.group, "op": self.op, "seq": self.seq, "shapes": self.shapes, "dtype": self.dtype,
-                "entered": self.entered, "completed": self.completed}
+                "entered": self.entered, "completed": self.completed, "error": self.error}
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> "CollectiveRef":
@@ -65,7 +66,8 @@ class CollectiveRef:
         return cls(group=str(d.get("group", "")), op=str(d.get("op", "")), seq=int(d.get("seq", 0)),
                    shapes=[list(map(int, s)) for s in d.get("shapes") or []], dtype=str(d.get("dtype", "")),
                    entered=float(d.get("entered") or 0.0),
-                   completed=None if d.get("completed") is None else float(d["completed"]))
+                   completed=None if d.get("completed") is None else float(d["completed"]),
+                   error=str(d.get("error") or ""))
 
 
 @dataclass

@@ -20,6 +20,7 @@ from textual.worker import get_current_worker
 from inspector.tui.screens.base import InspectorScreen
 from inspector.tui.screens.attention import AttentionScreen
 from inspector.tui.screens.experts import ExpertsScreen
+from inspector.tui.screens.hang import HangScreen
 from inspector.tui.screens.help import HelpScreen
 from inspector.tui.screens.plugin import PluginScreen, plugin_mode
 from inspector.tui.screens.ranks import RanksScreen
@@ -28,6 +29,8 @@ from inspector.tui.state import SCREENS, Request, Snapshot
 
 REFRESH_S = 0.25
 """Minimum time between two redraws (4 Hz)."""
+EXTRA_SCREENS = ("hang",)
+"""Screens without a number key (the hang view opens with `h` from the Ranks screen)."""
 
 
 class InspectorApp(App):
@@ -40,7 +43,8 @@ class InspectorApp(App):
 
     CSS_PATH = "app.tcss"
     TITLE = "DeepSeek Inspector"
-    MODES = {"ranks": RanksScreen, "run": RunScreen, "attention": AttentionScreen, "experts": ExpertsScreen}
+    MODES = {"ranks": RanksScreen, "run": RunScreen, "attention": AttentionScreen, "experts": ExpertsScreen,
+             "hang": HangScreen}
     DEFAULT_MODE = "ranks"
     BINDINGS = [
         Binding("1", "screen('ranks')", "Ranks"), Binding("2", "screen('run')", "Run"),
@@ -61,7 +65,7 @@ class InspectorApp(App):
         self.path = Path(path)
         self._interval = interval
         self._frozen_now = frozen_now
-        self.request = Request(screen=screen if screen in SCREENS else "ranks")
+        self.request = Request(screen=screen if screen in SCREENS + EXTRA_SCREENS else "ranks")
         self.snapshot: Snapshot | None = None
         self.playing = False
         self._pending: Snapshot | None = None
@@ -179,7 +183,7 @@ class InspectorApp(App):
 
     def action_screen(self, name: str) -> None:
         """Show screen `name`."""
-        if (name in SCREENS or name in self.plugin_modes) and name != self.current_mode:
+        if (name in SCREENS or name in EXTRA_SCREENS or name in self.plugin_modes) and name != self.current_mode:
             self.switch_mode(name)
             self.update_request(screen=name)
 

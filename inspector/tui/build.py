@@ -1,24 +1,35 @@
 """Turn a LiveRun and a Request into the payload one screen draws (runs on the poller thread)."""
 from __future__ import annotations
 
+import functools
+from typing import Any, Callable
+
 import numpy as np
 import pandas as pd
 
 from inspector.tui.state import RUN_SERIES, AttentionData, ExpertsData, PluginData, RanksData, Request, RunData
+from inspector.tui.screens.hang import HangData
+from inspector.tui.screens.ranks import RanksPayload
 from inspector.views import anomalies, attention, experts, ranks, series, summary, timing
+from inspector.views.hang import HangVerdict, stuck_table
 from inspector.views.live import LiveRun
 from inspector.views.steps import nearest_at_or_before
 
 SERIES_POINTS = 240
 
 
-def build_ranks(run: LiveRun, req: Request) -> RanksData:
+def build_ranks(run: LiveRun, req: Request, hang: HangVerdict | None = None) -> RanksData:
     """Rank table, its min/median/max summary and the step-time histories, over the window ending at
-    the request's cursor (the newest steps while following)."""
+    the request's cursor (the newest steps while following), with the hang verdict for the banner."""
     table = ranks.rank_table(run, at=req.cursor)
     summary = ranks.rank_summary(table) if not table.empty else pd.DataFrame()
-    return RanksData(table=table, summary=summary, history=ranks.step_time_histories(run, last=60, at=req.cursor),
-                     at=req.cursor)
+    return RanksPayload(table=table, summary=summary, history=ranks.step_time_histories(run, last=60, at=req.cursor),
+                        at=req.cursor, hang=hang)
+
+
+def build_hang(run: LiveRun, req: Request, cursor: int, hang: HangVerdict | None = None) -> HangData:
+    """The hang view: the verdict the poller computed and its stuck-ranks table."""
+    return HangData(verdict=hang, rows=stuck_table(hang) if hang is not None else [])
 
 
 def _value_at(df: pd.DataFrame, step: int) -> float:
@@ -110,10 +121,15 @@ def build_plugin(run: LiveRun, req: Request, cursor: int) -> PluginData:
 
 
 BUILDERS = {"ranks": lambda run, req, cursor: build_ranks(run, req), "run": build_run,
-            "attention": build_attention, "experts": build_experts}
+            "attention": build_attention, "experts": build_experts, "hang": build_hang}
 """Screen name -> payload builder (run, request, cursor step); plugin screens use `build_plugin`."""
+HANG_SCREENS = {"ranks": lambda run, req, cursor, hang: build_ranks(run, req, hang), "hang": build_hang}
+"""Screens that show the hang verdict: their builders take it as a fourth argument."""
 
 
-def builder(screen: str):
-    """The payload builder of a screen name ("plugin:<name>" for a plugin's)."""
+def builder(screen: str, *, hang: HangVerdict | None = None) -> Callable[..., Any]:
+    """The payload builder of a screen name ("plugin:<name>" for a plugin's); the screens that show
+    the hang verdict get `hang` bound."""
+    if screen in HANG_SCREENS:
+        return functools.partial(HANG_SCREENS[screen], hang=hang)
     return build_plugin if screen.startswith("plugin:") else BUILDERS[screen]

@@ -1,8 +1,9 @@
 """The poller: opens the run (waiting for it if needed), tails it, and builds snapshots.
 
 `Poller.tick(request)` is called from the app's thread worker. It returns a new Snapshot only when
-something the UI shows changed (new records, a new request, the header's clock), else None, so an
-idle UI does no work.
+something the UI shows changed (new records, a new request, the header's clock, the hang verdict),
+else None, so an idle UI does no work. The hang verdict (`views.hang`) is computed here, at each disk
+poll, from the heartbeats; the Ranks banner and the hang view get it in their payloads.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import pyarrow.compute as pc
 from inspector.store.errors import RunError
 from inspector.tui.build import builder
 from inspector.tui.state import Request, Snapshot
+from inspector.views.hang import HangVerdict, hang_verdict, verdict_signature
 from inspector.views.live import LiveRun, RunNotReady, open_live
 from inspector.views.overview import run_header
 
@@ -46,6 +48,8 @@ class Poller:
         self._serial = 0
         self._error: str | None = None
         self._scalar_rows = 0
+        self.hang: HangVerdict | None = None
+        self._hang_sig: tuple | None = None
 
     def _open(self) -> str | None:
         try:
@@ -59,6 +63,7 @@ class Poller:
         self._last_poll = self.clock()
         self._scalar_rows = self.run.table("scalar").num_rows
         self._dirty = True
+        self._check_hang(self.run)
         return None
 
     def tick(self, req: Request) -> Snapshot | None:
@@ -79,6 +84,8 @@ class Poller:
             try:
                 if self._worth_drawing(run, run.poll()):
                     self._dirty = True
+                if self._check_hang(run):
+                    self._dirty = True
             except (RunError, OSError) as exc:
                 return self._emit(Snapshot(request=req, error=f"cannot read {self.path}: {exc}"))
         header_due = status != "finished" and now - self._last_header_t >= 1.0
@@ -87,6 +94,17 @@ class Poller:
         if not (new_request or data_due or header_due):
             return None
         return self._emit(self._snapshot(run, req, rebuild=new_request or data_due))
+
+    def _check_hang(self, run: LiveRun) -> bool:
+        """Recompute the hang verdict; True when what it says changed (not just its stall times)."""
+        try:
+            verdict = hang_verdict(run, self.frozen_now if self.frozen_now is not None else self.clock())
+        except Exception:  # a damaged heartbeat must not take the UI down
+            verdict = None
+        self.hang = verdict
+        sig = verdict_signature(verdict)
+        changed, self._hang_sig = sig != self._hang_sig, sig
+        return changed
 
     def _worth_drawing(self, run: LiveRun, changed: set[str]) -> bool:
         """False when the only new rows are the Recorder's own periodic scalars ("inspector/...")."""
@@ -117,7 +135,7 @@ class Poller:
         self._dirty = False
         self._last_build = self.clock()
         try:
-            snap.payload = builder(req.screen)(run, req, snap.cursor_step)
+            snap.payload = builder(req.screen, hang=self.hang)(run, req, snap.cursor_step)
         except Exception as exc:
             snap.problem = f"cannot draw {req.screen}: {type(exc).__name__}: {exc}"
         return snap

@@ -16,6 +16,8 @@ import pandas as pd
 import pyarrow as pa
 
 from inspector.schema import ATTENTION_MAP
+from inspector.store.heartbeat_format import Heartbeat
+from inspector.store.heartbeat_read import HeartbeatCache, StackDump, list_stack_dumps, read_stack_dump
 from inspector.store.errors import RunError
 from inspector.store.reader import Cursor, RunReader, RunWarning
 from inspector.store.format import RUN_META_FILE
@@ -51,6 +53,9 @@ class LiveRun:
         self._frames: dict[str, pd.DataFrame] = {}
         self._versions: dict[str, int] = {k: 0 for k in kinds}
         self._cache: OrderedDict[tuple[Any, ...], tuple[int, Any]] = OrderedDict()
+        self._beats = HeartbeatCache(self.path)
+        self._beats_read_at = float("-inf")
+        self._dumps: dict[str, tuple[tuple[int, int], StackDump]] = {}
         self.poll()
 
     @property
@@ -161,6 +166,72 @@ class LiveRun:
         """Steps at which `rank` stored attention maps."""
         with self._lock:
             return self.reader.blob_steps(ATTENTION_MAP.name, rank) if rank in self.reader.ranks else []
+
+    HEARTBEAT_KIND = "heartbeat"
+    """The pseudo-kind whose `version()` grows when a heartbeat file changed (for `cached`)."""
+
+    HEARTBEAT_POLL_S = 0.5
+    """Heartbeat files are stat'ed at most this often (watchdogs rewrite them every 1–2 s)."""
+
+    def heartbeats(self, *, refresh: bool = True) -> dict[int, Heartbeat]:
+        """{rank: its last readable heartbeat}; with `refresh`, re-read the files that changed (at
+        most every `HEARTBEAT_POLL_S`). A run without a watchdog gives {}."""
+        import time
+
+        with self._lock:
+            now = time.monotonic()
+            if refresh and now - self._beats_read_at >= self.HEARTBEAT_POLL_S:
+                self._beats_read_at = now
+                if self._beats.refresh():
+                    self._versions[self.HEARTBEAT_KIND] = self._beats.version
+            return self._beats.heartbeats()
+
+    def heartbeat_mtimes(self) -> dict[int, float]:
+        """{rank: mtime of its heartbeat file} as of the last refresh (the file system's clock)."""
+        with self._lock:
+            return self._beats.mtimes()
+
+    def heartbeat_problems(self) -> list[str]:
+        """One line per heartbeat file that was torn or corrupt at the last refresh."""
+        with self._lock:
+            return self._beats.problems()
+
+    def stack_dump_files(self, rank: int) -> list[Path]:
+        """The stack dump files of `rank`, oldest first."""
+        return list_stack_dumps(self.path, rank)
+
+    def stack_dump(self, rank: int, name: str | None = None) -> StackDump | None:
+        """Stack dump `name` of `rank` (None: its newest), parsed and cached until the file changes;
+        None when there is none or it cannot be read."""
+        import os
+
+        from inspector.store.format import rank_dir_name
+
+        if name is not None:
+            path = self.path / rank_dir_name(rank) / os.path.basename(name)
+        else:
+            files = self.stack_dump_files(rank)
+            if not files:
+                return None
+            path = files[-1]
+        try:
+            st = os.stat(path, follow_symlinks=False)
+        except OSError:
+            return None
+        stamp = (st.st_mtime_ns, st.st_size)
+        with self._lock:
+            hit = self._dumps.get(str(path))
+            if hit is not None and hit[0] == stamp:
+                return hit[1]
+        try:
+            dump = read_stack_dump(path)
+        except OSError:
+            return None
+        with self._lock:
+            if len(self._dumps) >= self.CACHE_SIZE:
+                self._dumps.clear()
+            self._dumps[str(path)] = (stamp, dump)
+        return dump
 
     def close(self) -> None:
         """Release the reader's files."""

@@ -1,6 +1,7 @@
 """The post-mortem report of a run: what went wrong, where, and when.
 
-`run_summary` gathers, from the views alone: the run header, every anomaly grouped by kind (with
+`run_summary` gathers, from the views alone: the hang verdict (which ranks are stuck, where, and
+who is missing from which collective), the run header, every anomaly grouped by kind (with
 step, rank and module), the first non-finite value's origin, expert balance per MoE layer, the
 slowest modules and the straggler ranks. The CLI prints it (`inspector summary RUN`); the UIs may
 show it too.
@@ -21,6 +22,7 @@ import pandas as pd
 
 from inspector.views.anomalies import anomaly_list
 from inspector.views.experts import expert_load_frame, expert_phases, imbalance_series
+from inspector.views.hang import HangVerdict, hang_verdict
 from inspector.views.live import LiveRun
 from inspector.views.ranks import rank_table
 from inspector.views.timing import slowest_modules
@@ -112,6 +114,7 @@ class RunSummary:
     slowest: pd.DataFrame = field(default_factory=pd.DataFrame)
     stragglers: list[tuple[int, str, float, float]] = field(default_factory=list)  # rank, measure, ms, median ms
     collapsed_heads: list[CollapsedHead] = field(default_factory=list)
+    hang: HangVerdict | None = None        # the hang verdict (see `views.hang`), None when nothing is stuck
 
 
 def _groups(df: pd.DataFrame) -> list[AnomalyGroup]:
@@ -226,8 +229,9 @@ def _phase_balance(run: LiveRun, phase: str) -> list[ExpertBalance]:
     return out
 
 
-def run_summary(run: LiveRun, *, top_modules: int = 8) -> RunSummary:
-    """The post-mortem report of `run` (works on live, finished and crashed runs alike)."""
+def run_summary(run: LiveRun, *, top_modules: int = 8, now: float | None = None) -> RunSummary:
+    """The post-mortem report of `run` (works on live, finished and crashed runs alike); `now` is the
+    clock the hang verdict judges heartbeats by (None: the current time)."""
     scalars = run.frame("scalar")
     loss_rows = scalars[(scalars["name"] == "loss") & (scalars["rank"] == 0)].sort_values("step") \
         if not scalars.empty else pd.DataFrame({"step": [], "value": []})
@@ -254,4 +258,4 @@ def run_summary(run: LiveRun, *, top_modules: int = 8) -> RunSummary:
         loss_min=float(finite.min()) if len(finite) else None,
         anomalies=groups, first_nonfinite=first_nonfinite, experts=_expert_balance(run),
         slowest=slowest_modules(run, top=top_modules), stragglers=stragglers,
-        collapsed_heads=_collapsed_heads(run))
+        collapsed_heads=_collapsed_heads(run), hang=hang_verdict(run, now))

@@ -1,12 +1,12 @@
 """Hugging Face transformers integration: `InspectorCallback` for `transformers.Trainer`.
 
-    from plugins.hf import InspectorCallback
+    from inspector_plugins.hf import InspectorCallback
     trainer = Trainer(model=model, args=args, train_dataset=ds, callbacks=[InspectorCallback()])
 
 Attention capture (the function transformers' `AttentionInterface` picks, wrapped while a watch is
 open; the model keeps its own implementation name, so sdpa/eager/flash paths and outputs stay
 exactly as they are) and the Mixtral / Qwen-MoE / DeepSeek-V3 router capture are part of the
-probes themselves (`inspector/probes/attention_hf.py`, `inspector/probes/experts.py`):
+probes themselves (`inspector/probes/attention/hf.py`, `inspector/probes/experts.py`):
 `inspector.watch` works on a Hugging Face model with or without this plugin. The plugin adds the Trainer glue.
 """
 from __future__ import annotations
@@ -20,7 +20,7 @@ def register(ctx: PluginContext) -> None:
 
 def __getattr__(name: str):
     if name == "InspectorCallback":
-        from plugins.hf.callback import InspectorCallback
+        from inspector_plugins.hf.callback import InspectorCallback
 
         return InspectorCallback
     raise AttributeError(name)

@@ -8,7 +8,7 @@ from typing import Any, Mapping
 from transformers import TrainerCallback
 
 import inspector
-from plugins.watch_options import WatchOptions
+from inspector_plugins.watch_options import WatchOptions
 
 LOG_NAMES = {"learning_rate": "lr", "grad_norm": "grad_norm"}
 """Trainer log keys renamed to the Inspector's names (the rest keep theirs; eval ones get `eval/`)."""

@@ -1,6 +1,6 @@
 """PyTorch Lightning integration: `InspectorCallback` for `lightning.Trainer`.
 
-    from plugins.lightning import InspectorCallback
+    from inspector_plugins.lightning import InspectorCallback
     trainer = lightning.Trainer(callbacks=[InspectorCallback("runs/my-run")])
 """
 from __future__ import annotations
@@ -14,7 +14,7 @@ def register(ctx: PluginContext) -> None:
 
 def __getattr__(name: str):
     if name == "InspectorCallback":
-        from plugins.lightning.callback import InspectorCallback
+        from inspector_plugins.lightning.callback import InspectorCallback
 
         return InspectorCallback
     raise AttributeError(name)

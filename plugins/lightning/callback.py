@@ -9,7 +9,7 @@ import lightning
 import torch
 
 import inspector
-from plugins.watch_options import WatchOptions
+from inspector_plugins.watch_options import WatchOptions
 
 
 class InspectorCallback(WatchOptions, lightning.Callback):

@@ -12,7 +12,7 @@ from inspector.probes.base import Probe, ProbeContext
 from inspector.probes.grad_math import ShardSums, local
 from inspector.probes.host import HostSlice, to_host
 from inspector.probes.model_map import find_blocks
-from plugins.weight_norm.kind import WEIGHT_NORM
+from inspector_plugins.weight_norm.kind import WEIGHT_NORM
 
 
 class WeightNormProbe(Probe):

@@ -8,7 +8,7 @@ import pandas as pd
 
 from inspector.views.downsample import NONFINITE_LABELS, bin_codes, bin_columns, nonfinite_codes
 from inspector.views.gradients import wide_matrix
-from plugins.weight_norm.kind import WEIGHT_NORM
+from inspector_plugins.weight_norm.kind import WEIGHT_NORM
 
 NO_DATA = "no weight norms recorded: start the run with watch(..., probes=[..., \"weight_norm\"])"
 

@@ -17,7 +17,7 @@ def test_dashboard_never_imports_torch(tmp_path):
     write_synthetic_run(tmp_path / "r", SyntheticSpec(steps=10))
     code = ("import sys; from inspector.dash_app import create_app; app = create_app(sys.argv[1]); "
             "c = app.server.test_client(); assert c.get('/').status_code == 200; "
-            "bad = [m for m in ('torch', 'engine', 'inspector.probes', 'inspector.sysmon', 'inspector.store.writer') "
+            "bad = [m for m in ('torch', 'inspector_engine', 'inspector.probes', 'inspector.sysmon', 'inspector.store.writer') "
             "if m in sys.modules]; print('BAD', bad)")
     res = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stderr

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from engine.config import get_config
-from engine.model import Transformer
+from inspector_engine.config import get_config
+from inspector_engine.model import Transformer
 
 
 def make_model(name: str = "debug", **overrides: object) -> Transformer:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engine.model import KVCache
+from inspector_engine.model import KVCache
 from tests.engine.helpers import make_model
 
 # fp32 on CPU: cached and full computations differ only by summation order (observed ~1e-6).

@@ -8,8 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-import engine.generate as generate_cli
-import engine.train as train_cli
+import inspector_engine.generate as generate_cli
+import inspector_engine.train as train_cli
 
 ENGINE = Path(__file__).resolve().parents[2] / "engine"
 
@@ -25,7 +25,7 @@ def test_engine_never_imports_inspector() -> None:
             else:
                 continue
             assert not any(n == "inspector" or n.startswith("inspector.") for n in names), f"{path}: {names}"
-    code = ("import sys, engine, engine.train, engine.generate, engine.model, engine.inference; "
+    code = ("import sys, engine, inspector_engine.train, inspector_engine.generate, inspector_engine.model, inspector_engine.inference; "
             "bad = [m for m in sys.modules if m.split('.')[0] in ('inspector', 'pandas', 'dash')]; "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ENGINE.parent, timeout=120)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engine.inference import BatchScheduler, SamplingParams, filter_logits, generate, sample
-from engine.model import LoRALinear, apply_lora, lora_state_dict, merge_lora, unmerge_lora
+from inspector_engine.inference import BatchScheduler, SamplingParams, filter_logits, generate, sample
+from inspector_engine.model import LoRALinear, apply_lora, lora_state_dict, merge_lora, unmerge_lora
 from tests.engine.helpers import make_model
 
 

@@ -7,9 +7,9 @@ import torch.nn.functional as F
 import pytest
 from tests.engine.helpers import make_model
 
-from engine.config import get_config, list_configs
-from engine.model import KVCache, QKCapture, RMSNorm, Transformer, apply_rope, attention_mask
-from engine.model.attention import MLA
+from inspector_engine.config import get_config, list_configs
+from inspector_engine.model import KVCache, QKCapture, RMSNorm, Transformer, apply_rope, attention_mask
+from inspector_engine.model.attention import MLA
 
 
 def test_named_configs_build_and_debug_is_small() -> None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engine.config import get_config
-from engine.model import MoE, Router
+from inspector_engine.config import get_config
+from inspector_engine.model import MoE, Router
 
 
 def _router(score_func: str, **kw) -> Router:
@@ -126,7 +126,7 @@ def test_moe_matches_per_token_loop(name: str) -> None:
 
 
 def test_first_layers_dense_rest_moe() -> None:
-    from engine.model import MLP, Transformer
+    from inspector_engine.model import MLP, Transformer
 
     cfg = get_config("debug", n_layers=3, n_dense_layers=2)
     model = Transformer(cfg)

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from engine.config import get_config
-from engine.training import TrainConfig, Trainer
-from engine.training.data import TokenStream, split_tokens
-from engine.training.schedule import warmup_cosine
+from inspector_engine.config import get_config
+from inspector_engine.training import TrainConfig, Trainer
+from inspector_engine.training.data import TokenStream, split_tokens
+from inspector_engine.training.schedule import warmup_cosine
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -141,7 +141,7 @@ def test_two_process_ddp_matches_one_process(tmp_path: Path) -> None:
     steps = 4
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "engine.train", "--config", "debug_v3", "--steps", str(steps), "--batch-size", "4",
+           "-m", "inspector_engine.train", "--config", "debug_v3", "--steps", str(steps), "--batch-size", "4",
            "--seq-len", "32", "--warmup-steps", "2", "--eval-every", "0", "--out", str(tmp_path / "ddp"),
            "--device", "cpu", "--no-progress"]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)

@@ -1,4 +1,4 @@
-"""`plugins.hf.InspectorCallback` on a real `transformers.Trainer` (tiny random Llama, no downloads)."""
+"""`inspector_plugins.hf.InspectorCallback` on a real `transformers.Trainer` (tiny random Llama, no downloads)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -13,7 +13,7 @@ transformers = pytest.importorskip("transformers")
 pytest.importorskip("accelerate")
 from transformers import LlamaConfig, LlamaForCausalLM, Trainer, TrainingArguments  # noqa: E402
 
-from plugins.hf import InspectorCallback  # noqa: E402
+from inspector_plugins.hf import InspectorCallback  # noqa: E402
 
 
 class _Tokens(torch.utils.data.Dataset):

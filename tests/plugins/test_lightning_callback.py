@@ -1,4 +1,4 @@
-"""`plugins.lightning.InspectorCallback` on a real `lightning.Trainer` (CPU, tiny MLP)."""
+"""`inspector_plugins.lightning.InspectorCallback` on a real `lightning.Trainer` (CPU, tiny MLP)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,7 +10,7 @@ import torch
 import inspector
 
 lightning = pytest.importorskip("lightning")
-from plugins.lightning import InspectorCallback  # noqa: E402
+from inspector_plugins.lightning import InspectorCallback  # noqa: E402
 
 
 class _Regressor(lightning.LightningModule):

@@ -139,9 +139,9 @@ def test_healthy_relu_model_has_no_dead_layer(tmp_path: Path) -> None:
 
 
 def test_healthy_engine_run_has_no_dead_layer(tmp_path: Path) -> None:
-    from engine.config import get_config
-    from engine.training.config import TrainConfig
-    from engine.training.trainer import Trainer
+    from inspector_engine.config import get_config
+    from inspector_engine.training.config import TrainConfig
+    from inspector_engine.training.trainer import Trainer
 
     trainer = Trainer(get_config("debug"), TrainConfig(steps=60, batch_size=4, seq_len=32, eval_every=0,
                                                        warmup_steps=5, seed=0, device="cpu", num_threads=1))

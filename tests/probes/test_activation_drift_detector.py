@@ -7,8 +7,8 @@ from pathlib import Path
 import torch
 
 import inspector
-from engine.config import get_config
-from engine.training import TrainConfig, Trainer
+from inspector_engine.config import get_config
+from inspector_engine.training import TrainConfig, Trainer
 from inspector.probes.activation_drift import DriftTracker
 from inspector.store.reader import RunReader
 from tests.watched_training import train_watched

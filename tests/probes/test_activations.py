@@ -162,8 +162,8 @@ def test_dead_relu_is_reported_as_a_dead_layer(tmp_path: Path) -> None:
 
 
 def test_engine_blocks_and_their_children_are_recorded(tmp_path: Path) -> None:
-    from engine.config import get_config
-    from engine.model import Transformer
+    from inspector_engine.config import get_config
+    from inspector_engine.model import Transformer
 
     cfg = get_config("debug")
     torch.manual_seed(0)

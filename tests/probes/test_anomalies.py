@@ -67,8 +67,8 @@ def test_nan_in_a_known_module_is_reported_at_that_module_and_step(tmp_path: Pat
 
 
 def test_nan_in_the_engine_is_traced_to_the_module(tmp_path: Path) -> None:
-    from engine.config import get_config
-    from engine.model import Transformer
+    from inspector_engine.config import get_config
+    from inspector_engine.model import Transformer
 
     cfg = get_config("debug")
     torch.manual_seed(0)
@@ -118,8 +118,8 @@ def test_healthy_training_reports_nothing(tmp_path: Path) -> None:
 
 
 def test_nan_inside_an_expert_is_placed_at_the_expert_linear(tmp_path: Path) -> None:
-    from engine.config import get_config
-    from engine.model import Transformer
+    from inspector_engine.config import get_config
+    from inspector_engine.model import Transformer
 
     cfg = get_config("debug")
     torch.manual_seed(0)
@@ -222,8 +222,8 @@ def test_nan_in_inference_is_placed_at_its_block_without_a_rerun(tmp_path: Path)
 
 def _engine_losses(watched: bool, run: Path) -> tuple[list[float], nn.Module]:
     """Three forward/backward steps of the debug engine, an Inf planted in layers.1's q at step 1."""
-    from engine.config import get_config
-    from engine.model import Transformer
+    from inspector_engine.config import get_config
+    from inspector_engine.model import Transformer
 
     cfg = get_config("debug")
     torch.manual_seed(0)

@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 import inspector
-from engine.config import get_config
-from engine.model import KVCache, Transformer
+from inspector_engine.config import get_config
+from inspector_engine.model import KVCache, Transformer
 from inspector.probes import PROBES, ProbeContext, Sampling
 from inspector.store.recorder import Recorder
 

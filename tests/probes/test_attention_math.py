@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from inspector.probes.attention_collapse import CollapseTracker
-from inspector.probes.attention_math import Visibility, head_stats, layer_attention, row_stride
+from inspector.probes.attention.collapse import CollapseTracker
+from inspector.probes.attention.stats import Visibility, head_stats, layer_attention, row_stride
 
 
 def _np_softmax(x: np.ndarray) -> np.ndarray:

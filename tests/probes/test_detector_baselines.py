@@ -18,11 +18,11 @@ import torch
 from torch import nn
 
 import inspector
-from engine.config import get_config
-from engine.model import Transformer
-from engine.training import TrainConfig, Trainer
+from inspector_engine.config import get_config
+from inspector_engine.model import Transformer
+from inspector_engine.training import TrainConfig, Trainer
 from inspector.probes import experts as experts_probe
-from inspector.probes.attention_collapse import ENTROPY_RATIO, CollapseTracker
+from inspector.probes.attention.collapse import ENTROPY_RATIO, CollapseTracker
 from inspector.views import summary as summary_view
 from inspector.views.live import LiveRun
 from inspector.views.summary import run_summary

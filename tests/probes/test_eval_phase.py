@@ -51,8 +51,8 @@ class _OwnClock:
 
 @pytest.fixture(scope="module")
 def engine_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[pd.DataFrame, _OwnClock, Path]:
-    from engine.config import get_config
-    from engine.training import TrainConfig, Trainer
+    from inspector_engine.config import get_config
+    from inspector_engine.training import TrainConfig, Trainer
 
     run_dir = tmp_path_factory.mktemp("eval") / "run"
     trainer = Trainer(get_config("debug"), TrainConfig(steps=STEPS, batch_size=4, seq_len=32, warmup_steps=2,

@@ -10,8 +10,8 @@ import torch
 from torch import nn
 
 import inspector
-from engine.config import get_config
-from engine.model import Transformer
+from inspector_engine.config import get_config
+from inspector_engine.model import Transformer
 from inspector.probes.experts import STARVED_STEPS
 
 

@@ -27,8 +27,8 @@ def _scalars(run: Path, rank: int = 0) -> dict[str, np.ndarray]:
 
 
 def _train_engine(run: Path, steps: int, grad_accum: int) -> list[dict[str, float]]:
-    from engine.config import get_config
-    from engine.training import TrainConfig, Trainer
+    from inspector_engine.config import get_config
+    from inspector_engine.training import TrainConfig, Trainer
 
     cfg = TrainConfig(steps=steps, batch_size=2, seq_len=32, grad_accum=grad_accum, grad_clip=CLIP,
                       progress=False, eval_every=10_000, num_threads=1)

@@ -74,8 +74,8 @@ def test_stats_match_numpy_and_sampling_is_honoured_without_optimizer(tmp_path: 
 
 
 def test_engine_stats_and_update_ratio_match_weights_saved_around_the_step(tmp_path: Path) -> None:
-    from engine.config import get_config
-    from engine.model import Transformer
+    from inspector_engine.config import get_config
+    from inspector_engine.model import Transformer
 
     cfg = get_config("debug")
     torch.manual_seed(0)
@@ -133,8 +133,8 @@ def test_parameters_are_grouped_by_layer_when_there_are_many(tmp_path: Path) -> 
 
 
 def test_engine_tiny_groups_are_layers_and_top_level_modules() -> None:
-    from engine.config import get_config
-    from engine.model import Transformer
+    from inspector_engine.config import get_config
+    from inspector_engine.model import Transformer
 
     names = [n for n, _ in Transformer(get_config("tiny")).named_parameters()]
     groups, of = group_parameters(names)

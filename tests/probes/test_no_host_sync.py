@@ -13,8 +13,8 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 import inspector
-from engine.config import get_config
-from engine.model import Transformer
+from inspector_engine.config import get_config
+from inspector_engine.model import Transformer
 
 
 def _host_reads_in_one_step(probes: list[str], run: Path) -> int:

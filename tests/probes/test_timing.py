@@ -192,8 +192,8 @@ def test_activation_checkpoint_recompute_is_backward_not_forward(tmp_path: Path,
 
 
 def test_engine_layers_are_the_blocks(tmp_path: Path) -> None:
-    from engine.config import get_config
-    from engine.model import Transformer
+    from inspector_engine.config import get_config
+    from inspector_engine.model import Transformer
 
     torch.manual_seed(0)
     model = Transformer(get_config("debug")).train()

@@ -23,7 +23,7 @@ from inspector.schema import kinds as schema_kinds
 from inspector.store.export import export_run
 from inspector.store.reader import RunReader
 from inspector.store.writer import RankWriter
-from plugins.weight_norm.kind import WEIGHT_NORM
+from inspector_plugins.weight_norm.kind import WEIGHT_NORM
 from tests.watched_training import train_watched
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -172,8 +172,8 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory):
     import torch
 
     import inspector
-    from engine.config import get_config
-    from engine.training import TrainConfig, Trainer
+    from inspector_engine.config import get_config
+    from inspector_engine.training import TrainConfig, Trainer
 
     torch.manual_seed(0)
     threads = torch.get_num_threads()

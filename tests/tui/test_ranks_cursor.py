@@ -75,5 +75,5 @@ async def test_ranks_screen_numbers_follow_the_cursor_back() -> None:
         assert [cell(table, i, "step ms") for i in range(4)] != newest     # the window did move
         assert table.straggler_ranks() == [SLOW]
         msg = str(app.screen.query_one("#message", Static).render())
-        assert f"straggler: rank {SLOW}" in msg and "forward+data+optimizer" in msg and "mostly data" in msg
+        assert f"straggler: rank {SLOW} — rank {SLOW}: data " in msg and "forward+data+optimizer" in msg  # cause first
         assert f"steps up to {cursor:,}" in str(app.screen.query_one("#ranks-title", Static).render())

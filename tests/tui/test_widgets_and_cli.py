@@ -50,7 +50,7 @@ async def main():
             while not app.settled:
                 await pilot.pause(0.05)
 asyncio.run(main())
-bad = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "engine")
+bad = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "inspector_engine")
              or m.startswith(("inspector.probes", "inspector.sysmon", "inspector.store.writer",
                               "inspector.store.recorder")))
 assert not bad, bad

@@ -12,7 +12,7 @@ from inspector.views.downsample import downsample_indices, nonfinite_codes
 from inspector.views.gradients import grad_heatmap, grad_lines, group_detail
 from inspector.views.live import open_live
 from inspector.views.series import clip_threshold, grad_norm_series, scalar_series
-from plugins.weight_norm.render import latest_norms, weight_norm_codes, weight_norm_matrix
+from inspector_plugins.weight_norm.render import latest_norms, weight_norm_codes, weight_norm_matrix
 from tests.nonfinite_run import CLIP, LAST, POISONED, SKIPPED, Recorded, write_nonfinite_run
 
 NAN_STEPS = [SKIPPED, *range(POISONED, LAST + 1)]

@@ -1,6 +1,9 @@
 """System: GPU utilisation, memory, power, temperature per rank and device over time; host CPU and RSS;
-a per-rank table with stragglers flagged."""
+a per-rank table with stragglers flagged; above it, while some rank is stuck, the hang verdict (which
+ranks, where, who is missing from which collective, and the stuck ranks' frames)."""
 from __future__ import annotations
+
+import time
 
 import numpy as np
 import pandas as pd
@@ -9,6 +12,7 @@ from dash import Input, Output, html
 from inspector.dash_app.components import graph, message, panel
 from inspector.dash_app.context import AppContext
 from inspector.dash_app.figures import empty_figure, line_figure
+from inspector.views.hang import HangVerdict, hang_verdict, rank_list, stuck_table
 from inspector.views.ranks import rank_table
 from inspector.views.system import GPU_METRICS, HOST_METRICS, has_gpu_samples, system_series
 
@@ -23,8 +27,9 @@ TABLE_COLUMNS = [("rank", "rank", "{:.0f}"), ("step", "step", "{:,.0f}"), ("step
 
 
 def layout() -> html.Div:
-    """The rank table on top, then one chart per metric."""
+    """The hang panel (empty while nothing is stuck), the rank table, then one chart per metric."""
     return html.Div(className="page", children=[
+        html.Div(id="sys-hang", className="panel wide", style={"display": "none"}),
         panel(html.H3("ranks"), html.Div(id="sys-ranks"), wide=True),
         *[panel(graph(g, 240)) for g in GRAPHS],
     ])
@@ -52,10 +57,63 @@ def ranks_table(run) -> html.Table | html.Div:
     return html.Table([html.Thead(head), html.Tbody(rows)], className="rank-table")
 
 
+HIDDEN = {"display": "none"}
+HANG_STYLE = {"border": "2px solid #dc2626", "background": "#fef2f2", "color": "#7f1d1d"}
+HANG_COLUMNS = ("rank", "state", "where", "step", "phase", "module", "collective", "stalled", "host:pid")
+
+
+def _frames(v: HangVerdict) -> list:
+    out = []
+    for s in v.named:
+        if not s.frames and s.innermost is None:
+            continue
+        when = f", written {time.strftime('%H:%M:%S', time.gmtime(s.dump_time))} UTC" if s.dump_time else ""
+        lines = [f"rank {s.rank} main thread ({s.dump}{when}), most recent call first:"]
+        lines += [f"  {f.where} in {f.function}    {f.file}" for f in s.frames]
+        if s.innermost is not None:
+            f = s.innermost
+            lines.append(f"  innermost: {f.where} in {f.function}    {f.file}")
+        out.append(html.Pre("\n".join(lines), className="hang-frames", **{"data-rank": str(s.rank)}))
+    return out
+
+
+def hang_panel(v: HangVerdict | None) -> tuple[list, dict]:
+    """(children, style) of the hang panel: hidden when no rank is stuck."""
+    if v is None:
+        return [], HIDDEN
+    head = html.Tr([html.Th(c) for c in HANG_COLUMNS])
+    rows = [html.Tr([html.Td(x) for x in (rank_list(r.ranks, limit=6), r.state, r.where, str(r.step), r.phase,
+                                           r.module, r.collective, r.stalled_text, r.host)],
+                    className="hang-named" if r.named else "", style={"fontWeight": "bold"} if r.named else {})
+            for r in stuck_table(v)]
+    notes = [html.Div(f"desynchronised: {d.line()}", className="hang-desync") for d in v.desyncs]
+    if v.silent:
+        notes.append(html.Div(f"no heartbeat at all from rank(s) {rank_list(v.silent)}"))
+    if v.processes_gone:
+        notes.append(html.Div(f"the processes are gone: last heartbeat "
+                              f"{time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(v.last_heartbeat))} UTC; "
+                              "this is their last state"))
+    notes += [html.Div(p, className="hang-problem") for p in v.problems[:5]]
+    children = [html.H3([html.Span(" HANG ", style={"background": "#dc2626", "color": "white", "padding": "0 6px"}),
+                         " ", html.Span(v.headline, id="hang-headline")]),
+                *notes,
+                html.Div(f"stuck ranks: {len(v.stuck)} of {v.world_size}", className="hang-count"),
+                html.Table([html.Thead(head), html.Tbody(rows)], className="rank-table hang-table"),
+                *_frames(v)]
+    return children, HANG_STYLE
+
+
 def register(app, context: AppContext) -> None:
     """Every panel follows the run."""
     def fallback(msg):
         return (message(msg), *[empty_figure(msg, height=240) for _ in GRAPHS])
+
+    # The hang panel follows the clock too: a hung job writes no records, only heartbeats.
+    @app.callback(Output("sys-hang", "children"), Output("sys-hang", "style"), Input("run-state", "data"),
+                  Input("live-tick", "n_intervals"))
+    @context.with_run(lambda msg: ([], HIDDEN))
+    def draw_hang(run, _tick):
+        return hang_panel(hang_verdict(run))
 
     @app.callback(Output("sys-ranks", "children"), *[Output(g, "figure") for g in GRAPHS], Input("run-state", "data"))
     @context.with_run(fallback)

@@ -14,7 +14,7 @@ HELP = """\
 [b]← →[/b]          step cursor −1 / +1          [b][ ][/b]  −100 / +100
 [b]Home End[/b]     first step / newest step (End follows a live run)
 [b]space[/b]        play / pause the replay
-[b]Ranks[/b]        s sort column · r reverse · click a header · Enter: open that rank
+[b]Ranks[/b]        s sort column · r reverse · click a header · Enter: open that rank · h hang view
 [b]Run[/b]          r next rank · Enter on an anomaly: jump to its step
 [b]Attention[/b]    l / L layer · h / H head · n / p next / previous recorded map
 [b]Experts[/b]      n / p next / previous recorded step

@@ -1,6 +1,11 @@
-"""Ranks screen: one row per rank, stragglers in red, a min/median/max summary below."""
+"""Ranks screen: one row per rank, stragglers in red, a min/median/max summary below; a red banner on
+top with the hang verdict's headline while some rank is stuck (`h` opens the hang view)."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.widgets import DataTable, Static
@@ -9,7 +14,28 @@ from inspector.tui.screens.base import InspectorScreen
 from inspector.tui.state import RanksData, Snapshot
 from inspector.tui.widgets.rank_table import COLUMNS, SORTABLE, WIDTHS, RankTable, cells
 
+if TYPE_CHECKING:
+    from inspector.views.hang import HangVerdict
+
 LABELS = dict(COLUMNS)
+
+
+@dataclass
+class RanksPayload(RanksData):
+    """The Ranks screen's payload with the hang verdict the poller computed (None: nothing stuck)."""
+
+    hang: HangVerdict | None = None
+
+
+def banner_text(verdict: HangVerdict) -> Text:
+    """" HANG  <headline>  (h: hang view)" in red; "processes gone" when nothing reports any more."""
+    from inspector.schema.run_meta import printable
+
+    text = Text()
+    text.append(" HANG ", style="bold white on red")
+    text.append(f" {printable(verdict.headline, 400)}", style="bold")
+    text.append("   h: hang view", style="italic")
+    return text
 
 
 class RanksScreen(InspectorScreen):
@@ -18,13 +44,16 @@ class RanksScreen(InspectorScreen):
     NAME = "ranks"
     PAYLOAD = RanksData
     BINDINGS = [Binding("s", "sort", "Sort column"), Binding("r", "reverse", "Reverse"),
-                Binding("enter", "open_rank", "Show rank")]
+                Binding("enter", "open_rank", "Show rank"), Binding("h", "hang", "Hang view")]
 
     sort_key = "rank"
     descending = False
 
     def compose_body(self) -> ComposeResult:
-        """Title, rank table, summary table."""
+        """Hang banner (hidden while nothing is stuck), title, rank table, summary table."""
+        banner = Static("", id="hang-banner")
+        banner.display = False
+        yield banner
         yield Static("", id="ranks-title", classes="title")
         yield RankTable(id="rank-table", cursor_type="row", zebra_stripes=True)
         yield Static("min / median / max over ranks", classes="title")
@@ -38,12 +67,16 @@ class RanksScreen(InspectorScreen):
         self.query_one(RankTable).focus()
 
     def draw(self, payload: RanksData, snap: Snapshot) -> str | None:
-        """Fill both tables; the message names the stragglers."""
+        """Fill both tables and the hang banner; the message names the stragglers."""
+        verdict = getattr(payload, "hang", None)
+        banner = self.query_one("#hang-banner", Static)
+        banner.display = verdict is not None
+        banner.update(banner_text(verdict) if verdict is not None else "")
         table = payload.table
         if table.empty:
             return "no rank has recorded anything yet"
         rank_table = self.query_one(RankTable)
-        rank_table.styles.max_height = max(4, self.size.height - 14)
+        rank_table.styles.max_height = max(4, self.size.height - 14 - (banner.size.height if verdict else 0))
         rank_table.show(table, payload.history, self.sort_key, self.descending)
         summary = self.query_one("#rank-summary", DataTable)
         summary.clear()
@@ -61,6 +94,10 @@ class RanksScreen(InspectorScreen):
             reasons = "; ".join(f"rank {int(r.rank)}: {r.straggler_reason}" for r in flagged.head(3).itertuples())
             return f"⚠ straggler: rank {', '.join(map(str, stragglers))} — {reasons}"
         return None
+
+    def action_hang(self) -> None:
+        """Open the hang view."""
+        self.inspector.action_screen("hang")
 
     def action_sort(self) -> None:
         """Sort by the next column."""

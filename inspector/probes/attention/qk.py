@@ -12,8 +12,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from inspector.probes.attention_math import Visibility
-from inspector.probes.attention_sink import AttentionSink
+from inspector.probes.attention.stats import Visibility
+from inspector.probes.attention.sink import AttentionSink
 
 
 def is_qk_capture(module: nn.Module) -> bool:

@@ -4,8 +4,8 @@ Models running SDPA or flash attention never materialise attention weights, so o
 step the probe recomputes `softmax(q·kᵀ·scale + mask)` from the captured queries and keys, for
 batch element 0, the sampled layers and heads only, keeping every `row_stride`-th query row when
 a sequence is longer than `Sampling.max_attention_rows`. Adapters find the attention:
-`attention_qk` (our engine's QKCapture taps), `attention_hf` (Hugging Face transformers, sdpa /
-eager / flash, through a wrapping AttentionInterface function) and `attention_mha`
+`qk` (our engine's QKCapture taps), `hf` (Hugging Face transformers, sdpa /
+eager / flash, through a wrapping AttentionInterface function) and `mha`
 (`nn.MultiheadAttention`); several may apply to one model.
 
 Records, per sampled (step, attention module), at most once per step (gradient accumulation,
@@ -28,11 +28,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from inspector.probes.attention_collapse import CollapseTracker
-from inspector.probes.attention_hf import attach_hf, hf_model
-from inspector.probes.attention_math import Visibility, layer_attention
-from inspector.probes.attention_mha import attach_mha
-from inspector.probes.attention_qk import attach_qk
+from inspector.probes.attention.collapse import CollapseTracker
+from inspector.probes.attention.hf import attach_hf, hf_model
+from inspector.probes.attention.stats import Visibility, layer_attention
+from inspector.probes.attention.mha import attach_mha
+from inspector.probes.attention.qk import attach_qk
 from inspector.probes.base import Probe, ProbeContext
 from inspector.probes.host import HostValue, to_host
 from inspector.probes.model_map import layer_index

@@ -29,8 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from inspector.probes.attention_math import Visibility
-from inspector.probes.attention_sink import AttentionSink
+from inspector.probes.attention.stats import Visibility
+from inspector.probes.attention.sink import AttentionSink
 
 log = logging.getLogger("inspector")
 

@@ -7,7 +7,7 @@ from typing import Protocol
 import torch
 from torch import nn
 
-from inspector.probes.attention_math import Visibility
+from inspector.probes.attention.stats import Visibility
 
 
 class AttentionSink(Protocol):

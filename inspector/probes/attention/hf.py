@@ -26,8 +26,8 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from inspector.probes.attention_math import Visibility
-from inspector.probes.attention_sink import AttentionSink
+from inspector.probes.attention.stats import Visibility
+from inspector.probes.attention.sink import AttentionSink
 
 log = logging.getLogger("inspector")
 

@@ -1,0 +1,1 @@
+"""Seeded-fault multi-process jobs (torchrun, gloo, CPU) for the watchdog, hang verdict and straggler tests."""
