@@ -23,7 +23,7 @@ import pytest
 import inspector
 from benchmarks.gpu_check import fake_nvml
 from benchmarks.gpu_check.common import STAGES
-from benchmarks.gpu_check.nvml import throttle_names
+from inspector.sysmon.nvml import clock_event_names
 from benchmarks.gpu_check.overhead import sync_figures
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -93,7 +93,7 @@ def test_nvml_rows_come_back_through_the_run(dry: dict[str, Any]) -> None:
     assert fig["gpu0 mem_used"] == " / ".join([f"{f.MEM_USED / 2**30:.4g}"] * 3) + " GiB"
     assert fig["gpu0 sm_clock_mhz"].startswith(f"{f.SM_CLOCK_MHZ} / ")
     assert fig["gpu0 torch_allocated"] == "N/A"               # no CUDA allocator on the CPU
-    assert set(fig["throttle reasons (samples)"]) == {"SwPowerCap"}
+    assert set(fig["throttle reasons (samples)"]) == {"sw_power_cap"}
     run = inspector.open_run(dry["out"] / "work" / "nvml-run")
     gpu = run.to_pandas("system").query("device == 'gpu0'")
     assert len(gpu) >= 2 and fig["gpu0 samples"].startswith(f"{len(gpu)} at ")
@@ -153,10 +153,14 @@ def test_cuda_selection_keeps_exactly_the_tests_skipped_without_cuda(tmp_path: P
 
 
 def test_throttle_reasons_named_from_nvml_bits() -> None:
-    nv = pytest.importorskip("pynvml")
+    """Our bit table against pynvml's own constants (nvidia-ml-py is a dependency)."""
+    import pynvml as nv
+
     mask = nv.nvmlClocksThrottleReasonGpuIdle | nv.nvmlClocksThrottleReasonSwPowerCap
-    assert throttle_names(mask, nv) == ["GpuIdle", "SwPowerCap"]
-    assert throttle_names(0, nv) == []
+    assert clock_event_names(mask) == "gpu_idle+sw_power_cap"
+    assert clock_event_names(nv.nvmlClocksThrottleReasonHwThermalSlowdown | nv.nvmlClocksThrottleReasonSyncBoost) \
+        == "sync_boost+hw_thermal"
+    assert clock_event_names(0) == "none"
 
 
 def test_syncs_added_by_the_probes_count_the_training_threads_only() -> None:

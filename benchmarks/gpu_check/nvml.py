@@ -3,8 +3,8 @@
 The sampler records into a real run (with the system probe's torch allocator counters); the rows
 are read back through `inspector.open_run(...).to_pandas("system")`, and per device the stage
 reports the sample rate achieved and min/median/max of every column (N/A where a column is null).
-Clock throttle reasons are not a `system` column (sysmon/nvml.py reads none), so this stage reads
-them itself through pynvml at the same rate and reports every reason seen.
+The `system` rows carry the clocks-event ("throttle") reasons (`clock_events`); this stage also reads
+them on GPU 0 through pynvml at the same rate and reports how many samples saw each reason.
 PASS on a GPU: 1-2.5 samples/s, every GPU column recorded, utilisation above 50 % at its peak.
 In a dry run the loop runs on the CPU and, where NVML is unavailable, `fake_nvml` stands in for it
 (one GPU with fixed readings), so the GPU rows take the same path; torch's allocator columns stay N/A.
@@ -18,24 +18,14 @@ from typing import Any
 
 import numpy as np
 
+from inspector.sysmon.nvml import clock_event_names
+
 from benchmarks.gpu_check.common import Result, cuda_ready, dry_run, fmt, judge, no_cuda, quick, run_stage
 
 INTERVAL_S = 0.5
 NVML_COLUMNS = ("gpu_util", "mem_used", "mem_total", "power_w", "temp_c", "sm_clock_mhz")
 GPU_COLUMNS = (*NVML_COLUMNS, "torch_allocated", "torch_reserved", "torch_peak")
 HOST_COLUMNS = ("cpu_percent", "rss")
-
-
-def throttle_names(mask: int, nvml: Any) -> list[str]:
-    """Names of the bits set in a clocks-event/throttle-reason mask (pynvml's constant names)."""
-    names = []
-    for attr in dir(nvml):
-        for prefix in ("nvmlClocksEventReason", "nvmlClocksThrottleReason"):
-            if attr.startswith(prefix) and attr[len(prefix):] not in ("All", "None"):
-                bit = getattr(nvml, attr)
-                if isinstance(bit, int) and bit and mask & bit == bit:
-                    names.append(attr[len(prefix):])
-    return sorted(set(names))
 
 
 class ThrottleWatcher:
@@ -65,7 +55,7 @@ class ThrottleWatcher:
             while not self._stop.is_set():
                 mask = int(read(handle))
                 self.samples += 1
-                for name in throttle_names(mask, nv) or ["none"]:
+                for name in clock_event_names(mask).split("+"):
                     self.seen[name] = self.seen.get(name, 0) + 1
                 self._stop.wait(INTERVAL_S)
         except Exception as exc:

@@ -160,11 +160,14 @@ TIMING = register_kind(KindSpec(
     description="milliseconds per module and phase (forward/backward/optimizer/data/other/total)"))
 
 SYSTEM = register_kind(KindSpec(
-    "system", 1,
+    "system", 2,
     (_f("device", pa.string()), _f("gpu_util", f64), _f("mem_used", f64), _f("mem_total", f64),
-     _f("power_w", f64), _f("temp_c", f64), _f("sm_clock_mhz", f64), _f("torch_allocated", f64),
-     _f("torch_reserved", f64), _f("torch_peak", f64), _f("cpu_percent", f64), _f("rss", f64)),
-    description="one sample of a GPU or of the host; nulls mean N/A; memory in bytes"))
+     _f("power_w", f64), _f("temp_c", f64), _f("sm_clock_mhz", f64), _f("clock_events", pa.string()),
+     _f("torch_allocated", f64), _f("torch_reserved", f64), _f("torch_peak", f64), _f("cpu_percent", f64),
+     _f("rss", f64)),
+    description="one sample of a GPU or of the host; nulls mean N/A; memory in bytes; clock_events: why "
+                "NVML says the GPU's clocks are held down (sw_power_cap, hw_thermal, sync_boost, ...; none)"))
+"""Version 2 added clock_events; version-1 frames read with it null."""
 
 ANOMALY = register_kind(KindSpec(
     "anomaly", 1,

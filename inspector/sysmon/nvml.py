@@ -16,8 +16,26 @@ import os
 from types import ModuleType
 from typing import Any, Callable, Sequence
 
-GPU_METRICS: tuple[str, ...] = ("gpu_util", "mem_used", "mem_total", "power_w", "temp_c", "sm_clock_mhz")
-"""The per-GPU columns `NvmlReader.sample()` fills: %, bytes, bytes, watts, °C, MHz."""
+GPU_METRICS: tuple[str, ...] = ("gpu_util", "mem_used", "mem_total", "power_w", "temp_c", "sm_clock_mhz",
+                                "clock_events")
+"""The per-GPU columns `NvmlReader.sample()` fills: %, bytes, bytes, watts, °C, MHz, and why the clocks
+are held down now (`clock_event_names`)."""
+
+CLOCK_EVENT_BITS: dict[int, str] = {
+    0x1: "gpu_idle", 0x2: "app_clocks_setting", 0x4: "sw_power_cap", 0x8: "hw_slowdown", 0x10: "sync_boost",
+    0x20: "sw_thermal", 0x40: "hw_thermal", 0x80: "hw_power_brake", 0x100: "display_clocks"}
+"""NVML's clocks-event (formerly "throttle") reason bits (`nvmlClocksEventReason*`, nvml.h), by name."""
+CLOCK_EVENTS_NONE = "none"
+
+
+def clock_event_names(mask: int) -> str:
+    """"sw_power_cap+hw_thermal" for the reasons set in an NVML clocks-event mask; "none" when the
+    clocks are not held down (unknown bits as "0x…")."""
+    names = [name for bit, name in CLOCK_EVENT_BITS.items() if mask & bit]
+    rest = mask & ~sum(CLOCK_EVENT_BITS)
+    if rest:
+        names.append(hex(rest))
+    return "+".join(names) or CLOCK_EVENTS_NONE
 
 
 class NvmlReader:
@@ -75,6 +93,10 @@ class NvmlReader:
         row["power_w"] = None if power_mw is None else power_mw / 1000.0
         row["temp_c"] = _read(lambda: nv.nvmlDeviceGetTemperature(handle, nv.NVML_TEMPERATURE_GPU))
         row["sm_clock_mhz"] = _read(lambda: nv.nvmlDeviceGetClockInfo(handle, nv.NVML_CLOCK_SM))
+        events = (getattr(nv, "nvmlDeviceGetCurrentClocksEventReasons", None)      # nvidia-ml-py >= 12.535
+                  or getattr(nv, "nvmlDeviceGetCurrentClocksThrottleReasons", None))
+        mask = None if events is None else _read(lambda: events(handle))
+        row["clock_events"] = None if mask is None else clock_event_names(int(mask))
         return row
 
     def _uuid_of(self, index: int) -> str:

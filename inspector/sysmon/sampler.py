@@ -23,7 +23,7 @@ from inspector.sysmon.nvml import NvmlReader
 log = logging.getLogger("inspector")
 
 SYSTEM_COLUMNS: tuple[str, ...] = (
-    "device", "gpu_util", "mem_used", "mem_total", "power_w", "temp_c", "sm_clock_mhz",
+    "device", "gpu_util", "mem_used", "mem_total", "power_w", "temp_c", "sm_clock_mhz", "clock_events",
     "torch_allocated", "torch_reserved", "torch_peak", "cpu_percent", "rss")
 """The payload columns of the `system` record kind, in schema order."""
 

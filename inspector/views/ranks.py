@@ -38,7 +38,9 @@ section is the one with the largest median excess over the other ranks' per-step
 ratio to them is given for the window and, as the rank's own history, over the `window` steps
 before it ("n/a" when there are none): "backward 1.31× the other ranks, +3 ms (own median of the
 previous steps 1.00×)". On GPU, the rank's SM clock, power and temperature against the other
-ranks' medians follow (`_gpu_note`; the `system` kind holds no NVML throttle reasons yet).
+ranks' medians follow, with the NVML clocks-event ("throttle") reason that held its clocks down
+most often and how often the other ranks had it: "clocks held by hw_thermal in 90 % of samples
+(other ranks 0 %)" (`_gpu_note`; the sampler's `clock_events` column).
 """
 from __future__ import annotations
 
@@ -228,8 +230,8 @@ def _cause(run: LiveRun, steps: np.ndarray, before: np.ndarray, ranks: list[int]
 
 
 def _gpu_note(run: LiveRun, steps: np.ndarray, ranks: list[int], rank: int) -> str:
-    """The rank's SM clock, power and temperature against the other ranks' medians over the window
-    ("" without GPU samples)."""
+    """The rank's SM clock, power and temperature against the other ranks' medians over the window, and
+    the NVML clocks-event reason that held its clocks down most often ("" without GPU samples)."""
     system = run.frame("system")
     if system.empty or len(steps) == 0:
         return ""
@@ -243,7 +245,27 @@ def _gpu_note(run: LiveRun, steps: np.ndarray, ranks: list[int], rank: int) -> s
         if pd.notna(own[col]):
             other = f" (others {others[col]:.0f})" if len(med) > 1 and pd.notna(others[col]) else ""
             parts.append(f"{own[col]:.0f} {unit}{other}")
+    events = _clock_events_note(gpu, rank)
+    if events:
+        parts.append(events)
     return "GPU " + ", ".join(parts) if parts else ""
+
+
+def _clock_events_note(gpu: pd.DataFrame, rank: int) -> str:
+    """"clocks held by sw_power_cap in 80 % of samples (other ranks 0 %)": the reason NVML gave most
+    often for this rank's GPU clocks over the window, idle aside ("" without such samples)."""
+    if "clock_events" not in gpu.columns:
+        return ""
+    known = gpu.dropna(subset=["clock_events"])
+    held = known["clock_events"].str.split("+").apply(lambda ns: [n for n in ns if n not in ("none", "gpu_idle")])
+    is_mine = (known["rank"] == rank).to_numpy()
+    counts = held[is_mine].explode().dropna().value_counts()
+    if counts.empty:
+        return ""
+    top = str(counts.idxmax())
+    has = held.apply(lambda ns: top in ns).to_numpy(dtype=bool)
+    other = f" (other ranks {has[~is_mine].mean():.0%})" if (~is_mine).any() else ""
+    return f"clocks held by {top} in {has[is_mine].mean():.0%} of samples{other}"
 
 
 def _times(ratio: float) -> str:

@@ -63,6 +63,9 @@ class FakeNvml:
     def nvmlDeviceGetClockInfo(self, h: int, clock: int) -> int:
         return 1980
 
+    def nvmlDeviceGetCurrentClocksEventReasons(self, h: int) -> int:
+        return 0x4 | 0x40 if h == 0 else 0x0      # nvml.h: SwPowerCap | HwThermalSlowdown; none
+
 
 def test_real_nvml_never_raises_and_host_metrics_are_real() -> None:
     reader = NvmlReader()
@@ -98,6 +101,7 @@ def test_fake_nvml_values_and_a_failing_metric_is_none(tmp_path: Path, monkeypat
     assert df.loc["gpu0", "power_w"] == 250.0 and df.loc["gpu1", "power_w"] != df.loc["gpu1", "power_w"]  # NaN
     assert df.loc["gpu1", "mem_used"] == 2 * 2**30 and df.loc["gpu0", "mem_total"] == 80 * 2**30
     assert df.loc["gpu0", "temp_c"] == 60 and df.loc["gpu0", "sm_clock_mhz"] == 1980
+    assert df.loc["gpu0", "clock_events"] == "sw_power_cap+hw_thermal" and df.loc["gpu1", "clock_events"] == "none"
     assert df.loc["gpu0", "torch_allocated"] == 123.0
     assert fake.shutdowns == 1
 

@@ -133,3 +133,20 @@ def test_a_section_only_the_slow_rank_spends_time_in_needs_a_smaller_lead() -> N
     noisy_SR[:, 3] = 104.0                                        # 1.3x, the same 24 ms lead
     n = ranks.judge(noisy_SR, base_S)[3]
     assert n.ratio == pytest.approx(1.3) and not n.flagged(*bar, (ranks.STRONG_RATIO, ranks.STRONG_LEAD))
+
+
+def test_gpu_note_names_the_clock_event_that_holds_the_slow_ranks_gpu(tmp_path: Path) -> None:
+    """A rank whose GPU NVML reports thermally slowed (hw_thermal) in most samples: the straggler's GPU
+    note says so, with how often the other ranks had it; idle and "none" are not reasons."""
+    from inspector.store.recorder import Recorder
+
+    for rank in range(3):
+        with Recorder(tmp_path / "run", rank=rank, world_size=3) as rec:
+            for s in range(10):
+                events = "hw_thermal" if rank == 2 and s < 9 else ("gpu_idle" if s == 0 else "none")
+                rec.submit("system", {"device": "gpu0", "sm_clock_mhz": 1200.0 if rank == 2 else 1980.0,
+                                      "clock_events": events}, 1, step=s)
+    run = open_live(tmp_path / "run")
+    note = ranks._gpu_note(run, np.arange(10), [0, 1, 2], 2)
+    assert note == "GPU 1200 MHz SM clock (others 1980), clocks held by hw_thermal in 90% of samples (other ranks 0%)"
+    assert ranks._gpu_note(run, np.arange(10), [0, 1, 2], 0) == "GPU 1980 MHz SM clock (others 1590)"
