@@ -1,6 +1,6 @@
 """Seeded fault 6 (a rank slowed 1.3× in its backward only: flagged with "backward" as the cause
 within 20 steps, quiet and with a competing CPU busy loop) and fault 7 (a healthy run: nothing
-flagged), on real 2-rank torchrun jobs (gloo, CPU, `tests/hangs/worker.py`, run
+flagged, quiet and with a busy loop per core), on real 2-rank torchrun jobs (gloo, CPU, `tests/hangs/worker.py`, run
 through this module with a wider MLP)."""
 from __future__ import annotations
 
@@ -35,11 +35,21 @@ def _kill(proc: subprocess.Popen) -> None:
     proc.wait()
 
 
+def spinners_for(fault: str) -> int:
+    """Busy loops beside a "busy" job. The healthy run gets one per core, a load the whole machine
+    shares: a single busy loop beside two ranks on two cores can share one rank's core for the whole
+    run, and that rank then *is* slower (measured: a healthy rank's backward 1.39x the other's, in 19 of
+    20 steps), which is what a straggler flag is for. The slowed run keeps one busy loop: its fault must
+    still stand out beside that."""
+    return (os.cpu_count() or 2) if fault == "healthy" else 1
+
+
 def run_job(run_dir: Path, fault: str, *, busy: bool) -> None:
-    """One 2-rank job of `fault` into `run_dir`, with a busy-loop process beside it when `busy`;
-    every process it started is killed before it returns."""
+    """One 2-rank job of `fault` into `run_dir`, with busy-loop processes beside it when `busy`
+    (`spinners_for`); every process it started is killed before it returns."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"], start_new_session=True) if busy else None
+    spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"], start_new_session=True)
+                for _ in range(spinners_for(fault) if busy else 0)]
     job = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
                             "--master-port", str(_free_port()), "-m", "tests.hangs.test_straggler_cause",
                             "--run-dir", str(run_dir), "--fault", fault, "--rank", str(SLOW_RANK),
@@ -51,7 +61,7 @@ def run_job(run_dir: Path, fault: str, *, busy: bool) -> None:
         assert job.returncode == 0, out[-4000:]
     finally:
         _kill(job)
-        if spinner is not None:
+        for spinner in spinners:
             _kill(spinner)
 
 
