@@ -64,6 +64,11 @@ step), one `submit` per step, all `ms` in milliseconds:
 - name "model", phase "eval": the union of the eval spans since the previous step's end (row
   present only on steps with an eval; not a part of total).
 The dashboard stacks model/forward + model/backward + optimizer + data + step/other = step/total.
+On CPU, where Linux tells (`inspector.sysmon.run_queue`), each mark also reads how long the marking
+thread has waited for a CPU, and the step's rows add, name "cpu_wait": phases "cpu_wait_forward",
+"cpu_wait_backward", "cpu_wait_optimizer", "cpu_wait_data" (the same intervals as the model, optimizer
+and data rows) and "cpu_wait" (the whole step): the part of those ms the training thread was runnable
+but another process held its CPU.
 """
 from __future__ import annotations
 
@@ -81,10 +86,14 @@ from inspector.probes.base import Probe, ProbeContext
 from inspector.probes.closure import wrap_closure
 from inspector.probes.model_map import find_blocks
 from inspector.probes.registry import register_probe
+from inspector.sysmon.run_queue import run_queue_wait_s
 
 log = logging.getLogger("inspector")
 
-Mark = Union[float, "torch.cuda.Event"]
+Mark = Union[tuple[float, float], "torch.cuda.Event"]
+"""CPU: (perf_counter s, run-queue wait s of the marking thread); CUDA: a timing event."""
+CPU_WAIT_NAME = "cpu_wait"
+"""`timing` rows of CPU waits: name "cpu_wait", phase "cpu_wait" (whole step) or "cpu_wait_<phase>"."""
 Interval = tuple[Mark, Mark]
 
 
@@ -169,11 +178,21 @@ Forward = tuple[Mark, Mark, _Mode]
 
 
 class _Clock:
-    """Timestamps: perf_counter seconds on CPU, timing events on the model's CUDA device."""
+    """Timestamps: perf_counter seconds (and the run-queue wait) on CPU, timing events on the model's
+    CUDA device; `waits` is the same clock read on the run-queue-wait timeline (CPU only)."""
 
-    def __init__(self, device: torch.device | None = None) -> None:
+    def __init__(self, device: torch.device | None = None, *, part: int = 0) -> None:
         self.cuda = device is not None and device.type == "cuda"
         self.device = device
+        self.part = part
+
+    @property
+    def waits(self) -> "_Clock | None":
+        """This clock on the run-queue-wait timeline: `since` gives ms waited for a CPU (None on CUDA,
+        or where the wait cannot be read)."""
+        if self.cuda or math.isnan(run_queue_wait_s()):
+            return None
+        return _Clock(self.device, part=1)
 
     def mark(self) -> Mark:
         """A timestamp now (on CUDA: recorded on this thread's current stream of the model's device)."""
@@ -181,7 +200,7 @@ class _Clock:
             ev = torch.cuda.Event(enable_timing=True)
             ev.record(torch.cuda.current_stream(self.device))
             return ev
-        return time.perf_counter()
+        return (time.perf_counter(), run_queue_wait_s())
 
     def since(self, ref: Mark, m: Mark) -> float:
         """Milliseconds from `ref` to `m` (waits for CUDA events: call off the training thread)."""
@@ -189,7 +208,7 @@ class _Clock:
             m.synchronize()
             ref.synchronize()
             return float(ref.elapsed_time(m))
-        return (m - ref) * 1000.0
+        return (m[self.part] - ref[self.part]) * 1000.0
 
 
 @dataclass
@@ -205,6 +224,7 @@ class _StepTimes:
     total: int
     data: int | None = None     # the data row: its one interval less the eval spans in it
     eval_spans: list[Interval] = field(default_factory=list)
+    waits: dict[int, int] = field(default_factory=dict)   # CPU-wait row -> the row it measures (-1: total)
 
     def resolve(self) -> np.ndarray:
         """ms per row; eval spans are taken out of data and total, "other" is total minus the parts."""
@@ -216,6 +236,10 @@ class _StepTimes:
             ms[self.data] = max(b - a - _union_ms(self.clock, self.ref, self.eval_spans, a, b), 0.0)
         ms[self.total] = total
         ms[self.other] = max(total - sum(ms[i] for i in self.parts), 0.0)
+        wait = self.clock.waits if self.waits else None
+        for row, of in self.waits.items():
+            if wait is not None:
+                ms[row] = wait.since(self.ref, self.end) if of < 0 else _union_ms(wait, self.ref, self.rows[of][2])
         return ms
 
 
@@ -467,8 +491,16 @@ class TimingProbe(Probe):
         if spans:
             rows.append(("model", "eval", spans))
         rows += [("step", "other", []), ("step", "total", [])]
-        return _StepTimes(self.clock, ref, end, rows, parts, other=len(rows) - 2, total=len(rows) - 1,
-                          data=data, eval_spans=spans)
+        other, total = len(rows) - 2, len(rows) - 1
+        waits = {}
+        if self.clock.waits is not None:
+            for i in parts:
+                waits[len(rows)] = i
+                rows.append((CPU_WAIT_NAME, f"{CPU_WAIT_NAME}_{rows[i][1]}", []))
+            waits[len(rows)] = -1
+            rows.append((CPU_WAIT_NAME, CPU_WAIT_NAME, []))
+        return _StepTimes(self.clock, ref, end, rows, parts, other=other, total=total,
+                          data=data, eval_spans=spans, waits=waits)
 
     def _say_compiled(self) -> None:
         if not self._said_compiled:
