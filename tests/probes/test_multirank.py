@@ -165,6 +165,6 @@ def test_slowed_rank_is_the_only_straggler_on_a_busy_machine(straggler_runs) -> 
     from inspector.views.ranks import rank_table
 
     table = rank_table(open_live(straggler_runs["busy-slow"])).set_index("rank")
-    assert table["straggler"].tolist() == [r == SLOW_RANK for r in range(4)]
+    assert table["straggler"].tolist() == [r == SLOW_RANK for r in range(4)], table["straggler_reason"].to_dict()
     reason = table.loc[SLOW_RANK, "straggler_reason"]
     assert reason.startswith("data ") and "; data (waits taken out) " in reason   # DDP's waits are recorded
