@@ -99,6 +99,8 @@ class HangScreen(InspectorScreen):
         with VerticalScroll(id="hang-frames-box"):
             yield Static("", id="hang-frames")
 
+    _drawn: HangData | None = None
+
     def on_mount(self) -> None:
         """Table columns."""
         table = self.query_one("#hang-table", DataTable)
@@ -107,7 +109,11 @@ class HangScreen(InspectorScreen):
         super().on_mount()
 
     def draw(self, payload: HangData, snap: Snapshot) -> str | None:
-        """The verdict, or a line saying no rank is stuck."""
+        """The verdict, or a line saying no rank is stuck (nothing is redrawn while it stays the same:
+        the table keeps its cursor, and its layout is not redone at every poll)."""
+        if payload == self._drawn:
+            return None
+        self._drawn = payload
         v = payload.verdict
         headline = self.query_one("#hang-headline", Static)
         table = self.query_one("#hang-table", DataTable)
