@@ -3,8 +3,9 @@
 For each load (0 = quiet, the baseline of the same invocation, then `--load` busy-loop processes) it
 trains the demo twice, `--slow-rank 2` (the demo's 50 ms delay before each forward) and healthy, and
 replays every 20-step window of each run (`at` = 19, 21, ... last) through
-- the rule the views use (`inspector.views.ranks.straggler_reasons`: per-step ratio to the other ranks'
-  median ≥ 1.25 and a median lead over the slowest other rank ≥ 12 % of the step), and
+- the rule the views use (`inspector.views.ranks.straggler_reasons`: per-step ratios to the other ranks'
+  median of each section and of own work, communication and CPU waits taken out, with a lead over the
+  slowest other rank; the module docstring has the bar and the measurements behind it), and
 - the old rule (window medians of step time or forward+data+optimizer > 1.25 × the median over ranks).
 It prints per scenario the slow rank's statistics (median per-step ratio, lead share), the share of
 windows where the slow rank is flagged, and the windows with a healthy rank flagged (false flags).
