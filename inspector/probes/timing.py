@@ -186,11 +186,10 @@ class _Clock:
         self.device = device
         self.part = part
 
-    @property
-    def waits(self) -> "_Clock | None":
-        """This clock on the run-queue-wait timeline: `since` gives ms waited for a CPU (None on CUDA,
-        or where the wait cannot be read)."""
-        if self.cuda or math.isnan(run_queue_wait_s()):
+    def waits_of(self, m: Mark) -> "_Clock | None":
+        """This clock on the run-queue-wait timeline (`since` gives ms waited for a CPU), when mark `m`
+        holds a wait (None on CUDA, or where the marking thread could not read it)."""
+        if self.cuda or math.isnan(m[1]):
             return None
         return _Clock(self.device, part=1)
 
@@ -236,10 +235,11 @@ class _StepTimes:
             ms[self.data] = max(b - a - _union_ms(self.clock, self.ref, self.eval_spans, a, b), 0.0)
         ms[self.total] = total
         ms[self.other] = max(total - sum(ms[i] for i in self.parts), 0.0)
-        wait = self.clock.waits if self.waits else None
+        wait = self.clock.waits_of(self.end) if self.waits else None
         for row, of in self.waits.items():
-            if wait is not None:
-                ms[row] = wait.since(self.ref, self.end) if of < 0 else _union_ms(wait, self.ref, self.rows[of][2])
+            if wait is not None:     # within [0, the row it is part of]: marks of another thread count nothing
+                waited = wait.since(self.ref, self.end) if of < 0 else _union_ms(wait, self.ref, self.rows[of][2])
+                ms[row] = min(max(waited, 0.0), ms[self.total if of < 0 else of])
         return ms
 
 
@@ -493,7 +493,7 @@ class TimingProbe(Probe):
         rows += [("step", "other", []), ("step", "total", [])]
         other, total = len(rows) - 2, len(rows) - 1
         waits = {}
-        if self.clock.waits is not None:
+        if self.clock.waits_of(end) is not None:
             for i in parts:
                 waits[len(rows)] = i
                 rows.append((CPU_WAIT_NAME, f"{CPU_WAIT_NAME}_{rows[i][1]}", []))

@@ -101,18 +101,19 @@ demo's planted 50 ms data delay on 4 ranks sharing 2 cores: ∞x on most steps, 
 sections do double by noise: a healthy rank's "other" (a few ms outside every phase) measured ∞x at a
 5 % lead beside a busy loop."""
 """The sections a cause can name (their `section_ms` columns hold own work, waits taken out)."""
+PHASE_SECTIONS = ("data", "forward", "backward", "optimizer")
+"""The sections the timing probe times as phases (with CPU-wait rows of their own), and the ones
+judged on their own. "other" is what no phase claims, waits the collective tracker does not see
+included, and those are the victims' symptom (beside 4 busy loops on 2 cores, the victims of the
+4-rank demo's slowed rank spent 40-57 ms a step there, unevenly: rank 0 1.43-2x the others with a
+10-16 % lead). A rank slow in its own code between phases makes the others wait in collectives and
+shows as own work, with "other" named as the cause."""
 STEP_COST = 0.05
 """A section or own-work lead must also hold the step up by this share of the median step less CPU
 waits (the step as the job would run without another process on its cores): own work can be a small
 part of a busy machine's step, and a few ms of rank 0's own logging measured a 17 % lead over it (4
 ranks beside 4 busy loops on 2 cores). The slowed rank of the 2-rank tests cost it 9-23 %, and 12 %
-with a CI run beside the job.
-
-"other" is not judged as a section: it holds whatever no phase claims, waits the collective
-tracker does not see included, and those are the victims' symptom (beside 4 busy loops on 2 cores,
-the victims of the 4-rank demo's slowed rank spent 40-57 ms a step there, unevenly: rank 0 1.43-2x
-the others with a 10-16 % lead). A rank slow in its own code between phases makes the others wait
-in collectives and shows as own work, with "other" named as the cause."""
+with a CI run beside the job."""
 CPU_WAIT_NAME = "cpu_wait"
 """`timing` rows of the timing probe's CPU waits (see `inspector.probes.timing`)."""
 COMM_NAME = "collectives"
@@ -190,9 +191,7 @@ def section_ms(run: LiveRun) -> pd.DataFrame:
             wide["cpu_wait"] = _take_out_cpu_waits(wide, df) if not df.empty else 0.0
             wide["own"] = np.nan
             return wide
-        waits = comm.pivot_table(index=["rank", "step"], columns="phase", values="ms", aggfunc="last", observed=True)
-        waits.columns = [str(c) for c in waits.columns]
-        waits = waits.reindex(wide.index)
+        waits = _by_phase(comm, wide.index)
         zero = pd.Series(0.0, index=wide.index)
         has = waits["comm_wait"].notna() if "comm_wait" in waits else zero.astype(bool)
         waits = waits.fillna(0.0)
@@ -214,6 +213,13 @@ def section_ms(run: LiveRun) -> pd.DataFrame:
     return run.cached(("section_ms",), ("timing",), compute)
 
 
+def _by_phase(rows: pd.DataFrame, index: pd.Index) -> pd.DataFrame:
+    """`timing` rows as (rank, step) × phase ms on `index` (NaN where a rank did not write the row)."""
+    wide = rows.pivot_table(index=["rank", "step"], columns="phase", values="ms", aggfunc="last", observed=True)
+    wide.columns = [str(c) for c in wide.columns]
+    return wide.reindex(index)
+
+
 def _take_out_cpu_waits(wide: pd.DataFrame, timing: pd.DataFrame) -> pd.Series:
     """Subtract from each section of `wide` (in place) the time the training thread waited for a CPU
     in it (the timing probe's "cpu_wait" rows, CPU runs on Linux); return the whole step's CPU wait
@@ -224,11 +230,9 @@ def _take_out_cpu_waits(wide: pd.DataFrame, timing: pd.DataFrame) -> pd.Series:
     rows = timing[timing["name"] == CPU_WAIT_NAME]
     if rows.empty:
         return zero
-    waits = rows.pivot_table(index=["rank", "step"], columns="phase", values="ms", aggfunc="last", observed=True)
-    waits.columns = [str(c) for c in waits.columns]
-    waits = waits.reindex(wide.index).fillna(0.0)
+    waits = _by_phase(rows, wide.index).fillna(0.0)
     parts = 0.0
-    for section in ("data", "forward", "backward", "optimizer"):
+    for section in PHASE_SECTIONS:
         w = waits.get(f"{CPU_WAIT_NAME}_{section}", zero).clip(upper=wide[section])
         wide[section] -= w
         parts = parts + w
@@ -346,7 +350,7 @@ def _measures(run: LiveRun, steps: np.ndarray,
         with np.errstate(all="ignore"):
             own_S = np.nanmedian(own_SR, axis=1)
         out += [(f"{section} (waits taken out)", _section_matrix(run, section, steps, ranks), own_S,
-                 (SECTION_FACTOR, SECTION_SLOWEST)) for section in SECTIONS if section != "other"]
+                 (SECTION_FACTOR, SECTION_SLOWEST)) for section in PHASE_SECTIONS]
         out.append((MEASURES["own"][0], own_SR, own_S, (SECTION_FACTOR, SECTION_SLOWEST)))
     waits = section_ms(run)["cpu_wait"]
     for key, (label, phases) in MEASURES.items():
