@@ -202,6 +202,18 @@ def _cmd_tui(args: argparse.Namespace) -> int:
     return run_tui(resolve_target(args.run), interval=args.interval, screen=args.screen)
 
 
+def _add_generate_arguments(p: argparse.ArgumentParser) -> None:
+    from inspector.generate_demo import add_arguments
+
+    add_arguments(p)
+
+
+def _cmd_generate(args: argparse.Namespace) -> int:
+    from inspector.generate_demo import run
+
+    return run(args)
+
+
 class _quiet_warnings:
     """Run warnings are shown by the commands themselves, as one line each."""
 
@@ -264,6 +276,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--no-browser", action="store_true", help="serve the dashboard but do not open a browser")
     demo.add_argument("--port", type=int, default=8050, help="dashboard port on 127.0.0.1 (default 8050)")
     demo.set_defaults(func=_cmd_demo)
+
+    gen = sub.add_parser("generate", help="serve prompts with the built-in engine's batching scheduler; "
+                         "--inspect RUN_DIR records it in inference mode")
+    _add_generate_arguments(gen)
+    gen.set_defaults(func=_cmd_generate)
 
     for name, helptext, argname in [("dash", "serve the web dashboard over a run or every run under a directory",
                                      "RUN_OR_ROOT"), ("replay", "open the web dashboard on a finished run", "RUN")]:

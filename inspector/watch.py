@@ -99,6 +99,10 @@ class Watch:
             probe.switch_off(exc, "its constructor")
             self.not_applicable[name] = probe.switched_off or ""
             return
+        self._attach_probe(name, probe)
+
+    def _attach_probe(self, name: str, probe: Probe) -> None:
+        """Attach a built probe; one that raises doing so is switched off, one that does not apply is said."""
         ctx = self.ctx.for_probe(probe)
         try:
             reason = probe.attach(ctx)
@@ -316,14 +320,22 @@ def _detach(value: Any) -> Any:
         return to_host(value.detach().float() if value.dtype != torch.float32 else value)
     return value
 
+MODES = ("training", "inference")
+"""What `watch(mode=...)` accepts."""
+
 
 def watch(model: nn.Module, run_dir: str | Path, *, probes: str | Sequence[str] = "default",
           optimizer: torch.optim.Optimizer | None = None, every: int | Mapping[str, int] | None = None,
           layers: Sequence[int] | None = None, heads: Sequence[int] | None = None,
           max_attention_rows: int | None = None, name: str | None = None,
           config: Mapping[str, Any] | None = None, hang_after_s: float | None = 20.0, heartbeat_s: float = 2.0,
-          **recorder_options: Any) -> Watch:
+          mode: str = "training", tokenizer: Any = None, **recorder_options: Any) -> Watch:
     """Start recording `model` into `run_dir` (one directory per run; each rank writes its own part).
+
+    `mode="inference"` returns an `InferenceWatch` (see `inspector.inference`): one step per serving
+    iteration, per-request latency and per-iteration batch/KV-cache records, expert load split into
+    prefill and decode; "default" probes are then attention, experts and system, and `tokenizer`
+    (anything with `decode(ids)`) labels the recorded tokens.
 
     `probes`: "default", "all", "none" or a list of probe names. `every`: sampling period(s) in
     steps (an int for all heavy probes, or e.g. {"attention": 50}). `layers`/`heads`: which
@@ -333,12 +345,25 @@ def watch(model: nn.Module, run_dir: str | Path, *, probes: str | Sequence[str] 
     (None: no watchdog thread); `heartbeat_s`: how often it rewrites `heartbeat.json` (also the
     Recorder's liveness period). Other keyword arguments go to the `Recorder`.
     """
-    selected = resolve_probes(probes)
-    extra = {} if max_attention_rows is None else {"max_attention_rows": int(max_attention_rows)}
-    sampling = Sampling.build(every, layers=layers, heads=heads, **extra)
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
+    if mode == "inference" and optimizer is not None:
+        raise ValueError("mode='inference' takes no optimizer")
+    extra: dict[str, Any] = {} if max_attention_rows is None else {"max_attention_rows": int(max_attention_rows)}
+    if mode == "inference":
+        from inspector.inference.watch import InferenceWatch, inference_probes, inference_sampling
+
+        selected = inference_probes(probes)
+        sampling = inference_sampling(every, layers=layers, heads=heads, **extra)
+    else:
+        selected = resolve_probes(probes)
+        sampling = Sampling.build(every, layers=layers, heads=heads, **extra)
     recorder = Recorder(run_dir, name=name, config=config, model=model_summary(model),
-                        probes={"selected": selected, "sampling": dataclasses.asdict(sampling)},
+                        probes={"selected": selected, "sampling": dataclasses.asdict(sampling), "mode": mode},
                         heartbeat_s=heartbeat_s, **recorder_options)
+    if mode == "inference":
+        return InferenceWatch(model, recorder, probes=selected, sampling=sampling, tokenizer=tokenizer,
+                              hang_after_s=hang_after_s, heartbeat_s=heartbeat_s)
     return Watch(model, recorder, optimizer=optimizer, probes=selected, sampling=sampling,
                  hang_after_s=hang_after_s, heartbeat_s=heartbeat_s)
 

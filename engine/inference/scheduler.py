@@ -8,6 +8,13 @@ Each `BatchScheduler.step`:
    cache rows merged into the batch cache (right-aligned; shorter rows are left-padded and masked);
 2. decodes one token for every running request with a single batched forward;
 3. retires requests that hit ``max_new_tokens`` or a stop token, dropping their cache rows.
+
+Listeners (`add_listener`) are plain callables ``fn(event, obj)`` told what the scheduler does, so
+tools can observe it without the engine knowing them: ``"submitted"`` (a `Request`, at `submit`),
+``"prefill"`` (the `Request` about to be prefilled), ``"decode"`` (the list of running requests, in
+batch-row order, before the batched decode forward), ``"token"`` (a `Request` that just accepted a
+token; ``finished`` is set when it was its last), ``"iteration"`` (the scheduler, at the end of each
+`step`). A listener that raises propagates: it is the listener's job to guard itself.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ from __future__ import annotations
 import itertools
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Any, Callable
 
 import torch
 
@@ -71,6 +79,17 @@ class BatchScheduler:
         self.steps = 0
         self.peak_batch_size = 0
         self._ids = itertools.count()
+        self.listeners: list[Callable[[str, Any], None]] = []
+
+    def add_listener(self, fn: Callable[[str, Any], None]) -> Callable[[], None]:
+        """Call ``fn(event, obj)`` on every scheduler event (see the module docstring); returns a
+        function that removes it."""
+        self.listeners.append(fn)
+        return lambda: self.listeners.remove(fn) if fn in self.listeners else None
+
+    def _emit(self, event: str, obj: Any) -> None:
+        for fn in list(self.listeners):
+            fn(event, obj)
 
     def submit(
         self,
@@ -88,6 +107,7 @@ class BatchScheduler:
         if req.reserved_tokens > self.model.cfg.max_seq_len:
             raise ValueError(f"request needs {req.reserved_tokens} positions > max_seq_len={self.model.cfg.max_seq_len}")
         self.waiting.append(req)
+        self._emit("submitted", req)
         return req
 
     @property
@@ -101,9 +121,11 @@ class BatchScheduler:
         finished = self._admit()
         if self.running:
             tokens_B1 = torch.tensor([[r.output[-1]] for r in self.running], device=self.device)
+            self._emit("decode", list(self.running))
             logits_BV = self.model(tokens_B1, self.cache)[:, -1]
             for i, req in enumerate(self.running):
                 req._accept(int(sample(logits_BV[i:i + 1], req.params, req.generator)))
+                self._emit("token", req)
             done = [r for r in self.running if r.finished]
             if done:
                 keep = [i for i, r in enumerate(self.running) if not r.finished]
@@ -111,6 +133,7 @@ class BatchScheduler:
                 self.cache.select(keep)
                 finished += done
         self.steps += 1
+        self._emit("iteration", self)
         return finished
 
     def run(self) -> list[Request]:
@@ -129,8 +152,10 @@ class BatchScheduler:
             req.generator = make_generator(req.params, self.device)
             single = KVCache.for_model(self.model, 1, capacity=req.reserved_tokens, dtype=self.cache_dtype)
             prompt_1T = torch.tensor([req.prompt], device=self.device)
+            self._emit("prefill", req)
             logits_1V = self.model(prompt_1T, single)[:, -1]
             req._accept(int(sample(logits_1V, req.params, req.generator)))
+            self._emit("token", req)
             if req.finished:
                 finished.append(req)
                 continue

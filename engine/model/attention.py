@@ -10,7 +10,8 @@ Two equivalent paths:
 * ``decompress`` (always used without a cache, default with one): up-project the cached latents
   to per-head keys/values and run scaled-dot-product attention. The ``QKCapture`` tap sits here.
 * ``absorb`` (cached decoding with ``attn_impl="absorb"``): fold ``W_uk`` into the query and
-  ``W_uv`` into the output, so attention runs directly against the cached latents.
+  ``W_uv`` into the output, so attention runs directly against the cached latents. The
+  ``LatentQKCapture`` tap sits here.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from torch import nn
 
 from inspector_engine.config import ModelConfig
 from inspector_engine.model.cache import KVCache
-from inspector_engine.model.hooks import QKCapture
+from inspector_engine.model.hooks import LatentQKCapture, QKCapture
 from inspector_engine.model.norm import RMSNorm
 from inspector_engine.model.rope import apply_rope
 
@@ -72,6 +73,7 @@ class MLA(nn.Module):
         self.wo = nn.Linear(cfg.n_heads * cfg.v_head_dim, cfg.dim, bias=False)
         self.softmax_scale = self.qk_head_dim ** -0.5
         self.qk_capture = QKCapture(self.softmax_scale, causal=True, window=cfg.window)
+        self.latent_qk_capture = LatentQKCapture(self.softmax_scale, causal=True, window=cfg.window)
 
     def forward(
         self,
@@ -101,7 +103,7 @@ class MLA(nn.Module):
         else:
             latent_BSC, k_rope_BSR = latent_BTC, k_rope_BTR
         if cache is not None and self.attn_impl == "absorb":
-            o_BTHV = self._absorbed(q_nope_BTHN, q_rope_BTHR, latent_BSC, k_rope_BSR, mask)
+            o_BTHV = self._absorbed(q_nope_BTHN, q_rope_BTHR, latent_BSC, k_rope_BSR, mask, key_mask_BS)
         else:
             o_BTHV = self._decompressed(q_nope_BTHN, q_rope_BTHR, latent_BSC, k_rope_BSR, mask, key_mask_BS)
         return self.wo(o_BTHV.flatten(2))
@@ -141,6 +143,7 @@ class MLA(nn.Module):
         latent_BSC: torch.Tensor,
         k_rope_BSR: torch.Tensor,
         mask: torch.Tensor | None,
+        key_mask_BS: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Weight-absorbed attention against the latents (DeepSeek-V3 ``attn_impl="absorb"``)."""
         T, S = q_nope_BTHN.shape[1], latent_BSC.shape[1]
@@ -148,6 +151,9 @@ class MLA(nn.Module):
         w_uk_HNC, w_uv_HVC = w_HXC[:, : self.qk_nope_head_dim], w_HXC[:, self.qk_nope_head_dim :]
         q_lat_BTHC = torch.einsum("bthn,hnc->bthc", q_nope_BTHN, w_uk_HNC.to(q_nope_BTHN.dtype))
         latent_BSC = latent_BSC.to(q_lat_BTHC.dtype)
+        self.latent_qk_capture.key_mask = key_mask_BS
+        q_lat_BTHC, q_rope_BTHR, latent_BSC, k_rope_BSR = self.latent_qk_capture(
+            q_lat_BTHC, q_rope_BTHR, latent_BSC, k_rope_BSR)
         scores_BHTS = (
             torch.einsum("bthc,bsc->bhts", q_lat_BTHC, latent_BSC)
             + torch.einsum("bthr,bsr->bhts", q_rope_BTHR.to(q_lat_BTHC.dtype), k_rope_BSR.to(q_lat_BTHC.dtype))

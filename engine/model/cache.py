@@ -31,6 +31,9 @@ class KVCache:
         self.k_rope: list[torch.Tensor] = [self._empty(batch_size, capacity, rope_dim) for _ in range(n_layers)]
         self.pad_B = torch.zeros(batch_size, dtype=torch.long, device=self.device)
         self.length = 0
+        self.decompressed_width = 0
+        """Per layer and token, the values a decompressed (per-head k and v) cache would hold;
+        set by `for_model` (``n_heads * (qk_head_dim + v_head_dim)``), 0 when unknown."""
 
     @classmethod
     def for_model(
@@ -39,8 +42,10 @@ class KVCache:
         """A cache shaped for ``model`` (a `Transformer`), on its device and (default) dtype."""
         cfg = model.cfg
         p = next(model.parameters())
-        return cls(cfg.n_layers, batch_size, cfg.kv_lora_rank, cfg.qk_rope_head_dim, capacity,
-                   dtype or p.dtype, p.device)
+        cache = cls(cfg.n_layers, batch_size, cfg.kv_lora_rank, cfg.qk_rope_head_dim, capacity,
+                    dtype or p.dtype, p.device)
+        cache.decompressed_width = cfg.n_heads * (cfg.qk_nope_head_dim + cfg.qk_rope_head_dim + cfg.v_head_dim)
+        return cache
 
     def _empty(self, b: int, s: int, c: int) -> torch.Tensor:
         return torch.zeros(b, s, c, dtype=self.dtype, device=self.device)
@@ -91,6 +96,15 @@ class KVCache:
     def bytes_per_token(self) -> int:
         """``(kv_lora_rank + qk_rope_head_dim) * n_layers * dtype_size``."""
         return (self.kv_lora_rank + self.rope_dim) * self.n_layers * torch.empty(0, dtype=self.dtype).element_size()
+
+    def decompressed_bytes_per_token(self) -> int:
+        """What a cache of per-head keys and values would take per token:
+        ``n_heads * (qk_head_dim + v_head_dim) * n_layers * dtype_size`` (0 when unknown)."""
+        return self.decompressed_width * self.n_layers * torch.empty(0, dtype=self.dtype).element_size()
+
+    def token_count(self) -> int:
+        """Real (non-padding) tokens held, summed over the rows."""
+        return int(self.length * self.batch_size - int(self.pad_B.sum())) if self.batch_size else 0
 
     def allocated_bytes(self) -> int:
         """Bytes held by every tensor of the cache (all allocated columns)."""

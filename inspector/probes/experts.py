@@ -26,7 +26,11 @@ generation) at once, with autograd on when the step ends without a backward thro
 that trains in eval mode, e.g. to switch dropout off, stays training). A forward in train mode is
 *training*, as before this split, even under `no_grad` (mark such a loop with
 `Watch.phase("eval")` when it is inference). Training rows are kind `expert_load`, inference rows kind
-`expert_load_inference` (same columns; old runs, which hold training rows only, read as before).
+`expert_load_inference` (same columns plus `stage`; old runs, which hold training rows only, read as
+before). Under an inference-mode watch (`inspector.inference`), which sets `ctx.shared[STAGE_KEY]`
+around each forward, inference rows are recorded per stage: one row per router for the step's
+prefill forwards (`stage` "prefill") and one for its decode forwards ("decode"); elsewhere `stage`
+is null.
 Forwards after the last step end (an inference loop that never calls `Watch.step()`, a final
 evaluation) are recorded at the current step when the probe is detached (`Watch.close()`).
 
@@ -104,8 +108,16 @@ class _Streak:
         return np.flatnonzero(due)
 
 TRAIN, INFERENCE = "train", "inference"
-KIND_OF_PHASE = {TRAIN: "expert_load", INFERENCE: "expert_load_inference"}
-"""The record kind of each phase."""
+PREFILL, DECODE = "prefill", "decode"
+KIND_OF_PHASE = {TRAIN: "expert_load", INFERENCE: "expert_load_inference",
+                 PREFILL: "expert_load_inference", DECODE: "expert_load_inference"}
+"""The record kind of each phase; prefill and decode are inference rows with their `stage` set."""
+STAGE_KEY = "inference_stage"
+"""`ProbeContext.shared` key: "prefill" or "decode" while an inference-mode watch runs such a forward."""
+
+
+def _fresh_sums() -> dict[str, dict[str, "_Acc"]]:
+    return {phase: {} for phase in KIND_OF_PHASE}
 
 _EXPERT_ATTRS = ("n_experts", "num_experts", "num_local_experts", "n_routed_experts", "moe_num_experts")
 _TOPK_ATTRS = ("top_k", "num_experts_per_tok", "moe_top_k", "n_activated_experts")
@@ -290,7 +302,7 @@ class ExpertsProbe(Probe):
     def __init__(self) -> None:
         super().__init__()
         self.routers: list[RouterInfo] = []
-        self._acc: dict[str, dict[str, _Acc]] = {TRAIN: {}, INFERENCE: {}}
+        self._acc: dict[str, dict[str, _Acc]] = _fresh_sums()
         self._undecided: list[_Undecided] = []
         self._pending: list[_StepLoad] = []
         self._streak: dict[tuple[str, str], _Streak] = {}
@@ -338,11 +350,12 @@ class ExpertsProbe(Probe):
         """Add one forward to its phase's sums (an eval-mode forward with autograd on: decided later)."""
         inference = self._eval_depth > 0 or (not module.training and not grad_on)
         if inference or module.training:
-            self._accumulate(info, out, self._acc[INFERENCE if inference else TRAIN].setdefault(info.name, _Acc()))
+            phase = self._inference_stage() if inference else TRAIN
+            self._accumulate(info, out, self._acc[phase].setdefault(info.name, _Acc()))
             return
         tracked = _grad_tracked(out)
         if tracked is None:       # nothing a gradient could reach: not trained through
-            self._accumulate(info, out, self._acc[INFERENCE].setdefault(info.name, _Acc()))
+            self._accumulate(info, out, self._acc[self._inference_stage()].setdefault(info.name, _Acc()))
             return
         forward = _Undecided(info, _Acc())
         self._accumulate(info, out, forward.acc)
@@ -353,6 +366,11 @@ class ExpertsProbe(Probe):
         guard = getattr(self, "guard", None)
         tracked.register_hook(guard(reached, f"{info.name} (gradient reached)") if callable(guard) else reached)
         self._undecided.append(forward)
+
+    def _inference_stage(self) -> str:
+        """PREFILL or DECODE while an inference-mode watch says so, else INFERENCE."""
+        stage = self.ctx.shared.get(STAGE_KEY) if self.ctx is not None else None
+        return stage if stage in (PREFILL, DECODE) else INFERENCE
 
     def _accumulate(self, info: RouterInfo, out: Any, acc: _Acc) -> None:
         scores_NE, indices_NK = parse_router_output(out, info)
@@ -396,7 +414,7 @@ class ExpertsProbe(Probe):
         acc = self._take()
         if not self.ctx.sampling.due(self.name, step):
             return True
-        for phase in (TRAIN, INFERENCE):
+        for phase in KIND_OF_PHASE:
             sums = acc[phase]
             items = [(r, sums[r.name]) for r in self.routers if r.name in sums and sums[r.name].counts is not None]
             if not items:
@@ -409,7 +427,7 @@ class ExpertsProbe(Probe):
 
     def _take(self) -> dict[str, dict[str, _Acc]]:
         """The sums gathered so far, undecided forwards settled; the probe starts afresh."""
-        acc, self._acc = self._acc, {TRAIN: {}, INFERENCE: {}}
+        acc, self._acc = self._acc, _fresh_sums()
         undecided, self._undecided = self._undecided, []
         for fwd in undecided:
             phase = TRAIN if fwd.trained[0] else INFERENCE
@@ -451,7 +469,7 @@ class ExpertsProbe(Probe):
         except Exception as exc:  # the run is closing: say so, never raise
             self._warn(f"inspector: experts probe could not record the last forwards: {type(exc).__name__}: {exc}")
         super().detach()
-        self._acc = {TRAIN: {}, INFERENCE: {}}
+        self._acc = _fresh_sums()
         self._undecided = []
 
     def switched_off_reason(self) -> str | None:
@@ -532,6 +550,8 @@ class _StepLoad:
     def columns(self) -> dict[str, Any]:
         """Columns for `Recorder.submit`: names and layers now, the numbers deferred."""
         cols: dict[str, Any] = {"name": [r.name for r in self.rows], "layer": [r.layer for r in self.rows]}
+        if self.phase != TRAIN:
+            cols["stage"] = [self.phase if self.phase in (PREFILL, DECODE) else None] * len(self.rows)
         for key in ("counts", "imbalance", "cv", "router_entropy", "dropped", "aux_loss", "bias"):
             cols[key] = _Column(self, key)
         return cols

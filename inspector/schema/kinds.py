@@ -150,9 +150,40 @@ EXPERT_LOAD = register_kind(KindSpec(
     description="tokens per expert of one MoE layer in training forwards, imbalance = max/mean, cv = std/mean"))
 
 EXPERT_LOAD_INFERENCE = register_kind(KindSpec(
-    "expert_load_inference", 1, _EXPERT_LOAD_FIELDS,
+    "expert_load_inference", 2, _EXPERT_LOAD_FIELDS + (_f("stage", pa.string()),),
     description="as expert_load, for inference forwards (no_grad, eval mode without a backward, "
-                "Watch.phase('eval')): kept apart so training views and detectors never mix them in"))
+                "Watch.phase('eval')): kept apart so training views and detectors never mix them in; "
+                "stage: 'prefill' or 'decode' in a run watched in inference mode, else null"))
+"""Version 2 added stage; version-1 frames read with it null."""
+
+INFERENCE_REQUEST = register_kind(KindSpec(
+    "inference_request", 1,
+    (_f("request_id", i64), _f("prompt_tokens", i64), _f("generation_tokens", i64),
+     _f("arrival_time", f64), _f("queue_time_s", f64), _f("time_to_first_token_s", f64),
+     _f("time_per_output_token_s", f64), _f("inter_token_latency_p50_s", f64),
+     _f("inter_token_latency_p95_s", f64), _f("e2e_request_latency_s", f64), _f("finished_reason", pa.string()),
+     _f("token_times_s", pa.list_(f64)), _f("prompt_ids", pa.list_(i64)), _f("output_ids", pa.list_(i64)),
+     _f("prompt_text", pa.list_(pa.string())), _f("output_text", pa.list_(pa.string()))),
+    description="one finished generation request (names as vLLM's request metrics): seconds from arrival "
+                "to its first token, mean time per output token after the first, inter-token latency "
+                "percentiles, token_times_s = each output token's time since arrival; ids and per-token "
+                "text only for sampled requests (else null)"))
+
+INFERENCE_ITERATION = register_kind(KindSpec(
+    "inference_iteration", 1,
+    (_f("ms", f64), _f("batch_size", i64), _f("prompt_tokens", i64), _f("generation_tokens", i64),
+     _f("prefill_ms", f64), _f("decode_ms", f64), _f("prefill_requests", i64),
+     _f("num_requests_running", i64), _f("num_requests_waiting", i64), _f("finished_requests", i64),
+     _f("kv_cache_tokens", i64), _f("kv_cache_bytes", i64), _f("kv_cache_allocated_bytes", i64),
+     _f("kv_cache_decompressed_bytes", i64), _f("kv_cache_usage_perc", f64),
+     _f("attn_request", i64), _f("attn_query_start", i64), _f("attn_query_tokens", i64)),
+    description="one scheduler iteration (step = iteration): its wall ms, decode batch size, prompt (prefill) "
+                "and generation (decode) tokens and forward ms, requests running / waiting (vLLM names), "
+                "KV cache tokens and bytes (as stored, allocated, and as a decompressed per-head cache "
+                "would take) and usage (fraction of the token budget, vLLM's kv_cache_usage_perc); "
+                "attn_request / attn_query_start / attn_query_tokens: the request in batch row 0 of the "
+                "iteration's first forward (the one an attention map of this step shows), its first "
+                "query's position in that request's tokens (negative: left padding) and the query count"))
 
 TIMING = register_kind(KindSpec(
     "timing", 1,

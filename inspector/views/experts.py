@@ -36,8 +36,42 @@ def resolve_phase(run: LiveRun, phase: str | None = None) -> str:
 
 
 def expert_load_frame(run: LiveRun, *, phase: str | None = None) -> pd.DataFrame:
-    """Every rank's expert-load rows of one phase (see `resolve_phase`). Treat it as read-only."""
-    return run.frame(PHASE_KINDS[resolve_phase(run, phase)])
+    """Every rank's expert-load rows of one phase (see `resolve_phase`), one row per (rank, step,
+    router): an inference-mode run's prefill and decode rows of a step are summed into one (the
+    `inspector.views.inference` views keep them apart). Treat it as read-only."""
+    kind = PHASE_KINDS[resolve_phase(run, phase)]
+    df = run.frame(kind)
+    if "stage" not in df or not df["stage"].notna().any():
+        return df
+    return run.cached(("expert_stages_merged", kind), (kind,), lambda: merge_stages(df))
+
+
+def merge_stages(df: pd.DataFrame) -> pd.DataFrame:
+    """Rows of one (rank, step, name) summed over their stages: counts and dropped added, imbalance
+    (max/mean) and cv (std/mean) recomputed from the sum, the other columns of the first row kept."""
+    keys = ["rank", "step", "name"]
+    dup = df.duplicated(keys, keep=False)
+    if not dup.any():
+        return df
+    merged = []
+    for _, group in df[dup].groupby(keys, sort=False):
+        row = group.iloc[0].copy()
+        counts = [np.asarray(c, dtype=np.int64) for c in group["counts"] if c is not None]
+        if counts:
+            width = max(len(c) for c in counts)
+            total = np.zeros(width, dtype=np.int64)
+            for c in counts:
+                total[:len(c)] += c
+            mean = float(total.mean()) if width else 0.0
+            row["counts"] = total
+            row["imbalance"] = float(total.max()) / mean if mean > 0 else np.nan
+            row["cv"] = float(total.std()) / mean if mean > 0 else np.nan
+        if "dropped" in group:
+            row["dropped"] = group["dropped"].sum(min_count=1)
+        row["stage"] = None
+        merged.append(row)
+    out = pd.concat([df[~dup], pd.DataFrame(merged)], ignore_index=True)
+    return out.sort_values(["rank", "step", "layer"]).reset_index(drop=True)
 
 
 def _rows(run: LiveRun, rank: int, phase: str | None) -> pd.DataFrame:

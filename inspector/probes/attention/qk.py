@@ -3,6 +3,11 @@ every module of that class name reads the post-rope queries and keys it passes t
 
 The tap is duck-typed (class name `QKCapture` plus `softmax_scale`, `causal`, `window` and an
 optional `key_mask` [batch, S]); its queries are the last T of the S key positions.
+
+MLA's weight-absorbed decode path has a tap of its own, `LatentQKCapture` (same attributes), that
+passes `(q_lat [B, T, H, C], q_rope [B, T, H, R], latent [B, S, C], k_rope [B, S, R])`: the scores
+are `[q_lat, q_rope] · [latent, k_rope]ᵀ * scale`, so the probe treats `[latent, k_rope]` as one key
+head shared by every query head and records the same attention as the decompressed path would.
 """
 from __future__ import annotations
 
@@ -16,14 +21,18 @@ from inspector.probes.attention.stats import Visibility
 from inspector.probes.attention.sink import AttentionSink
 
 
+TAP_CLASSES = ("QKCapture", "LatentQKCapture")
+
+
 def is_qk_capture(module: nn.Module) -> bool:
-    """True for a QKCapture tap (by class name and attributes, never by import)."""
-    return type(module).__name__ == "QKCapture" and hasattr(module, "softmax_scale")
+    """True for a QKCapture or LatentQKCapture tap (by class name and attributes, never by import)."""
+    return type(module).__name__ in TAP_CLASSES and hasattr(module, "softmax_scale")
 
 
 def attach_qk(model: nn.Module, sink: AttentionSink) -> list[Any]:
-    """Hook every QKCapture tap of `model`; returns the hook handles."""
-    return [m.register_forward_hook(partial(_hook, sink)) for m in model.modules() if is_qk_capture(m)]
+    """Hook every QKCapture / LatentQKCapture tap of `model`; returns the hook handles."""
+    return [m.register_forward_hook(partial(_latent_hook if type(m).__name__ == "LatentQKCapture" else _hook, sink))
+            for m in model.modules() if is_qk_capture(m)]
 
 
 def qk_visibility(tap: nn.Module, T: int, S: int) -> Visibility:
@@ -51,3 +60,26 @@ def _hook(sink: AttentionSink, module: nn.Module, args: tuple, output: Any) -> N
         sink.capture(name, layer, q_BHTD[0], k_BHSD[0], float(module.softmax_scale), vis)
     except Exception as exc:  # a recording problem must never stop the model
         sink.failed(name, exc)
+
+
+def _latent_hook(sink: AttentionSink, module: nn.Module, args: tuple, output: Any) -> None:
+    """The absorbed path: one query head per head over the shared `[latent, k_rope]` key."""
+    if torch.compiler.is_compiling():
+        sink.traced()
+        return
+    name = "LatentQKCapture"
+    try:
+        name, layer = sink.layer_of(module)
+        # recorded under the decompressed tap's name: one attention module per layer, whichever path ran
+        name = name.replace("latent_qk_capture", "qk_capture")
+        if not sink.wants(name, layer):
+            return
+        parts = output if isinstance(output, tuple) and len(output) == 4 else args
+        q_lat_BTHC, q_rope_BTHR, latent_BSC, k_rope_BSR = parts[:4]
+        q_HTD = torch.cat([q_lat_BTHC[0], q_rope_BTHR[0].to(q_lat_BTHC.dtype)], dim=-1).transpose(0, 1)
+        k_1SD = torch.cat([latent_BSC[0], k_rope_BSR[0].to(latent_BSC.dtype)], dim=-1).unsqueeze(0)
+        vis = qk_visibility(module, q_HTD.shape[1], k_1SD.shape[1])
+        sink.capture(name, layer, q_HTD, k_1SD, float(module.softmax_scale), vis)
+    except Exception as exc:  # a recording problem must never stop the model
+        sink.failed(name, exc)
+

@@ -1,0 +1,168 @@
+"""Per-iteration numbers of an inference loop, measured at the model's own forward.
+
+A forward pre-hook and a forward hook on the watched model time every forward and sort it into
+*prefill* (the cache it was given was empty, or it had no cache and more than one token) or
+*decode*, unless a driver (the engine scheduler's listener, the HF streamer) said beforehand which
+it is and which request sits in batch row 0. While the forward runs, `shared[STAGE_KEY]` holds its
+stage, so the experts probe splits its counts by stage. The meter adds up each iteration's
+forwards until `end_iteration` turns them into one `inference_iteration` row.
+
+Forward time: on the host clock on CPU; on CUDA two events per forward, read at the end of the
+iteration, by which time the driver has already waited for the sampled tokens.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from inspector.inference.cache_stats import CacheStats, cache_stats, cached_length, find_cache
+from inspector.probes.experts import DECODE, PREFILL, STAGE_KEY
+
+INPUT_KWARGS = ("input_ids", "tokens", "inputs_embeds")
+
+
+@dataclass
+class _Forward:
+    """One forward being timed."""
+
+    stage: str
+    tokens: int
+    batch: int
+    start: Any
+    end: Any = None
+
+
+@dataclass
+class IterationTotals:
+    """What the forwards of one iteration added up to."""
+
+    started: float = field(default_factory=time.perf_counter)
+    prompt_tokens: int = 0
+    generation_tokens: int = 0
+    prefill_ms: float = 0.0
+    decode_ms: float = 0.0
+    prefill_requests: int = 0
+    batch_size: int = 0
+    cache: CacheStats | None = None
+    attn_request: int | None = None
+    attn_query_start: int | None = None
+    attn_query_tokens: int | None = None
+    forwards: int = 0
+
+
+def _input_shape(args: tuple, kwargs: dict[str, Any]) -> tuple[int, int]:
+    """(batch, tokens per row) of a forward's token input; (1, 1) when none is found."""
+    candidates = [a for a in args[:1] if isinstance(a, torch.Tensor)] + [
+        kwargs[k] for k in INPUT_KWARGS if isinstance(kwargs.get(k), torch.Tensor)]
+    for t in candidates:
+        if t.dim() >= 2:
+            return int(t.shape[0]), int(t.shape[1])
+        if t.dim() == 1:
+            return 1, int(t.shape[0])
+    return 1, 1
+
+
+class IterationMeter:
+    """Times and classifies the watched model's forwards; see the module docstring."""
+
+    def __init__(self, model: nn.Module, shared: dict[str, Any],
+                 on_forward: Callable[[], Any] | None = None) -> None:
+        self.model = model
+        self.on_forward = on_forward
+        self.shared = shared
+        self.totals = IterationTotals()
+        self._expected: tuple[str, int | None, int | None] | None = None
+        self._open: _Forward | None = None
+        self._done: list[_Forward] = []
+        self._depth = 0
+        self._handles: list[Any] = []
+        param = next(model.parameters(), None)
+        self._cuda = param is not None and param.device.type == "cuda"
+
+    def attach(self) -> list[Any]:
+        """Hook the model's forward; returns the hook handles."""
+        self._handles = [self.model.register_forward_pre_hook(self._pre, with_kwargs=True),
+                         self.model.register_forward_hook(self._post, with_kwargs=True)]
+        return list(self._handles)
+
+    def detach(self) -> None:
+        """Remove the hooks."""
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+        self.shared.pop(STAGE_KEY, None)
+
+    def expect(self, stage: str, request: int | None = None, query_start: int | None = None) -> None:
+        """The next forward is `stage`, with `request` in batch row 0 whose first query sits at `query_start`."""
+        self._expected = (stage, request, query_start)
+
+    def _pre(self, module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
+        self._depth += 1
+        if self._depth > 1:
+            return
+        batch, tokens = _input_shape(args, kwargs)
+        expected, self._expected = self._expected, None
+        if expected is not None:
+            stage, request, query_start = expected
+        else:
+            cache = find_cache(args, kwargs)
+            empty = cached_length(cache) == 0 if cache is not None else tokens > 1
+            stage, request, query_start = (PREFILL if empty else DECODE), None, None
+        t = self.totals
+        if t.forwards == 0:
+            t.attn_request, t.attn_query_start, t.attn_query_tokens = request, query_start, tokens
+        t.forwards += 1
+        self.shared[STAGE_KEY] = stage
+        start = time.perf_counter()
+        if self._cuda:
+            start = torch.cuda.Event(enable_timing=True)
+            start.record()
+        self._open = _Forward(stage, batch * tokens, batch, start)
+
+    def _post(self, module: nn.Module, args: tuple, kwargs: dict[str, Any], output: Any) -> None:
+        self._depth = max(self._depth - 1, 0)
+        if self._depth > 0 or self._open is None:
+            return
+        fwd, self._open = self._open, None
+        self.shared.pop(STAGE_KEY, None)
+        if self._cuda:
+            fwd.end = torch.cuda.Event(enable_timing=True)
+            fwd.end.record()
+        else:
+            fwd.end = time.perf_counter()
+        self._done.append(fwd)
+        t = self.totals
+        if fwd.stage == PREFILL:
+            t.prompt_tokens += fwd.tokens
+            t.prefill_requests += fwd.batch
+        else:
+            t.generation_tokens += fwd.tokens
+            t.batch_size = max(t.batch_size, fwd.batch)
+        cache = find_cache(args, kwargs)
+        if cache is not None and (fwd.stage == DECODE or t.cache is None or t.batch_size == 0):
+            t.cache = cache_stats(cache)
+        if self.on_forward is not None:
+            self.on_forward()
+
+    def end_iteration(self) -> tuple[IterationTotals, float]:
+        """The iteration's totals (forward ms filled in) and its wall ms; the next iteration starts now."""
+        t, self.totals = self.totals, IterationTotals()
+        done, self._done = self._done, []
+        for fwd in done:
+            if self._cuda:
+                fwd.end.synchronize()
+                ms = float(fwd.start.elapsed_time(fwd.end))
+            else:
+                ms = (fwd.end - fwd.start) * 1000.0
+            if fwd.stage == PREFILL:
+                t.prefill_ms += ms
+            else:
+                t.decode_ms += ms
+        now = time.perf_counter()
+        wall_ms = (now - t.started) * 1000.0
+        self.totals.started = now
+        return t, wall_ms

@@ -1,0 +1,105 @@
+"""The `inference` probe: scheduler iterations and requests of a model watched in inference mode.
+
+It owns an `IterationMeter` (forward hooks on the model: prefill/decode tokens and times, the KV
+cache's size, the stage the experts probe splits by) and a `RequestBook` (per-request latency).
+Drivers tell it what the serving loop did: `inspector.inference.drivers` has one for the engine's
+`BatchScheduler` (its listener events) and one for Hugging Face `generate()` (a streamer). Without a
+driver every top-level forward is one iteration. Each iteration becomes one `inference_iteration`
+row at the watch's current step, and then the watch's step ends (step = iteration), so every other
+probe's records line up with the iterations.
+
+All of it is guarded like any probe: an exception switches the probe off with one warning and a
+`probe_error` anomaly; generation goes on.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from inspector.inference.iterations import IterationMeter, IterationTotals
+from inspector.inference.requests import RequestBook, record_request
+from inspector.probes.base import Probe, ProbeContext
+from inspector.schema import INFERENCE_ITERATION
+
+
+class InferenceProbe(Probe):
+    """Iteration and request records; see the module docstring. Attached by the inference watch
+    only (never part of a probe set: in a training loop it would end a step at every forward)."""
+
+    name = "inference"
+    kinds = ("inference_iteration", "inference_request")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.meter: IterationMeter | None = None
+        self.book: RequestBook | None = None
+        self.end_step: Callable[[], Any] | None = None
+        """Set by the inference watch: ends the watch's step after each iteration's row."""
+        self.drivers = 0
+        self.token_budget: int | None = None
+        """Tokens the serving loop may hold (the scheduler's `max_batch_tokens`): the usage denominator."""
+        self.tokenizer: Any = None
+        self.tokens_every = 1
+
+    def attach(self, ctx: ProbeContext) -> str | None:
+        """Hook the model's forward; start the request book."""
+        super().attach(ctx)
+        self.meter = IterationMeter(ctx.model, ctx.shared, on_forward=self._forward_done)
+        for handle in self.meter.attach():
+            self.track(handle)
+        self.book = RequestBook(record_request(ctx.recorder, lambda: ctx.step),
+                                tokenizer=self.tokenizer, tokens_every=self.tokens_every)
+        return None
+
+    def _forward_done(self) -> None:
+        """Without a driver, one top-level forward is one iteration."""
+        if self.drivers == 0:
+            self.end_iteration()
+
+    def end_iteration(self, *, running: int | None = None, waiting: int | None = None, finished: int = 0) -> None:
+        """Record the iteration just done and end the watch's step."""
+        if self.meter is None or self.ctx is None or self.switched_off is not None:
+            return
+        totals, wall_ms = self.meter.end_iteration()
+        if totals.forwards:
+            self.ctx.recorder.submit(INFERENCE_ITERATION, self._row(totals, wall_ms, running, waiting, finished),
+                                     1, self.ctx.step)
+        if self.end_step is not None:
+            self.end_step()
+
+    def _row(self, t: IterationTotals, wall_ms: float, running: int | None, waiting: int | None,
+             finished: int) -> dict[str, Any]:
+        cache = t.cache
+        usage = None
+        if cache is not None and self.token_budget:
+            usage = cache.tokens / self.token_budget
+        return {
+            "ms": wall_ms, "batch_size": t.batch_size, "prompt_tokens": t.prompt_tokens,
+            "generation_tokens": t.generation_tokens, "prefill_ms": t.prefill_ms, "decode_ms": t.decode_ms,
+            "prefill_requests": t.prefill_requests,
+            "num_requests_running": t.batch_size if running is None else running,
+            "num_requests_waiting": waiting, "finished_requests": finished,
+            "kv_cache_tokens": None if cache is None else cache.tokens,
+            "kv_cache_bytes": None if cache is None else cache.bytes,
+            "kv_cache_allocated_bytes": None if cache is None else cache.allocated_bytes,
+            "kv_cache_decompressed_bytes": None if cache is None else cache.decompressed_bytes,
+            "kv_cache_usage_perc": usage,
+            "attn_request": t.attn_request, "attn_query_start": t.attn_query_start,
+            "attn_query_tokens": t.attn_query_tokens,
+        }
+
+    def detach(self) -> None:
+        """Requests still open are recorded as aborted; the hooks go."""
+        if self.book is not None and self.switched_off is None:
+            try:
+                self.book.close()
+            except Exception as exc:  # noqa: BLE001 - closing must not raise
+                self.switch_off(exc, "closing the request book")
+        if self.meter is not None:
+            self.end_step = None
+            if self.meter.totals.forwards and self.switched_off is None:
+                try:
+                    self.end_iteration()
+                except Exception as exc:  # noqa: BLE001
+                    self.switch_off(exc, "recording the last iteration")
+            self.meter.detach()
+        super().detach()
