@@ -1,0 +1,213 @@
+"""Inference mode on the engine's `BatchScheduler`: what the records say equals what the scheduler did.
+
+Oracles, all taken by the test itself: a listener registered before the Inspector's and one after
+it bracket every event in time (so each recorded latency must lie between the bounds the test
+measured, however loaded the machine is); the scheduler's own requests (prompts, outputs, finish
+reasons) and queue lengths; the cache formula of the issue; a forward hook of the test's own on
+every router, counted with `np.bincount` per stage the test knows from the scheduler's events.
+"""
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+import inspector
+from inspector.views import inference as views
+from inspector.views.live import LiveRun
+from inspector_engine.config import get_config
+from inspector_engine.inference import BatchScheduler, SamplingParams
+from inspector_engine.model import Transformer
+
+PROMPTS = [[5, 6, 7], list(range(10, 31)), [40, 41, 42, 43, 44, 45, 46], [7] * 12, [1, 2]]
+MAX_NEW = [6, 4, 9, 3, 5]
+STOP = 17
+
+
+class Clock:
+    """The test's own timestamps of every scheduler event: one listener before the Inspector's
+    (`before`) and one after it (`after`), so the Inspector's clock reading lies between them."""
+
+    def __init__(self) -> None:
+        self.before: dict[tuple[str, int, int], float] = {}
+        self.after: dict[tuple[str, int, int], float] = {}
+        self.iterations: list[dict[str, Any]] = []
+        self.stage = "none"
+        self._decode_tokens = 0
+
+    @staticmethod
+    def _key(event: str, obj: Any) -> tuple[str, int, int] | None:
+        if event == "submitted":
+            return ("submitted", obj.id, 0)
+        if event == "token":
+            return ("token", obj.id, len(obj.output))
+        return None
+
+    def first(self, event: str, obj: Any) -> None:
+        key = self._key(event, obj)
+        if key is not None:
+            self.before[key] = time.perf_counter()
+        if event == "prefill":
+            self.stage = "prefill"
+        elif event == "decode":
+            self.stage = "decode"
+            self._decode_tokens = sum(len(r.prompt) + len(r.output) for r in obj)
+
+    def last(self, event: str, obj: Any) -> None:
+        key = self._key(event, obj)
+        if key is not None:
+            self.after[key] = time.perf_counter()
+        if event == "iteration":
+            self.iterations.append({"running": len(obj.running), "waiting": len(obj.waiting),
+                                    "decode_cache_tokens": self._decode_tokens})
+            self._decode_tokens = 0
+
+
+class RouterTap:
+    """Top-k expert ids of every router forward, by (stage, router name), from the test's own hooks."""
+
+    def __init__(self, model: Transformer, clock: Clock) -> None:
+        self.clock = clock
+        self.names = {m: n for n, m in model.named_modules() if m in model.routers()}
+        self.ids: dict[tuple[str, str], list[np.ndarray]] = defaultdict(list)
+        self.handles = [r.register_forward_hook(self._hook) for r in model.routers()]
+
+    def _hook(self, mod: torch.nn.Module, args: tuple, out: tuple) -> None:
+        self.ids[(self.clock.stage, self.names[mod])].append(out[2].detach().numpy().reshape(-1).copy())
+
+    def counts(self, stage: str, name: str, n_experts: int) -> np.ndarray:
+        return np.bincount(np.concatenate(self.ids[(stage, name)]), minlength=n_experts)
+
+
+def _serve(tmp_path: Path, absorb: bool = False) -> tuple[Transformer, BatchScheduler, Clock, RouterTap, Path]:
+    torch.manual_seed(0)
+    model = Transformer(get_config("debug")).eval()
+    if absorb:
+        model.set_attn_impl("absorb")
+    sched = BatchScheduler(model, max_batch_size=2, max_batch_tokens=64)
+    clock = Clock()
+    sched.add_listener(clock.first)
+    run = tmp_path / "run"
+    w = inspector.watch(model, run, mode="inference")
+    w.observe(sched)
+    sched.add_listener(clock.last)
+    tap = RouterTap(model, clock)
+    for i, (prompt, n) in enumerate(zip(PROMPTS, MAX_NEW)):
+        sched.submit(prompt, n, SamplingParams(temperature=1.0, seed=i), stop_tokens=(STOP,))
+    done = sched.run()
+    w.close()
+    return model, sched, clock, tap, run
+
+
+def test_counts_latencies_cache_and_experts_equal_the_schedulers(tmp_path: Path) -> None:
+    model, sched, clock, tap, path = _serve(tmp_path)
+    run = LiveRun(path)
+    reqs = views.requests_frame(run)
+    iters = views.iterations_frame(run)
+    done = {r: None for r in range(len(PROMPTS))}
+    assert sorted(reqs["request_id"]) == sorted(done)
+
+    # requests: prompt, output and finish reason as the scheduler has them
+    for rid, prompt in enumerate(PROMPTS):
+        row = views.request_row(reqs, rid)
+        assert list(row["prompt_ids"]) == prompt and row["prompt_tokens"] == len(prompt)
+    outputs = {row.request_id: list(row.output_ids) for row in reqs.itertuples()}
+    reasons = {row.request_id: row.finished_reason for row in reqs.itertuples()}
+    for rid, n in enumerate(MAX_NEW):
+        out = outputs[rid]
+        assert reqs.loc[reqs.request_id == rid, "generation_tokens"].item() == len(out)
+        assert reasons[rid] == ("stop" if out[-1] == STOP else "length")
+        assert len(out) == n or out[-1] == STOP
+
+    # iterations: one per scheduler step; tokens and queue lengths as the scheduler's
+    assert len(iters) == sched.steps == len(clock.iterations)
+    assert iters["prompt_tokens"].sum() == sum(len(p) for p in PROMPTS)
+    assert iters["prefill_requests"].sum() == len(PROMPTS)
+    total_out = sum(len(o) for o in outputs.values())
+    assert iters["generation_tokens"].sum() == total_out - len(PROMPTS)  # first tokens come from prefill
+    assert iters["num_requests_running"].tolist() == [c["running"] for c in clock.iterations]
+    assert iters["num_requests_waiting"].tolist() == [c["waiting"] for c in clock.iterations]
+    assert iters["finished_requests"].sum() == len(PROMPTS)
+    assert iters["batch_size"].max() == sched.peak_batch_size == 2
+
+    # KV cache: (kv_lora_rank + qk_rope_head_dim) x layers x dtype size x tokens, at each decode
+    cfg = model.cfg
+    per_token = (cfg.kv_lora_rank + cfg.qk_rope_head_dim) * cfg.n_layers * 4
+    decompressed = cfg.n_heads * (cfg.qk_nope_head_dim + cfg.qk_rope_head_dim + cfg.v_head_dim) * cfg.n_layers * 4
+    decodes = [(row, c) for row, c in zip(iters.itertuples(), clock.iterations) if c["decode_cache_tokens"]]
+    assert decodes
+    for row, c in decodes:
+        assert row.kv_cache_tokens == c["decode_cache_tokens"]
+        assert row.kv_cache_bytes == per_token * c["decode_cache_tokens"]
+        assert row.kv_cache_decompressed_bytes == decompressed * c["decode_cache_tokens"]
+        assert row.kv_cache_usage_perc == pytest.approx(c["decode_cache_tokens"] / 64)
+
+    # latencies lie between the test's own bracketing timestamps
+    for rid in range(len(PROMPTS)):
+        row = views.request_row(reqs, rid)
+        n = len(outputs[rid])
+        arr_lo, arr_hi = clock.before[("submitted", rid, 0)], clock.after[("submitted", rid, 0)]
+        first_lo, first_hi = clock.before[("token", rid, 1)], clock.after[("token", rid, 1)]
+        assert first_lo - arr_hi <= row.time_to_first_token_s <= first_hi - arr_lo
+        last_lo, last_hi = clock.before[("token", rid, n)], clock.after[("token", rid, n)]
+        assert last_lo - arr_hi <= row.e2e_request_latency_s <= last_hi - arr_lo
+        if n > 1:
+            assert (last_lo - first_hi) / (n - 1) <= row.time_per_output_token_s <= (last_hi - first_lo) / (n - 1)
+        times = np.asarray(row.token_times_s)
+        assert len(times) == n and np.all(np.diff(times) >= 0)
+
+    # expert load per stage = bincount of the routers' own choices in that stage
+    for stage in ("prefill", "decode"):
+        layers, names, counts = views.stage_counts(run, stage=stage)
+        assert names, stage
+        for name, got in zip(names, counts):
+            want = tap.counts(stage, name, counts.shape[1])
+            np.testing.assert_array_equal(got, want)
+            assert want.sum() > 0
+    # a window of steps sums only those steps
+    first_half = views.stage_counts(run, stage="decode", last=len(iters) // 2)[2]
+    second_half = views.stage_counts(run, stage="decode", first=len(iters) // 2 + 1)[2]
+    np.testing.assert_array_equal(first_half + second_half, views.stage_counts(run, stage="decode")[2])
+
+
+def test_outputs_are_bit_identical_watched_and_unwatched(tmp_path: Path) -> None:
+    def generate(watched: bool) -> list[list[int]]:
+        torch.manual_seed(0)
+        model = Transformer(get_config("debug")).eval()
+        sched = BatchScheduler(model, max_batch_size=2, max_batch_tokens=64)
+        w = inspector.watch(model, tmp_path / f"run{watched}", mode="inference", every=1) if watched else None
+        if w is not None:
+            w.observe(sched)
+        for i, (prompt, n) in enumerate(zip(PROMPTS, MAX_NEW)):
+            sched.submit(prompt, n, SamplingParams(temperature=1.0, seed=i))
+        out = [r.output for r in sched.run()]
+        if w is not None:
+            w.close()
+        return out
+
+    assert generate(True) == generate(False)
+
+
+def test_a_failing_driver_switches_the_probe_off_and_generation_goes_on(tmp_path: Path, caplog) -> None:
+    torch.manual_seed(0)
+    model = Transformer(get_config("debug")).eval()
+    sched = BatchScheduler(model, max_batch_size=2, max_batch_tokens=64)
+    w = inspector.watch(model, tmp_path / "run", mode="inference")
+    w.observe(sched)
+
+    def boom(*_: Any) -> None:
+        raise RuntimeError("bookkeeping bug")
+
+    w.inference.book.arrive = boom  # the Inspector's own bug, hit from inside the scheduler's submit
+    sched.submit([1, 2, 3], 4)
+    out = sched.run()
+    w.close()
+    assert len(out[0].output) == 4
+    assert "inference probe switched off" in caplog.text
+    anomalies = inspector.open_run(tmp_path / "run").to_pandas("anomaly")
+    assert (anomalies["kind"] == "probe_error").sum() == 1
