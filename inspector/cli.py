@@ -105,7 +105,14 @@ def _cmd_export(args: argparse.Namespace) -> int:
     _load_plugin_kinds()
     with _quiet_warnings():
         reader = RunReader(args.run)
-    if args.format == "tensorboard":
+    if args.format == "eplb":
+        from inspector.views.eplb import export_eplb
+
+        files = export_eplb(reader, args.out, steps=parse_steps(args.steps))
+        for f in files:
+            print(printable(str(f), 600))
+        notes = [] if files else ["no inference expert load in this run (record it with watch(mode='inference'))"]
+    elif args.format == "tensorboard":
         from inspector.store.tensorboard_export import export_tensorboard
 
         files = export_tensorboard(reader, args.out, steps=parse_steps(args.steps))
@@ -243,10 +250,11 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("run")
     info.set_defaults(func=_cmd_info)
 
-    ex = sub.add_parser("export", help="export a run's records as Parquet or CSV (one file per kind) or as "
-                        "TensorBoard event files (scalars and histograms, one TensorBoard run per rank)")
+    ex = sub.add_parser("export", help="export a run's records as Parquet or CSV (one file per kind), as "
+                        "TensorBoard event files (scalars and histograms, one TensorBoard run per rank) or as "
+                        "EPLB expert-load matrices [layers x experts] of inference (eplb_prefill/decode/all.npy)")
     ex.add_argument("run")
-    ex.add_argument("--format", choices=["parquet", "csv", "tensorboard"], default="parquet")
+    ex.add_argument("--format", choices=["parquet", "csv", "tensorboard", "eplb"], default="parquet")
     ex.add_argument("--out", required=True, help="output directory")
     ex.add_argument("--kind", action="append", help="only this record kind (repeatable)")
     ex.add_argument("--steps", help="step range FIRST:LAST (either may be empty)")

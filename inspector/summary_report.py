@@ -6,8 +6,9 @@ import time
 from rich.console import Console
 from rich.table import Table
 
-from inspector.cli_format import safe
+from inspector.cli_format import human_bytes, safe
 from inspector.views.hang import HangVerdict, rank_list, stuck_table
+from inspector.views.inference import InferenceSummary
 from inspector.views.summary import CollapsedHead, RunSummary
 
 
@@ -63,13 +64,62 @@ def print_hang(v: HangVerdict, con: Console) -> None:
         con.print(f"  [yellow]{safe(p, 300)}[/]")
 
 
+def _bytes(n: float) -> str:
+    return human_bytes(n) if n == n else "N/A"
+
+
+def print_inference(s: InferenceSummary, con: Console) -> None:
+    """The inference section: latency percentiles, throughput by stage, cache peak, expert imbalance by stage."""
+    t = s.totals
+    reasons = ", ".join(f"{n} {safe(k, 20)}" for k, n in sorted(s.finished.items())) or "none finished"
+    con.print(f"[bold]inference:[/] {t.requests} requests ({reasons}) in {t.iterations} iterations · "
+              f"{t.prompt_tokens:,} prompt tokens, {t.generation_tokens:,} generated · "
+              f"{_fmt(t.generation_tokens_per_s, ',.1f')} generated tokens/s over {_fmt(t.wall_s, '.2f')} s")
+    con.print(f"  prefill {_fmt(t.prefill_s, '.2f')} s ({_fmt(t.prefill_tokens_per_s, ',.0f')} prompt tokens/s) · "
+              f"decode {_fmt(t.decode_s, '.2f')} s ({_fmt(t.decode_tokens_per_s, ',.1f')} tokens/s) · "
+              f"peak batch {t.peak_batch} · KV cache peak {_bytes(t.peak_kv_cache_bytes)} "
+              f"(decompressed would be {_bytes(t.peak_kv_cache_decompressed_bytes)}), "
+              f"usage {_fmt(t.peak_kv_cache_usage * 100 if t.peak_kv_cache_usage == t.peak_kv_cache_usage else None, '.1f')}%")
+    table = Table(title="request latency (ms)", title_justify="left")
+    for col in s.latency.columns:
+        table.add_column(str(col), justify="left" if col == "metric" else "right")
+    for row in s.latency.itertuples(index=False):
+        table.add_row(str(row[0]), str(row[1]), *(_fmt(v, ",.1f") for v in row[2:]))
+    con.print(table)
+    if not s.slowest.empty:
+        slow = ", ".join(f"#{int(r.request_id)} ({_fmt(r.e2e_request_latency_s * 1e3, ',.0f')} ms, "
+                         f"queued {_fmt(r.queue_time_s * 1e3 if r.queue_time_s == r.queue_time_s else None, ',.0f')} ms)"
+                         for r in s.slowest.itertuples())
+        con.print(f"  slowest requests (end to end): {slow}")
+    if not s.imbalance.empty:
+        table = Table(title="expert imbalance by stage (max/mean tokens per expert, whole run)", title_justify="left")
+        table.add_column("layer")
+        stages = [c for c in ("prefill", "decode") if c in s.imbalance.columns]
+        for st in stages:
+            table.add_column(f"{st} max/mean", justify="right")
+            table.add_column(f"{st} hottest expert", justify="right")
+        for row in s.imbalance.to_dict("records"):
+            cells = []
+            for st in stages:
+                cells += [_fmt(row[st], ".2f"), "-" if row[f"{st}_hot"] != row[f"{st}_hot"] else str(int(row[f"{st}_hot"]))]
+            table.add_row(str(int(row["layer"])), *cells)
+        con.print(table)
+
+
 def print_summary(summary: RunSummary, console: Console | None = None) -> None:
     """Print `summary` as a few titled tables; sections with nothing to say print one line."""
     con = console or Console()
-    con.print(f"[bold]{safe(summary.name)}[/] · {summary.status} · {summary.steps} steps · {summary.ranks} rank(s) · "
-              f"loss {_fmt(summary.loss_first)} → {_fmt(summary.loss_last)} (best {_fmt(summary.loss_min)})")
+    if summary.inference is not None and summary.loss_last is None:
+        con.print(f"[bold]{safe(summary.name)}[/] · {summary.status} · inference · {summary.steps} iterations · "
+                  f"{summary.ranks} rank(s)")
+    else:
+        con.print(f"[bold]{safe(summary.name)}[/] · {summary.status} · {summary.steps} steps · {summary.ranks} rank(s) · "
+                  f"loss {_fmt(summary.loss_first)} → {_fmt(summary.loss_last)} (best {_fmt(summary.loss_min)})")
     if summary.hang is not None:
         print_hang(summary.hang, con)
+
+    if summary.inference is not None:
+        print_inference(summary.inference, con)
 
     nf = summary.first_nonfinite
     if nf is not None:

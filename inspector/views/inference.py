@@ -274,6 +274,11 @@ def stage_counts(run: LiveRun, *, stage: str | None = None, first: int | None = 
         df = df[df["step"] >= first]
     if last is not None:
         df = df[df["step"] <= last]
+    return sum_layer_counts(df)
+
+
+def sum_layer_counts(df: pd.DataFrame) -> tuple[list[int], list[str], np.ndarray]:
+    """Expert-load rows summed per layer: (layers, router names, counts [layers × experts] int64)."""
     if df.empty:
         return [], [], np.zeros((0, 0), dtype=np.int64)
     width = max(len(c) for c in df["counts"])
@@ -289,7 +294,8 @@ def stage_counts(run: LiveRun, *, stage: str | None = None, first: int | None = 
 
 
 def imbalance_by_stage(run: LiveRun, *, rank: int = 0) -> pd.DataFrame:
-    """Per layer: max/mean tokens per expert over the whole run, for prefill and for decode."""
+    """Per layer, for prefill and for decode over the whole run: max/mean tokens per expert
+    (`prefill`, `decode`) and the hottest expert (`prefill_hot`, `decode_hot`)."""
     out: dict[str, pd.Series] = {}
     for stage in STAGES:
         layers, _, counts = stage_counts(run, stage=stage, rank=rank)
@@ -298,8 +304,31 @@ def imbalance_by_stage(run: LiveRun, *, rank: int = 0) -> pd.DataFrame:
         mean = counts.mean(axis=1)
         ratio = np.divide(counts.max(axis=1), mean, out=np.full(len(layers), np.nan), where=mean > 0)
         out[stage] = pd.Series(ratio, index=layers)
+        out[f"{stage}_hot"] = pd.Series(counts.argmax(axis=1), index=layers)
     if not out:
         return pd.DataFrame(columns=["layer", *STAGES])
     df = pd.DataFrame(out)
     df.index.name = "layer"
     return df.reset_index()
+
+
+@dataclass
+class InferenceSummary:
+    """What `inspector summary` says about a run recorded in inference mode."""
+
+    latency: pd.DataFrame         # `latency_percentiles`
+    totals: PhaseTotals
+    imbalance: pd.DataFrame       # `imbalance_by_stage`
+    slowest: pd.DataFrame         # `slowest_requests`, top 5
+    finished: dict[str, int]      # finish reason -> requests
+
+
+def inference_summary(run: LiveRun, *, rank: int = 0) -> InferenceSummary | None:
+    """The inference section of the post-mortem report; None for a run with no inference records."""
+    if not is_inference_run(run):
+        return None
+    reqs, iters = requests_frame(run, rank=rank), iterations_frame(run, rank=rank)
+    finished = reqs["finished_reason"].fillna("?").value_counts().to_dict() if not reqs.empty else {}
+    return InferenceSummary(latency=latency_percentiles(reqs), totals=phase_totals(iters, reqs),
+                            imbalance=imbalance_by_stage(run, rank=rank), slowest=slowest_requests(reqs, n=5),
+                            finished={str(k): int(v) for k, v in finished.items()})

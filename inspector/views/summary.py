@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from inspector.views.anomalies import anomaly_list
+from inspector.views.inference import InferenceSummary, inference_summary
 from inspector.views.experts import expert_load_frame, expert_phases, imbalance_series
 from inspector.views.hang import HangVerdict, hang_verdict
 from inspector.views.live import LiveRun
@@ -115,6 +116,7 @@ class RunSummary:
     stragglers: list[tuple[int, str, float, float]] = field(default_factory=list)  # rank, measure, ms, median ms
     collapsed_heads: list[CollapsedHead] = field(default_factory=list)
     hang: HangVerdict | None = None        # the hang verdict (see `views.hang`), None when nothing is stuck
+    inference: InferenceSummary | None = None  # a run recorded in inference mode (see `views.inference`)
 
 
 def _groups(df: pd.DataFrame) -> list[AnomalyGroup]:
@@ -258,4 +260,4 @@ def run_summary(run: LiveRun, *, top_modules: int = 8, now: float | None = None)
         loss_min=float(finite.min()) if len(finite) else None,
         anomalies=groups, first_nonfinite=first_nonfinite, experts=_expert_balance(run),
         slowest=slowest_modules(run, top=top_modules), stragglers=stragglers,
-        collapsed_heads=_collapsed_heads(run), hang=hang_verdict(run, now))
+        collapsed_heads=_collapsed_heads(run), hang=hang_verdict(run, now), inference=inference_summary(run))
