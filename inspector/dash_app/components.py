@@ -4,7 +4,7 @@ from __future__ import annotations
 from dash import dcc, html
 
 PAGES = [("/", "Overview"), ("/attention", "Attention"), ("/gradients", "Gradients"),
-         ("/activations", "Activations"), ("/experts", "Experts"), ("/system", "System"), ("/compare", "Compare"),
+         ("/activations", "Activations"), ("/experts", "Experts"), ("/inference", "Inference"), ("/system", "System"), ("/compare", "Compare"),
          ("/plugins", "Plugins")]
 """URL path and title of every page, in menu order."""
 

@@ -9,6 +9,9 @@
   `put` the tokens [B] one decoding step produced, which ends that iteration; a row that emits an
   end-of-sequence token is finished ("stop"); rows still open at `end()` stopped at the length limit.
 
+Both pick, for each forward, the batch row whose attention is recorded (`RowChooser`: the request
+shown least so far), so the attention views cover every request, not only batch row 0's.
+
 Both call back only through the probe's `guard`, so an error switches the probe off, never the loop.
 """
 from __future__ import annotations
@@ -30,6 +33,8 @@ class SchedulerDriver:
             raise TypeError(f"{type(scheduler).__name__} has no add_listener(fn): not a scheduler the Inspector can observe")
         self.probe = probe
         self._finished_now = 0
+        self._first_forward = True
+        self.shown = RowChooser()
         budget = getattr(scheduler, "max_batch_tokens", None)
         if isinstance(budget, int) and budget > 0:
             probe.token_budget = budget
@@ -52,18 +57,47 @@ class SchedulerDriver:
         elif event == "prefill":
             book.start(obj.id)
             meter.expect(PREFILL, obj.id, 0)
+            if self._first_forward and self.probe.attention_due():
+                self.shown.count(obj.id)
+            self._first_forward = False
         elif event == "token":
             book.token(obj.id, obj.output[-1])
             if obj.finished:
                 book.finish(obj.id, obj.finish_reason)
                 self._finished_now += 1
         elif event == "decode":
-            first = obj[0] if obj else None
-            meter.expect(DECODE, None if first is None else first.id,
-                         None if first is None else len(first.prompt) + len(first.output) - 1)
+            if not obj:
+                return
+            row = self.shown.pick([r.id for r in obj])
+            req = obj[row]
+            meter.expect(DECODE, req.id, len(req.prompt) + len(req.output) - 1, row)
+            if self._first_forward and self.probe.attention_due():
+                self.shown.count(req.id)
+            self._first_forward = False
         elif event == "iteration":
+            self._first_forward = True
             finished, self._finished_now = self._finished_now, 0
             self.probe.end_iteration(running=len(obj.running), waiting=len(obj.waiting), finished=finished)
+
+
+class RowChooser:
+    """Which batch row's attention to record: the request shown least so far (the earliest row on
+    a tie), so over a run every request's tokens get attention maps, not only batch row 0's."""
+
+    def __init__(self) -> None:
+        self.shown: dict[int, int] = {}
+
+    def pick(self, request_ids: Sequence[int], open_rows: Sequence[bool] | None = None) -> int:
+        """The row to record among `request_ids` (only rows with `open_rows[i]`, when given)."""
+        rows = [i for i in range(len(request_ids)) if open_rows is None or open_rows[i]] or [0]
+        return min(rows, key=lambda i: (self.shown.get(request_ids[i], 0), i))
+
+    def count(self, request_id: int) -> None:
+        """`request_id`'s attention is recorded at this step."""
+        self.shown[request_id] = self.shown.get(request_id, 0) + 1
+        if len(self.shown) > 100_000:       # a long-running server: forget the oldest requests
+            for key in list(self.shown)[:50_000]:
+                del self.shown[key]
 
 
 _request_ids = itertools.count()
@@ -91,6 +125,8 @@ class GenerateStreamer:
         self.lengths: list[int] = []
         self.open: list[bool] = []
         self._active = False
+        self.leads: list[int] = []
+        self.shown = RowChooser()
         self._put = probe.guard(self._on_put, "generate streamer put")
         self._end = probe.guard(self._on_end, "generate streamer end")
 
@@ -122,8 +158,11 @@ class GenerateStreamer:
                 finished += 1
         running = sum(self.open)
         self.probe.end_iteration(running=running, waiting=0, finished=finished)
-        if self.rows and self.open[0]:
-            meter.expect(DECODE, self.rows[0], self.lengths[0] - 1)
+        if running:
+            row = self.shown.pick(self.rows, self.open)
+            meter.expect(DECODE, self.rows[row], self.lengths[row] - 1, row)
+            if self.probe.attention_due():
+                self.shown.count(self.rows[row])
 
     def _start(self, prompt_BT: torch.Tensor) -> None:
         book, meter = self.probe.book, self.probe.meter
@@ -142,8 +181,14 @@ class GenerateStreamer:
             self.lengths.append(len(row) - lead)
             self.open.append(True)
             leads.append(lead)
-        # row 0's first query is its first pad: negative positions are padding
-        meter.expect(PREFILL, self.rows[0] if self.rows else None, -leads[0] if leads else 0)
+        self.leads = leads
+        if not self.rows:
+            return
+        row = self.shown.pick(self.rows)
+        # the row's first query is its first pad: negative positions are padding
+        meter.expect(PREFILL, self.rows[row], -leads[row], row)
+        if self.probe.attention_due():
+            self.shown.count(self.rows[row])
 
     def _on_end(self) -> None:
         book = self.probe.book

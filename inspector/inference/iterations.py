@@ -3,8 +3,9 @@
 A forward pre-hook and a forward hook on the watched model time every forward and sort it into
 *prefill* (the cache it was given was empty, or it had no cache and more than one token) or
 *decode*, unless a driver (the engine scheduler's listener, the HF streamer) said beforehand which
-it is and which request sits in batch row 0. While the forward runs, `shared[STAGE_KEY]` holds its
-stage, so the experts probe splits its counts by stage. The meter adds up each iteration's
+it is and which batch row (holding which request) the attention probe is to record. While the
+forward runs, `shared[STAGE_KEY]` holds its stage, so the experts probe splits its counts by stage,
+and `shared[BATCH_ROW_KEY]` that row. The meter adds up each iteration's
 forwards until `end_iteration` turns them into one `inference_iteration` row.
 
 Forward time: on the host clock on CPU; on CUDA two events per forward, read at the end of the
@@ -20,6 +21,7 @@ import torch
 from torch import nn
 
 from inspector.inference.cache_stats import CacheStats, cache_stats, cached_length, find_cache
+from inspector.probes.attention.sink import BATCH_ROW_KEY
 from inspector.probes.experts import DECODE, PREFILL, STAGE_KEY
 
 INPUT_KWARGS = ("input_ids", "tokens", "inputs_embeds")
@@ -75,7 +77,7 @@ class IterationMeter:
         self.on_forward = on_forward
         self.shared = shared
         self.totals = IterationTotals()
-        self._expected: tuple[str, int | None, int | None] | None = None
+        self._expected: tuple[str, int | None, int | None, int] | None = None
         self._open: _Forward | None = None
         self._done: list[_Forward] = []
         self._depth = 0
@@ -95,10 +97,12 @@ class IterationMeter:
             h.remove()
         self._handles = []
         self.shared.pop(STAGE_KEY, None)
+        self.shared.pop(BATCH_ROW_KEY, None)
 
-    def expect(self, stage: str, request: int | None = None, query_start: int | None = None) -> None:
-        """The next forward is `stage`, with `request` in batch row 0 whose first query sits at `query_start`."""
-        self._expected = (stage, request, query_start)
+    def expect(self, stage: str, request: int | None = None, query_start: int | None = None, row: int = 0) -> None:
+        """The next forward is `stage`; the attention it records is batch row `row`'s, which holds
+        `request`, whose first query sits at position `query_start` of that request's tokens."""
+        self._expected = (stage, request, query_start, row)
 
     def _pre(self, module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
         self._depth += 1
@@ -107,16 +111,17 @@ class IterationMeter:
         batch, tokens = _input_shape(args, kwargs)
         expected, self._expected = self._expected, None
         if expected is not None:
-            stage, request, query_start = expected
+            stage, request, query_start, row = expected
         else:
             cache = find_cache(args, kwargs)
             empty = cached_length(cache) == 0 if cache is not None else tokens > 1
-            stage, request, query_start = (PREFILL if empty else DECODE), None, None
+            stage, request, query_start, row = (PREFILL if empty else DECODE), None, None, 0
         t = self.totals
         if t.forwards == 0:
             t.attn_request, t.attn_query_start, t.attn_query_tokens = request, query_start, tokens
         t.forwards += 1
         self.shared[STAGE_KEY] = stage
+        self.shared[BATCH_ROW_KEY] = row
         start = time.perf_counter()
         if self._cuda:
             start = torch.cuda.Event(enable_timing=True)
@@ -129,6 +134,7 @@ class IterationMeter:
             return
         fwd, self._open = self._open, None
         self.shared.pop(STAGE_KEY, None)
+        self.shared.pop(BATCH_ROW_KEY, None)
         if self._cuda:
             fwd.end = torch.cuda.Event(enable_timing=True)
             fwd.end.record()

@@ -50,6 +50,11 @@ class InferenceProbe(Probe):
                                 tokenizer=self.tokenizer, tokens_every=self.tokens_every)
         return None
 
+    def attention_due(self) -> bool:
+        """True when the attention probe records at the current step."""
+        ctx = self.ctx
+        return ctx is not None and ctx.sampling.due("attention", ctx.step)
+
     def _forward_done(self) -> None:
         """Without a driver, one top-level forward is one iteration."""
         if self.drivers == 0:

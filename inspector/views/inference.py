@@ -216,6 +216,17 @@ def attention_layers_at(run: LiveRun, step: int, *, rank: int = 0) -> list[int]:
     return sorted({int(r["layer"]) for r in run.reader.blob_rows(ATTENTION_MAP.name, step=step, rank=rank)})
 
 
+def attention_heads_at(run: LiveRun, step: int, layer: int, *, rank: int = 0) -> list[int]:
+    """Heads stored in the map of `layer` at `step` (all of them when the map does not say)."""
+    for row in run.reader.blob_rows(ATTENTION_MAP.name, step=step, rank=rank):
+        if int(row["layer"]) == layer:
+            if row.get("heads"):
+                return [int(h) for h in row["heads"]]
+            shape = row.get("shape")
+            return list(range(int(shape[0]))) if isinstance(shape, list) and shape else []
+    return []
+
+
 def request_attention(run: LiveRun, *, request_id: int, step: int, layer: int, head: int,
                       rank: int = 0) -> RequestAttention | None:
     """The attention map of `layer`/`head` at `step` as `request_id`'s tokens attend to each other.

@@ -25,7 +25,8 @@ from inspector.store.format import RUN_META_FILE
 T = TypeVar("T")
 
 TABULAR_KINDS = ("scalar", "timing", "grad_stats", "histogram", "activation_stats", "attention_stats",
-                 "expert_load", "system", "anomaly")
+                 "expert_load", "system", "anomaly", "expert_load_inference", "inference_iteration",
+                 "inference_request")
 """Kinds tailed by default (attention maps are fetched one at a time, by step)."""
 
 

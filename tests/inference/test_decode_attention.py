@@ -87,6 +87,7 @@ def test_engine_decode_attention_equals_the_full_forward_row(tmp_path: Path, imp
             raw, _ = run.reader.fetch("attention_map", step=step, layer=0)
             if raw.shape[-1] > q_start + q_count:
                 checked_padded += 1
+    assert all(views.request_attention_steps(run, r.id) for r in done)  # the recorded row rotates
     assert checked_decode >= 4
     assert checked_padded >= 1   # a map whose row 0 was left-padded in the batch cache was checked
     assert np.std(oracle[done[0].id][0]) > 0.05
@@ -119,20 +120,26 @@ def test_hf_llama_generate_decode_attention_equals_eager_weights(tmp_path: Path)
     reqs = views.requests_frame(run)
     assert reqs["prompt_tokens"].tolist() == [6, 9]
     assert reqs["generation_tokens"].tolist() == [6, 6]
-    rid = int(reqs["request_id"].iloc[0])
-    tokens = ids[0, 3:].tolist() + watched[0, 9:].tolist()
-    assert list(views.request_row(reqs, rid)["output_ids"]) == watched[0, 9:].tolist()
     model.set_attn_implementation("eager")
-    with torch.no_grad():
-        eager = model(torch.tensor([tokens]), output_attentions=True).attentions
-    steps = views.request_attention_steps(run, rid)
-    assert len(steps) == 6 and steps[0][1] == -3   # the prefill's first query is row 0's first pad
-    for step, q_start, q_count in steps:
-        for layer in (0, 1):
-            for head in range(4):
-                got = views.request_attention(run, request_id=rid, step=step, layer=layer, head=head)
-                want = eager[layer][0, head].numpy()
-                rows = np.asarray(got.query_positions)
-                assert got.key_positions == list(range(q_start + q_count))
-                np.testing.assert_allclose(got.probs, want[rows][:, :q_start + q_count], atol=2e-3)
-    assert np.std(eager[0][0].numpy()) > 0.05
+    total = 0
+    for row, lead in ((0, 3), (1, 0)):
+        rid = int(reqs["request_id"].iloc[row])
+        tokens = ids[row, lead:].tolist() + watched[row, 9:].tolist()
+        assert list(views.request_row(reqs, rid)["output_ids"]) == watched[row, 9:].tolist()
+        with torch.no_grad():
+            eager = model(torch.tensor([tokens]), output_attentions=True).attentions
+        steps = views.request_attention_steps(run, rid)
+        assert len(steps) >= 2     # the recorded row rotates over the batch: both requests are shown
+        total += len(steps)
+        for step, q_start, q_count in steps:
+            if q_count > 1:
+                assert q_start == -lead    # the prefill's first query is the row's first pad
+            for layer in (0, 1):
+                for head in range(4):
+                    got = views.request_attention(run, request_id=rid, step=step, layer=layer, head=head)
+                    want = eager[layer][0, head].numpy()
+                    rows = np.asarray(got.query_positions)
+                    assert got.key_positions == list(range(q_start + q_count))
+                    np.testing.assert_allclose(got.probs, want[rows][:, :q_start + q_count], atol=2e-3)
+        assert np.std(eager[0][0].numpy()) > 0.05
+    assert total == 6    # one map per iteration: the prefill and five decodes

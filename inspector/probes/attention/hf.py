@@ -203,15 +203,21 @@ def _capture(sink: AttentionSink, original: str, module: nn.Module, query: torch
             return
         scale = kwargs.get("scaling")
         scale = float(query.shape[-1] ** -0.5 if scale is None else scale)
-        vis = hf_visibility(original, module, query.shape[2], key.shape[2], attention_mask, kwargs)
-        sink.capture(name, layer, query[0], key[0], scale, vis)
+        row = sink.batch_row(query.shape[0])
+        vis = hf_visibility(original, module, query.shape[2], key.shape[2], attention_mask, kwargs, row)
+        sink.capture(name, layer, query[row], key[_row(key, row)], scale, vis)
     except Exception as exc:  # a recording problem must never stop the model
         sink.failed(name, exc)
 
 
+def _row(t: torch.Tensor, row: int) -> int:
+    """`row`, or 0 for a tensor broadcast over the batch (leading size 1)."""
+    return row if t.shape[0] > row else 0
+
+
 def hf_visibility(original: str, module: nn.Module, T: int, S: int, attention_mask: Any,
-                  kwargs: dict[str, Any]) -> Visibility:
-    """Batch element 0's visibility as the `original` implementation applies the mask.
+                  kwargs: dict[str, Any], row: int = 0) -> Visibility:
+    """Batch row `row`'s visibility as the `original` implementation applies the mask.
 
     A 4-D mask is complete (bool: True = attend; float: additive); a `position_bias` is added to
     the scores. With no mask, sdpa is causal
@@ -225,7 +231,7 @@ def hf_visibility(original: str, module: nn.Module, T: int, S: int, attention_ma
     vis = Visibility(softcap=kwargs.get("softcap"), sinks_H=kwargs.get("s_aux"))
     position_bias = kwargs.get("position_bias")  # T5-style relative bias [B or 1, H, T, S], added to the scores
     if isinstance(position_bias, torch.Tensor):
-        vis.bias_HTS = position_bias[0]
+        vis.bias_HTS = position_bias[_row(position_bias, row)]
     if flash:
         window = kwargs.get("sliding_window")
         vis.window = int(window) if isinstance(window, int) and window > 0 else None
@@ -238,14 +244,14 @@ def hf_visibility(original: str, module: nn.Module, T: int, S: int, attention_ma
     if not isinstance(attention_mask, torch.Tensor):
         raise TypeError(f"attention mask of type {type(attention_mask).__name__} is not supported")
     if attention_mask.dim() == 4:
-        mask_HTS = attention_mask[0]
+        mask_HTS = attention_mask[_row(attention_mask, row)]
         if mask_HTS.dtype == torch.bool:
             vis.allowed_HTS = mask_HTS
         else:
             vis.bias_HTS = mask_HTS if vis.bias_HTS is None else vis.bias_HTS + mask_HTS
         return vis
     if attention_mask.dim() == 2:  # flash: real keys; shorter than S under a static cache (empty slots after)
-        real_S = attention_mask[0, -S:].bool()
+        real_S = attention_mask[_row(attention_mask, row), -S:].bool()
         n = real_S.shape[0]
         if n < S:
             real_S = torch.cat([real_S, real_S.new_zeros(S - n)])

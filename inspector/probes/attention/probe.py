@@ -2,7 +2,8 @@
 
 Models running SDPA or flash attention never materialise attention weights, so on a sampled
 step the probe recomputes `softmax(q·kᵀ·scale + mask)` from the captured queries and keys, for
-batch element 0, the sampled layers and heads only, keeping every `row_stride`-th query row when
+batch row 0 (or the row `ctx.shared[BATCH_ROW_KEY]` names: an inference watch rotates it over the
+requests of a batch), the sampled layers and heads only, keeping every `row_stride`-th query row when
 a sequence is longer than `Sampling.max_attention_rows`. Adapters find the attention:
 `qk` (our engine's QKCapture taps), `hf` (Hugging Face transformers, sdpa /
 eager / flash, through a wrapping AttentionInterface function) and `mha`
@@ -33,6 +34,7 @@ from inspector.probes.attention.hf import attach_hf, hf_model
 from inspector.probes.attention.stats import Visibility, layer_attention
 from inspector.probes.attention.mha import attach_mha
 from inspector.probes.attention.qk import attach_qk
+from inspector.probes.attention.sink import BATCH_ROW_KEY
 from inspector.probes.base import Probe, ProbeContext
 from inspector.probes.host import HostValue, to_host
 from inspector.probes.model_map import layer_index
@@ -148,6 +150,11 @@ class AttentionProbe(Probe):
         if len(self._pending) >= _MAX_PENDING:
             self._drain(block=True)
         self._pending.append(_Pending(step, name, layer, heads, to_host(stats_h4)))
+
+    def batch_row(self, batch: int) -> int:
+        """`ctx.shared[BATCH_ROW_KEY]` when it names a row of this batch, else 0."""
+        row = self.ctx.shared.get(BATCH_ROW_KEY, 0) if self.ctx is not None else 0
+        return row if isinstance(row, int) and 0 <= row < batch else 0
 
     def traced(self) -> None:
         """An adapter's hook ran inside a torch.compile trace (it captured nothing)."""

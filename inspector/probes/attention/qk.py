@@ -35,12 +35,12 @@ def attach_qk(model: nn.Module, sink: AttentionSink) -> list[Any]:
             for m in model.modules() if is_qk_capture(m)]
 
 
-def qk_visibility(tap: nn.Module, T: int, S: int) -> Visibility:
-    """The visibility rules the tap documents, for batch element 0."""
+def qk_visibility(tap: nn.Module, T: int, S: int, row: int = 0) -> Visibility:
+    """The visibility rules the tap documents, for batch row `row`."""
     key_mask = getattr(tap, "key_mask", None)
     return Visibility(causal=bool(getattr(tap, "causal", True)), q_offset=S - T,
                       window=getattr(tap, "window", None),
-                      key_mask_S=None if key_mask is None else key_mask[0])
+                      key_mask_S=None if key_mask is None else key_mask[row if key_mask.shape[0] > row else 0])
 
 
 def _hook(sink: AttentionSink, module: nn.Module, args: tuple, output: Any) -> None:
@@ -56,8 +56,9 @@ def _hook(sink: AttentionSink, module: nn.Module, args: tuple, output: Any) -> N
         q_BHTD, k_BHSD = pair[0], pair[1]
         if not (isinstance(q_BHTD, torch.Tensor) and isinstance(k_BHSD, torch.Tensor)):
             return
-        vis = qk_visibility(module, q_BHTD.shape[2], k_BHSD.shape[2])
-        sink.capture(name, layer, q_BHTD[0], k_BHSD[0], float(module.softmax_scale), vis)
+        row = sink.batch_row(q_BHTD.shape[0])
+        vis = qk_visibility(module, q_BHTD.shape[2], k_BHSD.shape[2], row)
+        sink.capture(name, layer, q_BHTD[row], k_BHSD[row], float(module.softmax_scale), vis)
     except Exception as exc:  # a recording problem must never stop the model
         sink.failed(name, exc)
 
@@ -76,9 +77,10 @@ def _latent_hook(sink: AttentionSink, module: nn.Module, args: tuple, output: An
             return
         parts = output if isinstance(output, tuple) and len(output) == 4 else args
         q_lat_BTHC, q_rope_BTHR, latent_BSC, k_rope_BSR = parts[:4]
-        q_HTD = torch.cat([q_lat_BTHC[0], q_rope_BTHR[0].to(q_lat_BTHC.dtype)], dim=-1).transpose(0, 1)
-        k_1SD = torch.cat([latent_BSC[0], k_rope_BSR[0].to(latent_BSC.dtype)], dim=-1).unsqueeze(0)
-        vis = qk_visibility(module, q_HTD.shape[1], k_1SD.shape[1])
+        row = sink.batch_row(q_lat_BTHC.shape[0])
+        q_HTD = torch.cat([q_lat_BTHC[row], q_rope_BTHR[row].to(q_lat_BTHC.dtype)], dim=-1).transpose(0, 1)
+        k_1SD = torch.cat([latent_BSC[row], k_rope_BSR[row].to(latent_BSC.dtype)], dim=-1).unsqueeze(0)
+        vis = qk_visibility(module, q_HTD.shape[1], k_1SD.shape[1], row)
         sink.capture(name, layer, q_HTD, k_1SD, float(module.softmax_scale), vis)
     except Exception as exc:  # a recording problem must never stop the model
         sink.failed(name, exc)

@@ -10,6 +10,11 @@ from torch import nn
 from inspector.probes.attention.stats import Visibility
 
 
+BATCH_ROW_KEY = "attention_batch_row"
+"""`ProbeContext.shared` key: the batch row whose attention the next forward records (default 0).
+An inference-mode watch sets it per forward so the recorded request rotates over the batch."""
+
+
 class AttentionSink(Protocol):
     """The probe side of an adapter's hook: naming, sampling decisions and the capture itself."""
 
@@ -21,9 +26,13 @@ class AttentionSink(Protocol):
         """True when this module's attention is to be recorded now (cheap; call before any work)."""
         ...
 
+    def batch_row(self, batch: int) -> int:
+        """The batch row to record from a batch of `batch` sequences (0 unless told otherwise)."""
+        ...
+
     def capture(self, name: str, layer: int, q_HTD: torch.Tensor, k_GSD: torch.Tensor, scale: float,
                 vis: Visibility) -> None:
-        """Recompute, reduce and record the attention of one sequence (batch element 0)."""
+        """Recompute, reduce and record the attention of one sequence (batch row `batch_row`)."""
         ...
 
     def traced(self) -> None:
