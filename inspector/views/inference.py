@@ -197,6 +197,17 @@ def request_attention_steps(run: LiveRun, request_id: int, *, rank: int = 0) -> 
                                                          hit["attn_query_tokens"].fillna(1))]
 
 
+def requests_with_attention(run: LiveRun, *, rank: int = 0) -> set[int]:
+    """Ids of the requests some recorded attention map shows."""
+    def compute() -> set[int]:
+        it = iterations_frame(run, rank=rank)
+        if it.empty or "attn_request" not in it:
+            return set()
+        hit = it[it["step"].isin(set(run.attention_steps(rank)))]["attn_request"].dropna()
+        return {int(x) for x in hit}
+    return run.cached(("inference_attention_requests", rank), (ITERATION_KIND, "attention_stats"), compute)
+
+
 @dataclass
 class RequestAttention:
     """One head's attention of a request's queries over its own tokens (padding dropped)."""

@@ -162,9 +162,11 @@ def experts_figure(run: LiveRun) -> go.Figure:
 def request_options(run: LiveRun) -> list[dict]:
     """Every finished request, slowest end-to-end first."""
     reqs = views.slowest_requests(views.requests_frame(run), n=10_000)
+    maps = views.requests_with_attention(run)
     return [{"label": f"#{int(r.request_id)} · {r.e2e_request_latency_s * 1e3:,.0f} ms e2e · TTFT "
                       f"{r.time_to_first_token_s * 1e3:,.0f} ms · {int(r.prompt_tokens)}→{int(r.generation_tokens)} tokens · "
-                      f"{r.finished_reason}", "value": int(r.request_id)} for r in reqs.itertuples()
+                      f"{r.finished_reason}{' · attention' if int(r.request_id) in maps else ''}",
+             "value": int(r.request_id)} for r in reqs.itertuples()
             if r.e2e_request_latency_s == r.e2e_request_latency_s]
 
 
@@ -183,7 +185,7 @@ def tokens_figure(run: LiveRun, request_id: int | None) -> go.Figure:
                            hovertemplate="output token %{x} «%{text}»<br>%{y:,.2f} ms after the previous token"
                                          "<br>%{customdata:,.1f} ms since arrival<extra></extra>"),
                     layout=dict(template=TEMPLATE, height=280, xaxis=dict(title="output token"),
-                                yaxis=dict(title="ms", rangemode="tozero"),
+                                yaxis=dict(title="ms (log)", type="log"),
                                 title=f"request #{int(request_id)}: latency of each output token "
                                       f"(first = time to first token, queue {row['queue_time_s'] * 1e3:,.1f} ms)"))
     return fig
@@ -226,10 +228,13 @@ def attention_figure(run: LiveRun, request_id: int | None, step: int | None, lay
         colors = [COLORWAY[8] if p < prompt_len else COLORWAY[0] for p in a.key_positions]
         fig = go.Figure(go.Bar(x=keys, y=a.probs[0], marker_color=colors,
                                hovertemplate="key %{x}<br>weight %{y:.4f}<extra></extra>"),
-                        layout=dict(template=TEMPLATE, height=320, yaxis=dict(title="weight", range=[0, 1]),
+                        layout=dict(template=TEMPLATE, height=320, yaxis=dict(title="weight", rangemode="tozero"),
                                     xaxis=dict(title="key token (grey: prompt, blue: output)", tickangle=-60),
                                     title=f"layer {layer} head {head}: what token {q} «{repr(a.query_labels[0])[1:-1]}» "
                                           f"attended to over the {len(keys)} cached tokens"))
+        fig.add_hline(y=1 / len(keys), line=dict(color="#64748b", width=1, dash="dash"),
+                      annotation_text=f"uniform 1/{len(keys)}", annotation_position="top right",
+                      annotation_font=dict(size=11, color="#64748b"))
         return fig
     queries = [f"{p}:{repr(t)[1:-1]}" for p, t in zip(a.query_positions, a.query_labels)]
     fig = heatmap_figure(scale.position(a.probs), x=keys, y=queries, xtitle="key token", ytitle="query token",
