@@ -304,7 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
     tui = sub.add_parser("tui", help="terminal UI: live monitor of every rank, or replay of a finished run")
     tui.add_argument("run", metavar="RUN_OR_ROOT", help="a run directory, or a directory of runs (newest is shown)")
     tui.add_argument("--interval", type=float, default=0.5, help="seconds between polls of a live run")
-    tui.add_argument("--screen", choices=["ranks", "run", "attention", "experts", "hang"], default="ranks")
+    tui.add_argument("--screen", choices=["ranks", "run", "attention", "experts", "inference", "hang"], default="ranks")
     tui.set_defaults(func=_cmd_tui)
     return p
 

@@ -20,6 +20,7 @@ from textual.worker import get_current_worker
 from inspector.tui.screens.base import InspectorScreen
 from inspector.tui.screens.attention import AttentionScreen
 from inspector.tui.screens.experts import ExpertsScreen
+from inspector.tui.screens.inference import InferenceScreen
 from inspector.tui.screens.hang import HangScreen
 from inspector.tui.screens.help import HelpScreen
 from inspector.tui.screens.plugin import PluginScreen, plugin_mode
@@ -44,11 +45,12 @@ class InspectorApp(App):
     CSS_PATH = "app.tcss"
     TITLE = "DeepSeek Inspector"
     MODES = {"ranks": RanksScreen, "run": RunScreen, "attention": AttentionScreen, "experts": ExpertsScreen,
-             "hang": HangScreen}
+             "inference": InferenceScreen, "hang": HangScreen}
     DEFAULT_MODE = "ranks"
     BINDINGS = [
         Binding("1", "screen('ranks')", "Ranks"), Binding("2", "screen('run')", "Run"),
         Binding("3", "screen('attention')", "Attention"), Binding("4", "screen('experts')", "Experts"),
+        Binding("5", "screen('inference')", "Inference"),
         Binding("left", "move(-1)", "Step", key_display="←→", priority=True),
         Binding("right", "move(1)", "Step+", show=False, priority=True),
         Binding("left_square_bracket", "move(-100)", "-100", show=False, priority=True),

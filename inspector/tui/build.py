@@ -7,10 +7,11 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
-from inspector.tui.state import RUN_SERIES, AttentionData, ExpertsData, PluginData, RanksData, Request, RunData
+from inspector.tui.state import (RUN_SERIES, AttentionData, ExpertsData, InferenceData, PluginData, RanksData,
+                                 Request, RunData)
 from inspector.tui.screens.hang import HangData
 from inspector.tui.screens.ranks import RanksPayload
-from inspector.views import anomalies, attention, experts, ranks, series, summary, timing
+from inspector.views import anomalies, attention, experts, inference, ranks, series, summary, timing
 from inspector.views.hang import HangVerdict, stuck_table
 from inspector.views.live import LiveRun
 from inspector.views.steps import nearest_at_or_before
@@ -111,6 +112,45 @@ def build_experts(run: LiveRun, req: Request, cursor: int) -> ExpertsData:
                        starved=summary.starved_experts(run, step=step, rank=req.rank))
 
 
+def build_inference(run: LiveRun, req: Request, cursor: int) -> InferenceData:
+    """The run-wide inference numbers and the chosen request (default: the slowest end to end)."""
+    reqs = inference.requests_frame(run, rank=req.rank)
+    iters = inference.iterations_frame(run, rank=req.rank)
+    stages = {}
+    for stage in inference.STAGES:
+        layers, _, counts = inference.stage_counts(run, stage=stage, rank=req.rank)
+        if layers:
+            stages[stage] = (layers, counts)
+    slowest = inference.slowest_requests(reqs, n=10_000)
+    data = InferenceData(totals=inference.phase_totals(iters, reqs), latency=inference.latency_percentiles(reqs),
+                         series=inference.throughput_series(iters, max_points=240), stages=stages,
+                         imbalance=inference.imbalance_by_stage(run, rank=req.rank), requests=slowest)
+    ids = slowest["request_id"].astype(int).tolist()
+    if not ids:
+        return data
+    rid = req.request_id if req.request_id in ids else ids[0]
+    row = inference.request_row(reqs, rid)
+    data.request_id = rid
+    data.tokens, data.prompt_len = inference.request_tokens(row)
+    data.latencies_ms = inference.token_latencies(row)["latency_ms"].to_numpy()
+    queue = row.get("queue_time_s")
+    data.queue_ms = float(queue) * 1e3 if queue is not None and queue == queue else float("nan")
+    data.choices = inference.attention_choices(run, rid, rank=req.rank)
+    steps = [s for s, _ in data.choices]
+    if not steps:
+        return data
+    data.query = req.query if req.query in steps else steps[-1]
+    data.layers = inference.attention_layers_at(run, data.query, rank=req.rank)
+    data.layer = _pick(data.layers, req.layer)
+    if data.layer is not None:
+        data.heads = inference.attention_heads_at(run, data.query, data.layer, rank=req.rank)
+        data.head = _pick(data.heads, req.head)
+    if data.head is not None:
+        data.attention = inference.request_attention(run, request_id=rid, step=data.query, layer=data.layer,
+                                                     head=data.head, rank=req.rank)
+    return data
+
+
 def build_plugin(run: LiveRun, req: Request, cursor: int) -> PluginData:
     """What the plugin's render function returns for the cursor step."""
     from inspector.plugins import load_plugins
@@ -121,7 +161,8 @@ def build_plugin(run: LiveRun, req: Request, cursor: int) -> PluginData:
 
 
 BUILDERS = {"ranks": lambda run, req, cursor: build_ranks(run, req), "run": build_run,
-            "attention": build_attention, "experts": build_experts, "hang": build_hang}
+            "attention": build_attention, "experts": build_experts, "inference": build_inference,
+            "hang": build_hang}
 """Screen name -> payload builder (run, request, cursor step); plugin screens use `build_plugin`."""
 HANG_SCREENS = {"ranks": lambda run, req, cursor, hang: build_ranks(run, req, hang), "hang": build_hang}
 """Screens that show the hang verdict: their builders take it as a fourth argument."""

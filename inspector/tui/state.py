@@ -7,13 +7,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import numpy as np
     import pandas as pd
 
-SCREENS = ("ranks", "run", "attention", "experts")
+SCREENS = ("ranks", "run", "attention", "experts", "inference")
 """Screen names, in the order of their number keys."""
 
 RUN_SERIES = {"loss": ("loss",), "grad norm": ("grad_norm/global", "grad_norm"), "learning rate": ("lr",)}
@@ -23,13 +23,16 @@ RUN_SERIES = {"loss": ("loss",), "grad norm": ("grad_norm/global", "grad_norm"),
 @dataclass(frozen=True)
 class Request:
     """The UI's current selection: the screen shown, the step cursor (None follows the newest step),
-    the rank that per-rank screens show, and the attention layer and head."""
+    the rank that per-rank screens show, the attention layer and head, and on the Inference screen
+    the request and which of its attention maps."""
 
     screen: str = "ranks"
     cursor: int | None = None
     rank: int = 0
     layer: int | None = None
     head: int | None = None
+    request_id: int | None = None     # Inference screen: the request shown (None: the slowest)
+    query: int | None = None          # Inference screen: the step of the request's attention map shown
 
 
 @dataclass
@@ -82,6 +85,32 @@ class ExpertsData:
 
 
 @dataclass
+class InferenceData:
+    """Inference screen: headline numbers, latency percentiles, throughput and occupancy over
+    time, expert load by stage, the requests (slowest first) and the chosen request's tokens,
+    per-token latency and attention of one of its recorded queries."""
+
+    totals: Any
+    latency: pd.DataFrame
+    series: pd.DataFrame
+    stages: dict[str, tuple[list[int], np.ndarray]]
+    imbalance: pd.DataFrame
+    requests: pd.DataFrame
+    request_id: int | None = None
+    tokens: list[str] = field(default_factory=list)
+    prompt_len: int = 0
+    latencies_ms: np.ndarray | None = None
+    queue_ms: float = float("nan")
+    choices: list[tuple[int, str]] = field(default_factory=list)
+    query: int | None = None
+    layers: list[int] = field(default_factory=list)
+    layer: int | None = None
+    heads: list[int] = field(default_factory=list)
+    head: int | None = None
+    attention: Any = None
+
+
+@dataclass
 class PluginData:
     """A plugin's screen: what its render function returned (a rich renderable, or text)."""
 
@@ -99,7 +128,7 @@ class Snapshot:
     last_step: int = -1
     ranks: list[int] = field(default_factory=list)
     error: str | None = None
-    payload: RanksData | RunData | AttentionData | ExpertsData | PluginData | None = None
+    payload: RanksData | RunData | AttentionData | ExpertsData | InferenceData | PluginData | None = None
     problem: str | None = None
     data_problems: list[str] = field(default_factory=list)   # damage and loss the reader found
     serial: int = 0

@@ -208,6 +208,26 @@ def requests_with_attention(run: LiveRun, *, rank: int = 0) -> set[int]:
     return run.cached(("inference_attention_requests", rank), (ITERATION_KIND, "attention_stats"), compute)
 
 
+def attention_choices(run: LiveRun, request_id: int, *, rank: int = 0) -> list[tuple[int, str]]:
+    """(step, label) of each recorded attention map of a request: its prefill ("prefill: 12 prompt
+    tokens") or the output token that was the query ("output token 3 «e»")."""
+    row = request_row(requests_frame(run, rank=rank), request_id)
+    labels, prompt_len = request_tokens(row) if row is not None else ([], 0)
+    out = []
+    for step, q_start, q_count in request_attention_steps(run, request_id, rank=rank):
+        if q_count > 1 or q_start < prompt_len:
+            out.append((step, f"prefill: {max(q_start + q_count, 0)} prompt tokens (iteration {step})"))
+        else:
+            text = printable_token(labels[q_start]) if q_start < len(labels) else "?"
+            out.append((step, f"output token {q_start - prompt_len} «{text}» (iteration {step})"))
+    return out
+
+
+def printable_token(text: str) -> str:
+    """A token's text with control characters escaped (a newline shows as \\n)."""
+    return repr(text)[1:-1]
+
+
 @dataclass
 class RequestAttention:
     """One head's attention of a request's queries over its own tokens (padding dropped)."""

@@ -178,7 +178,7 @@ def tokens_figure(run: LiveRun, request_id: int | None) -> go.Figure:
     lat = views.token_latencies(row)
     labels, prompt_len = views.request_tokens(row)
     out = labels[prompt_len:] if len(labels) > prompt_len else [""] * len(lat)
-    text = [repr(t)[1:-1] if t else "" for t in out[:len(lat)]]
+    text = [views.printable_token(t) if t else "" for t in out[:len(lat)]]
     colors = [COLORWAY[3]] + [COLORWAY[0]] * max(len(lat) - 1, 0)
     fig = go.Figure(go.Bar(x=lat["token"], y=lat["latency_ms"], marker_color=colors, text=text,
                            textposition="outside", cliponaxis=False, customdata=lat["since_arrival_ms"],
@@ -195,18 +195,7 @@ def attention_choices(run: LiveRun, request_id: int | None) -> list[dict]:
     """The recorded attention maps of a request: its prefill, and the output tokens that were queries."""
     if request_id is None:
         return []
-    row = views.request_row(views.requests_frame(run), int(request_id))
-    labels, prompt_len = views.request_tokens(row) if row is not None else ([], 0)
-    options = []
-    for step, q_start, q_count in views.request_attention_steps(run, int(request_id)):
-        if q_count > 1 or q_start < prompt_len:
-            label = f"prefill: {max(q_start + q_count, 0)} prompt tokens (iteration {step})"
-        else:
-            k = q_start - prompt_len
-            text = repr(labels[q_start])[1:-1] if q_start < len(labels) else "?"
-            label = f"output token {k} «{text}» (iteration {step})"
-        options.append({"label": label, "value": step})
-    return options
+    return [{"label": label, "value": step} for step, label in views.attention_choices(run, int(request_id))]
 
 
 def attention_figure(run: LiveRun, request_id: int | None, step: int | None, layer: int | None,
@@ -221,7 +210,7 @@ def attention_figure(run: LiveRun, request_id: int | None, step: int | None, lay
         return empty_figure("no attention map for this choice", height=320)
     row = views.request_row(views.requests_frame(run), int(request_id))
     prompt_len = int(row["prompt_tokens"]) if row is not None else 0
-    keys = [f"{p}:{repr(t)[1:-1]}" for p, t in zip(a.key_positions, a.key_labels)]
+    keys = [f"{p}:{views.printable_token(t)}" for p, t in zip(a.key_positions, a.key_labels)]
     scale = weight_scale(a.probs)
     if a.probs.shape[0] == 1:
         q = a.query_positions[0]
@@ -230,13 +219,13 @@ def attention_figure(run: LiveRun, request_id: int | None, step: int | None, lay
                                hovertemplate="key %{x}<br>weight %{y:.4f}<extra></extra>"),
                         layout=dict(template=TEMPLATE, height=320, yaxis=dict(title="weight", rangemode="tozero"),
                                     xaxis=dict(title="key token (grey: prompt, blue: output)", tickangle=-60),
-                                    title=f"layer {layer} head {head}: what token {q} «{repr(a.query_labels[0])[1:-1]}» "
+                                    title=f"layer {layer} head {head}: what token {q} «{views.printable_token(a.query_labels[0])}» "
                                           f"attended to over the {len(keys)} cached tokens"))
         fig.add_hline(y=1 / len(keys), line=dict(color="#64748b", width=1, dash="dash"),
                       annotation_text=f"uniform 1/{len(keys)}", annotation_position="top right",
                       annotation_font=dict(size=11, color="#64748b"))
         return fig
-    queries = [f"{p}:{repr(t)[1:-1]}" for p, t in zip(a.query_positions, a.query_labels)]
+    queries = [f"{p}:{views.printable_token(t)}" for p, t in zip(a.query_positions, a.query_labels)]
     fig = heatmap_figure(scale.position(a.probs), x=keys, y=queries, xtitle="key token", ytitle="query token",
                          title=f"layer {layer} head {head}: prefill attention · {scale.label}", colorscale="Viridis",
                          height=max(320, min(900, 12 * len(queries) + 160)), zmin=0, zmax=1,

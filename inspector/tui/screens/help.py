@@ -10,7 +10,7 @@ from textual.widgets import Static
 HELP = """\
 [b]DeepSeek Inspector — terminal UI[/b]
 
-[b]1 2 3 4[/b]      Ranks · Run · Attention · Experts screens
+[b]1 2 3 4 5[/b]    Ranks · Run · Attention · Experts · Inference screens
 [b]← →[/b]          step cursor −1 / +1          [b][ ][/b]  −100 / +100
 [b]Home End[/b]     first step / newest step (End follows a live run)
 [b]space[/b]        play / pause the replay
@@ -18,6 +18,7 @@ HELP = """\
 [b]Run[/b]          r next rank · Enter on an anomaly: jump to its step
 [b]Attention[/b]    l / L layer · h / H head · n / p next / previous recorded map
 [b]Experts[/b]      n / p next / previous recorded step
+[b]Inference[/b]    ↑ ↓ pick a request · n / p its next / previous attention map · l / L layer · h / H head
 [b]?[/b]            this help (Esc closes)       [b]q[/b]  quit
 """
 

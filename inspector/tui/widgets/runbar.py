@@ -6,7 +6,7 @@ from textual.widgets import Static
 
 from inspector.tui.state import SCREENS, Snapshot
 
-TITLES = {"ranks": "Ranks", "run": "Run", "attention": "Attention", "experts": "Experts"}
+TITLES = {"ranks": "Ranks", "run": "Run", "attention": "Attention", "experts": "Experts", "inference": "Inference"}
 STATUS_STYLE = {"live": "bold green", "finished": "bold blue", "crashed": "bold red", "damaged": "bold red",
                 "failed": "bold red", "empty": "bold yellow"}
 
