@@ -6,8 +6,9 @@
   iteration with the queue lengths.
 - `GenerateStreamer`: a Hugging Face streamer (`put` / `end`, as `BaseStreamer`) for `generate()`.
   Its first `put` is the prompt batch [B, T] (leading pad tokens stripped per row), every later
-  `put` the tokens [B] one decoding step produced, which ends that iteration; a row that emits an
-  end-of-sequence token is finished ("stop"); rows still open at `end()` stopped at the length limit.
+  `put` the tokens [B] one decoding step produced; that iteration ends when the next forward starts
+  or at `end()`. A row that emits an end-of-sequence token is finished ("stop"); rows still open
+  at `end()` stopped at the length limit (and count as finished in the last iteration).
 
 Both pick, for each forward, the batch row whose attention is recorded (`RowChooser`: the request
 shown least so far), so the attention views cover every request, not only batch row 0's.
@@ -127,7 +128,9 @@ class GenerateStreamer:
         self._active = False
         self.leads: list[int] = []
         self.shown = RowChooser()
+        self._pending: int | None = None
         self._put = probe.guard(self._on_put, "generate streamer put")
+        self._flush_guarded = probe.guard(self._flush, "generate streamer iteration end")
         self._end = probe.guard(self._on_end, "generate streamer end")
 
     def put(self, value: torch.Tensor) -> None:
@@ -156,9 +159,19 @@ class GenerateStreamer:
                 self.open[row] = False
                 book.finish(self.rows[row], "stop")
                 finished += 1
+        # the iteration ends when the next forward starts (or at `end()`): only then is it known
+        # whether the rows still open stopped at the length limit
+        self._pending = finished
+
+    def _flush(self) -> None:
+        """End the pending iteration; say which row the next (decode) forward records."""
+        if self._pending is None:
+            return
+        finished, self._pending = self._pending, None
         running = sum(self.open)
         self.probe.end_iteration(running=running, waiting=0, finished=finished)
-        if running:
+        meter = self.probe.meter
+        if running and meter is not None:
             row = self.shown.pick(self.rows, self.open)
             meter.expect(DECODE, self.rows[row], self.lengths[row] - 1, row)
             if self.probe.attention_due():
@@ -168,6 +181,8 @@ class GenerateStreamer:
         book, meter = self.probe.book, self.probe.meter
         self._active = True
         self.probe.drivers += 1
+        self._pending = None
+        self.probe.before_forward = self._flush_guarded
         self.rows, self.lengths, self.open = [], [], []
         leads: list[int] = []
         for row in prompt_BT.tolist():
@@ -193,9 +208,17 @@ class GenerateStreamer:
     def _on_end(self) -> None:
         book = self.probe.book
         if self._active and book is not None:
-            for rid, still in zip(self.rows, self.open):
+            ended = 0
+            for i, (rid, still) in enumerate(zip(self.rows, self.open)):
                 if still:
                     book.finish(rid, "length")
+                    self.open[i] = False
+                    ended += 1
+            if self._pending is not None:
+                self._pending += ended
+            self._flush()
             self.probe.drivers -= 1
+            if self.probe.before_forward == self._flush_guarded:
+                self.probe.before_forward = None
         self._active = False
         self.rows, self.lengths, self.open = [], [], []

@@ -72,9 +72,11 @@ class IterationMeter:
     """Times and classifies the watched model's forwards; see the module docstring."""
 
     def __init__(self, model: nn.Module, shared: dict[str, Any],
-                 on_forward: Callable[[], Any] | None = None) -> None:
+                 on_forward: Callable[[], Any] | None = None,
+                 on_forward_start: Callable[[], Any] | None = None) -> None:
         self.model = model
         self.on_forward = on_forward
+        self.on_forward_start = on_forward_start
         self.shared = shared
         self.totals = IterationTotals()
         self._expected: tuple[str, int | None, int | None, int] | None = None
@@ -108,6 +110,8 @@ class IterationMeter:
         self._depth += 1
         if self._depth > 1:
             return
+        if self.on_forward_start is not None:
+            self.on_forward_start()      # a driver may end the previous iteration (and say what comes) now
         batch, tokens = _input_shape(args, kwargs)
         expected, self._expected = self._expected, None
         if expected is not None:

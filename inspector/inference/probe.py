@@ -17,6 +17,7 @@ from typing import Any, Callable
 
 from inspector.inference.iterations import IterationMeter, IterationTotals
 from inspector.inference.requests import RequestBook, record_request
+from inspector.probes.attention.sink import INFERENCE_MODE_KEY
 from inspector.probes.base import Probe, ProbeContext
 from inspector.schema import INFERENCE_ITERATION
 
@@ -35,6 +36,8 @@ class InferenceProbe(Probe):
         self.end_step: Callable[[], Any] | None = None
         """Set by the inference watch: ends the watch's step after each iteration's row."""
         self.drivers = 0
+        self.before_forward: Callable[[], Any] | None = None
+        """Set by a driver that ends an iteration only when the next forward starts (the HF streamer)."""
         self.token_budget: int | None = None
         """Tokens the serving loop may hold (the scheduler's `max_batch_tokens`): the usage denominator."""
         self.tokenizer: Any = None
@@ -43,7 +46,9 @@ class InferenceProbe(Probe):
     def attach(self, ctx: ProbeContext) -> str | None:
         """Hook the model's forward; start the request book."""
         super().attach(ctx)
-        self.meter = IterationMeter(ctx.model, ctx.shared, on_forward=self._forward_done)
+        ctx.shared[INFERENCE_MODE_KEY] = True
+        self.meter = IterationMeter(ctx.model, ctx.shared, on_forward=self._forward_done,
+                                    on_forward_start=self._forward_starts)
         for handle in self.meter.attach():
             self.track(handle)
         self.book = RequestBook(record_request(ctx.recorder, lambda: ctx.step),
@@ -54,6 +59,10 @@ class InferenceProbe(Probe):
         """True when the attention probe records at the current step."""
         ctx = self.ctx
         return ctx is not None and ctx.sampling.due("attention", ctx.step)
+
+    def _forward_starts(self) -> None:
+        if self.before_forward is not None:
+            self.before_forward()
 
     def _forward_done(self) -> None:
         """Without a driver, one top-level forward is one iteration."""

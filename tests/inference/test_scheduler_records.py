@@ -169,6 +169,9 @@ def test_counts_latencies_cache_and_experts_equal_the_schedulers(tmp_path: Path)
             want = tap.counts(stage, name, counts.shape[1])
             np.testing.assert_array_equal(got, want)
             assert want.sum() > 0
+    # inference mode records attention but never judges collapse (a decode row is no training pathology)
+    anomalies = inspector.open_run(path).to_pandas("anomaly")
+    assert anomalies.empty or not (anomalies["kind"] == "attention_collapse").any()
     # a window of steps sums only those steps
     first_half = views.stage_counts(run, stage="decode", last=len(iters) // 2)[2]
     second_half = views.stage_counts(run, stage="decode", first=len(iters) // 2 + 1)[2]

@@ -14,7 +14,9 @@ activation-checkpoint recomputation and generation calls after the first are ski
 - `attention_map`: probabilities [heads, rows, keys] (fp16) with `layer`, `heads`, `row_stride`.
 - `attention_stats`: one row per sampled head: `entropy` (mean over kept rows of -Σ p log p,
   nats), `max_weight` (mean over rows of the row maximum), `collapsed` (see `attention_collapse`).
-- `anomaly` kind `attention_collapse` when a head becomes collapsed.
+- `anomaly` kind `attention_collapse` when a head becomes collapsed (not in inference mode: a
+  decoded token's single row over a long cache, often resting on an attention sink, is no
+  training pathology, and a baseline mixing prefill and decode rows would flag healthy heads).
 The map and the stacked per-head statistics leave the device with one asynchronous copy each
 per module; the statistics are scored for collapse (on the host) at the end of the first step
 their copy has landed by, and recorded with the step they belong to.
@@ -34,7 +36,7 @@ from inspector.probes.attention.hf import attach_hf, hf_model
 from inspector.probes.attention.stats import Visibility, layer_attention
 from inspector.probes.attention.mha import attach_mha
 from inspector.probes.attention.qk import attach_qk
-from inspector.probes.attention.sink import BATCH_ROW_KEY
+from inspector.probes.attention.sink import BATCH_ROW_KEY, INFERENCE_MODE_KEY
 from inspector.probes.base import Probe, ProbeContext
 from inspector.probes.host import HostValue, to_host
 from inspector.probes.model_map import layer_index
@@ -194,8 +196,12 @@ class AttentionProbe(Probe):
             return
         stats = np.asarray(item.stats.resolve(), dtype=np.float64)
         collapsed: list[bool] = []
+        judge = not ctx.shared.get(INFERENCE_MODE_KEY)
         for i, head in enumerate(item.heads):
             entropy, max_weight, sink, max_visible = stats[i]
+            if not judge:
+                collapsed.append(False)
+                continue
             verdict = self._tracker.update(item.name, head, entropy, sink, max_visible)
             collapsed.append(verdict.collapsed)
             if verdict.newly:

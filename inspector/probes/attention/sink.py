@@ -15,6 +15,11 @@ BATCH_ROW_KEY = "attention_batch_row"
 An inference-mode watch sets it per forward so the recorded request rotates over the batch."""
 
 
+INFERENCE_MODE_KEY = "inference_mode"
+"""`ProbeContext.shared` key, True under an inference-mode watch: maps and statistics are recorded,
+heads are not judged for collapse."""
+
+
 class AttentionSink(Protocol):
     """The probe side of an adapter's hook: naming, sampling decisions and the capture itself."""
 
