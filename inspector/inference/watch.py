@@ -25,9 +25,10 @@ from inspector.watch import Watch
 DEFAULT_PROBES = ("attention", "experts", "system")
 """The "default" probe set of an inference watch (plus the `inference` probe itself, always on)."""
 
-DEFAULT_PERIODS = {"attention": 16, "experts": 1}
-"""Inference sampling defaults, in iterations: expert load every iteration (the EPLB window sums
-them), attention maps every 16th iteration (each a full row over the whole cache)."""
+DEFAULT_PERIODS = {"attention": 16, "experts": 16}
+"""Inference sampling defaults, in iterations: expert load recorded every 16th iteration as the sum
+of the 16 (no token is dropped: the experts probe carries stage sums to the next record), attention
+maps every 16th iteration (each a full row over the whole cache)."""
 
 
 def inference_probes(probes: str | Sequence[str]) -> list[str]:

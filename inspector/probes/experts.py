@@ -30,7 +30,11 @@ that trains in eval mode, e.g. to switch dropout off, stays training). A forward
 before). Under an inference-mode watch (`inspector.inference`), which sets `ctx.shared[STAGE_KEY]`
 around each forward, inference rows are recorded per stage: one row per router for the step's
 prefill forwards (`stage` "prefill") and one for its decode forwards ("decode"); elsewhere `stage`
-is null.
+is null. Stage rows are window sums: the forwards of the steps between two recorded steps are
+carried into the next record, so every routed token is counted exactly once however sparse the
+sampling (what an expert-parallel load balancer wants: counts over a window): on steps that are not
+sampled only the counts are added (one scatter-add per router forward); router entropy and the
+auxiliary loss come from the sampled steps' forwards.
 Forwards after the last step end (an inference loop that never calls `Watch.step()`, a final
 evaluation) are recorded at the current step when the probe is detached (`Watch.close()`).
 
@@ -246,6 +250,18 @@ def _experts_from_shapes(mod: nn.Module, parent: nn.Module | None) -> int | None
     return int(weight.shape[0]) if isinstance(weight, torch.Tensor) and weight.dim() == 2 else None
 
 
+def _add_counts(info: RouterInfo, indices_NK: torch.Tensor | None, acc: _Acc) -> None:
+    """Add one forward's expert choices to `acc.counts` (on the device; ids out of range go to the last bin)."""
+    if indices_NK is None:
+        return
+    e = info.n_experts
+    flat = indices_NK.flatten().long()
+    flat = torch.where((flat >= 0) & (flat < e), flat, e)
+    if acc.counts is None:
+        acc.counts = torch.zeros(e + 1, dtype=torch.int64, device=flat.device)
+    acc.counts.scatter_add_(0, flat, torch.ones_like(flat))
+
+
 def _positive(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0
 
@@ -335,7 +351,18 @@ class ExpertsProbe(Probe):
             if torch.compiler.is_compiling():  # inside a compiled graph: record nothing, add nothing
                 self._traced = True
                 return
-            if self.ctx is None or not self.ctx.sampling.due(self.name, self.ctx.step) or _in_backward():
+            if self.ctx is None or _in_backward():
+                return
+            if not self.ctx.sampling.due(self.name, self.ctx.step):
+                stage = self.ctx.shared.get(STAGE_KEY)
+                if stage in (PREFILL, DECODE):   # window sums count every token; the rest is sampled
+                    try:
+                        with torch.no_grad():
+                            _add_counts(info, parse_router_output(out, info)[1],
+                                        self._acc[stage].setdefault(info.name, _Acc()))
+                    except Exception as exc:  # noqa: BLE001
+                        self._warn(f"inspector: experts probe skipped a forward of {info.name}: "
+                                   f"{type(exc).__name__}: {exc}")
                 return
             try:
                 grad_on = torch.is_grad_enabled() and not torch.is_inference_mode_enabled()
@@ -376,12 +403,7 @@ class ExpertsProbe(Probe):
         scores_NE, indices_NK = parse_router_output(out, info)
         if indices_NK is None:
             return
-        e = info.n_experts
-        flat = indices_NK.flatten().long()
-        flat = torch.where((flat >= 0) & (flat < e), flat, e)
-        if acc.counts is None:
-            acc.counts = torch.zeros(e + 1, dtype=torch.int64, device=flat.device)
-        acc.counts.scatter_add_(0, flat, torch.ones_like(flat))
+        _add_counts(info, indices_NK, acc)
         if scores_NE is not None and scores_NE.shape[0] == indices_NK.shape[0]:
             ent = token_entropy_sum(scores_NE, info.scores)
             acc.entropy_sum = ent if acc.entropy_sum is None else acc.entropy_sum + ent
@@ -407,12 +429,16 @@ class ExpertsProbe(Probe):
         except Exception as exc:
             self._warn(f"inspector: experts probe could not record step {step}: {type(exc).__name__}: {exc}")
 
-    def _record(self, step: int) -> bool:
-        """Submit the sums gathered since the last step end at `step`; True if the probe is live."""
+    def _record(self, step: int, *, last: bool = False) -> bool:
+        """Submit the sums gathered since the last step end at `step` (`last`: the probe is being
+        detached, carried window sums are recorded whatever the step); True if the probe is live."""
         if self.ctx is None:
             return False
         acc = self._take()
-        if not self.ctx.sampling.due(self.name, step):
+        if not self.ctx.sampling.due(self.name, step) and not last:
+            for phase in (PREFILL, DECODE):     # stage rows are window sums: carried to the next record
+                for name, part in acc[phase].items():
+                    self._acc[phase].setdefault(name, _Acc()).merge(part)
             return True
         for phase in KIND_OF_PHASE:
             sums = acc[phase]
@@ -465,7 +491,7 @@ class ExpertsProbe(Probe):
         """Record what ran since the last step end (at the current step), then remove the hooks."""
         try:
             if self.ctx is not None and self.switched_off_reason() is None:
-                self._record(self.ctx.step)
+                self._record(self.ctx.step, last=True)
         except Exception as exc:  # the run is closing: say so, never raise
             self._warn(f"inspector: experts probe could not record the last forwards: {type(exc).__name__}: {exc}")
         super().detach()

@@ -1,0 +1,110 @@
+"""Inference-mode overhead (issue 16): decode tokens/s of the engine with the default inference
+probes against none, interleaved. Budget: none / watched ≤ 1.03.
+
+Two copies of one model (same seed), each serving the same batch through the engine's
+`BatchScheduler`: one unwatched, one under `inspector.watch(model, run, mode="inference")` (default
+inference probes: attention every 16 iterations, experts every iteration, system, plus the
+iteration and request records) with the scheduler observed. A block submits `--batch` prompts of
+`--prompt-len` tokens, runs one `step()` (admission: every prefill), then times the remaining
+steps, which are pure batched decode, and counts the tokens they produced. Rounds alternate the
+order of the variants, so a slow spell of a shared machine hits both alike; after each watched block
+the recorder is flushed and the harness sleeps `--settle` s, untimed. Reported: median decode
+tokens/s per variant, the ratio of the medians and the median of per-round ratios ("paired"),
+and whether greedy outputs agree (they must: recording never changes what the model computes).
+
+    python benchmarks/inference_overhead.py --config tiny --rounds 12
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import inspector  # noqa: E402
+from inspector_engine.config import get_config  # noqa: E402
+from inspector_engine.inference import BatchScheduler, SamplingParams  # noqa: E402
+from inspector_engine.model import Transformer  # noqa: E402
+
+BUDGET = 1.03
+
+
+def block(model: Transformer, watch: object | None, prompts: list[list[int]], new: int) -> tuple[float, int, list]:
+    """Serve `prompts`; (decode seconds, decode tokens, outputs)."""
+    sched = BatchScheduler(model, max_batch_size=len(prompts), max_batch_tokens=len(prompts) * (len(prompts[0]) + new))
+    driver = watch.observe(sched) if watch is not None else None
+    for p in prompts:
+        sched.submit(p, new, SamplingParams(temperature=0.0))
+    sched.step()                                   # admission: every prompt prefilled, one token each
+    before = sum(len(r.output) for r in sched.running)
+    t0 = time.perf_counter()
+    done = []
+    while sched.has_work:
+        done += sched.step()
+    seconds = time.perf_counter() - t0
+    tokens = sum(len(r.output) for r in done) - before
+    if driver is not None:
+        driver.remove()
+    return seconds, tokens, [r.output for r in sorted(done, key=lambda r: r.id)]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark; 0 when within budget."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--config", default="tiny")
+    p.add_argument("--rounds", type=int, default=12)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--prompt-len", type=int, default=64)
+    p.add_argument("--new-tokens", type=int, default=64)
+    p.add_argument("--settle", type=float, default=0.2)
+    p.add_argument("--threads", type=int, default=None)
+    a = p.parse_args(argv)
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    torch.manual_seed(0)
+    cfg = get_config(a.config)
+    models = {"none": Transformer(cfg).eval(), "default": Transformer(cfg).eval()}
+    models["default"].load_state_dict(models["none"].state_dict())
+    g = torch.Generator().manual_seed(1)
+    prompts = [torch.randint(0, cfg.vocab_size, (a.prompt_len,), generator=g).tolist() for _ in range(a.batch)]
+    with tempfile.TemporaryDirectory() as tmp:
+        watch = inspector.watch(models["default"], Path(tmp) / "run", mode="inference", hang_after_s=None)
+        watches = {"none": None, "default": watch}
+        for name in models:                        # warm-up, untimed
+            block(models[name], watches[name], prompts, 8)
+        rates: dict[str, list[float]] = {n: [] for n in models}
+        outputs: dict[str, list] = {}
+        for r in range(a.rounds):
+            order = list(models) if r % 2 == 0 else list(models)[::-1]
+            for name in order:
+                secs, toks, outs = block(models[name], watches[name], prompts, a.new_tokens)
+                rates[name].append(toks / secs)
+                outputs[name] = outs
+                if watches[name] is not None:
+                    watch.recorder.flush()
+                time.sleep(a.settle)
+        watch.close()
+    med = {n: statistics.median(v) for n, v in rates.items()}
+    ratio = med["none"] / med["default"]
+    paired = statistics.median(x / y for x, y in zip(rates["none"], rates["default"]))
+    print(f"config {a.config} · batch {a.batch} · prompt {a.prompt_len} · {a.new_tokens} new tokens · "
+          f"{a.rounds} rounds · torch threads {torch.get_num_threads()}")
+    for n, v in rates.items():
+        print(f"  {n:<8} decode {med[n]:8.1f} tokens/s (p10 {sorted(v)[len(v) // 10]:.1f}, "
+              f"p90 {sorted(v)[(9 * len(v)) // 10 - 1 if len(v) >= 10 else -1]:.1f})")
+    same = outputs["none"] == outputs["default"]
+    verdict = "PASS" if ratio <= BUDGET else "FAIL"
+    print(f"  slowdown none/default = {ratio:.3f}x (paired {paired:.3f}x), budget {BUDGET}x: {verdict}")
+    print(f"  greedy outputs identical watched vs unwatched: {same}")
+    return 0 if ratio <= BUDGET and same else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
