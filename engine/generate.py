@@ -39,12 +39,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-batch-tokens", type=int, default=8192)
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--inspect", metavar="RUN_DIR", default=None,
+                   help="record into RUN_DIR: run `inspector generate --inspect RUN_DIR` (its model, prompt and sampling flags) instead")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     """Generate and print continuations."""
     a = build_parser().parse_args(argv)
+    if a.inspect:
+        print("error: the engine does not import the inspector; record with "
+              f"`inspector generate --inspect {a.inspect}` (the same model, prompt and sampling flags)", file=sys.stderr)
+        return 2
     if a.threads:
         torch.set_num_threads(a.threads)
     device = resolve_device(a.device)

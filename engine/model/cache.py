@@ -95,12 +95,12 @@ class KVCache:
 
     def bytes_per_token(self) -> int:
         """``(kv_lora_rank + qk_rope_head_dim) * n_layers * dtype_size``."""
-        return (self.kv_lora_rank + self.rope_dim) * self.n_layers * torch.empty(0, dtype=self.dtype).element_size()
+        return (self.kv_lora_rank + self.rope_dim) * self.n_layers * self.dtype.itemsize
 
     def decompressed_bytes_per_token(self) -> int:
         """What a cache of per-head keys and values would take per token:
         ``n_heads * (qk_head_dim + v_head_dim) * n_layers * dtype_size`` (0 when unknown)."""
-        return self.decompressed_width * self.n_layers * torch.empty(0, dtype=self.dtype).element_size()
+        return self.decompressed_width * self.n_layers * self.dtype.itemsize
 
     def token_count(self) -> int:
         """Real (non-padding) tokens held, summed over the rows."""

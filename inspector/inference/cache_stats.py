@@ -29,24 +29,42 @@ class CacheStats:
     decompressed_bytes: int
 
 
+_KIND_OF_TYPE: dict[type, str | None] = {}
+
+
+def _cache_kind(obj: Any) -> str | None:
+    """"latent", "hf" or None, by the object's methods (decided once per type)."""
+    kind = _KIND_OF_TYPE.get(type(obj), "?")
+    if kind == "?":
+        if all(hasattr(obj, a) for a in ("token_count", "bytes_per_token", "allocated_bytes", "length")):
+            kind = "latent"
+        elif hasattr(obj, "get_seq_length") and hasattr(obj, "layers"):
+            kind = "hf"
+        else:
+            kind = None
+        if len(_KIND_OF_TYPE) < 1024:
+            _KIND_OF_TYPE[type(obj)] = kind
+    return kind
+
+
 def is_latent_cache(obj: Any) -> bool:
     """A cache like the engine's `KVCache` (by its methods, never by import)."""
-    return all(hasattr(obj, a) for a in ("token_count", "bytes_per_token", "allocated_bytes", "length"))
+    return _cache_kind(obj) == "latent"
 
 
 def is_hf_cache(obj: Any) -> bool:
     """A Hugging Face `Cache` (by its methods)."""
-    return hasattr(obj, "get_seq_length") and hasattr(obj, "layers")
+    return _cache_kind(obj) == "hf"
 
 
 def find_cache(args: Iterable[Any], kwargs: dict[str, Any]) -> Any | None:
     """The cache among a forward's arguments, or None."""
     for key in CACHE_KWARGS:
         value = kwargs.get(key)
-        if value is not None and (is_latent_cache(value) or is_hf_cache(value)):
+        if value is not None and _cache_kind(value) is not None:
             return value
     for value in args:
-        if is_latent_cache(value) or is_hf_cache(value):
+        if not isinstance(value, torch.Tensor) and _cache_kind(value) is not None:
             return value
     return None
 

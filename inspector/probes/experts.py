@@ -140,6 +140,7 @@ class RouterInfo:
     scores: str            # "probs", "sigmoid", "logits" or "sigmoid_logits": what the score tensor is
     engine: bool           # our engine's Router (scores first, `aux_loss`, `bias` in sigmoid mode)
     capacity: bool         # a capacity limit applies (dropped tokens unknown)
+    indices_at: int | None = None  # where in the router's output tuple the expert ids were found
 
     @property
     def layer(self) -> int | None:
@@ -160,6 +161,8 @@ class _Acc:
     """What one router accumulated during the current step (device tensors, no sync)."""
 
     counts: torch.Tensor | None = None      # [E + 1] int64, the last bin counts invalid ids
+    ids: list[torch.Tensor] = field(default_factory=list)  # expert ids not yet counted (copies, 1-d)
+    ids_numel: int = 0
     entropy_sum: torch.Tensor | None = None  # 0-d fp32
     tokens: int = 0
     aux_sum: torch.Tensor | None = None
@@ -167,6 +170,8 @@ class _Acc:
 
     def merge(self, other: "_Acc") -> None:
         """Add `other`'s sums to these (device tensors, no sync)."""
+        self.ids.extend(other.ids)
+        self.ids_numel += other.ids_numel
         if other.counts is not None:
             self.counts = other.counts if self.counts is None else self.counts + other.counts
         if other.entropy_sum is not None:
@@ -250,16 +255,47 @@ def _experts_from_shapes(mod: nn.Module, parent: nn.Module | None) -> int | None
     return int(weight.shape[0]) if isinstance(weight, torch.Tensor) and weight.dim() == 2 else None
 
 
+FOLD_IDS_AT = 1 << 22
+"""Pending expert ids per router (elements) above which they are counted at once, bounding memory."""
+
+
 def _add_counts(info: RouterInfo, indices_NK: torch.Tensor | None, acc: _Acc) -> None:
-    """Add one forward's expert choices to `acc.counts` (on the device; ids out of range go to the last bin)."""
+    """Keep one forward's expert choices for counting (one copy, as of the call); counted in bulk by
+    `_count_ids` when the step is recorded, so a forward costs one device op."""
     if indices_NK is None:
         return
+    ids = indices_NK.detach().clone()
+    acc.ids.append(ids)
+    acc.ids_numel += ids.numel()
+    if acc.ids_numel >= FOLD_IDS_AT:
+        _count_ids(info, acc)
+
+
+def _count_ids(info: RouterInfo, acc: _Acc) -> None:
+    """Fold the pending ids into `acc.counts` (on the device; ids out of range go to the last bin)."""
+    if not acc.ids:
+        return
     e = info.n_experts
-    flat = indices_NK.flatten().long()
+    flat = torch.cat([t.reshape(-1) for t in acc.ids]).long()
+    acc.ids, acc.ids_numel = [], 0
     flat = torch.where((flat >= 0) & (flat < e), flat, e)
-    if acc.counts is None:
-        acc.counts = torch.zeros(e + 1, dtype=torch.int64, device=flat.device)
-    acc.counts.scatter_add_(0, flat, torch.ones_like(flat))
+    counts = torch.bincount(flat, minlength=e + 1)
+    acc.counts = counts if acc.counts is None else acc.counts + counts
+
+
+def router_indices(out: Any, info: RouterInfo) -> torch.Tensor | None:
+    """indices_NK of a router's output: the integer tensor at the position seen before, else parsed."""
+    at = info.indices_at
+    if at is not None and isinstance(out, tuple) and len(out) > at:
+        t = out[at]
+        if isinstance(t, torch.Tensor) and not t.is_floating_point() and t.dtype != torch.bool and t.dim() >= 1:
+            return t
+    indices_NK = parse_router_output(out, info)[1]
+    if isinstance(out, tuple):
+        info.indices_at = next((i for i, t in enumerate(out) if t is indices_NK or (
+            isinstance(t, torch.Tensor) and indices_NK is not None and t.data_ptr() == indices_NK.data_ptr()
+            and not t.is_floating_point())), None)
+    return indices_NK
 
 
 def _positive(v: Any) -> bool:
@@ -356,10 +392,12 @@ class ExpertsProbe(Probe):
             if not self.ctx.sampling.due(self.name, self.ctx.step):
                 stage = self.ctx.shared.get(STAGE_KEY)
                 if stage in (PREFILL, DECODE):   # window sums count every token; the rest is sampled
-                    try:
-                        with torch.no_grad():
-                            _add_counts(info, parse_router_output(out, info)[1],
-                                        self._acc[stage].setdefault(info.name, _Acc()))
+                    try:                         # integer ids: no autograd to switch off
+                        sums = self._acc[stage]
+                        acc = sums.get(info.name)
+                        if acc is None:
+                            acc = sums[info.name] = _Acc()
+                        _add_counts(info, router_indices(out, info), acc)
                     except Exception as exc:  # noqa: BLE001
                         self._warn(f"inspector: experts probe skipped a forward of {info.name}: "
                                    f"{type(exc).__name__}: {exc}")
@@ -434,14 +472,19 @@ class ExpertsProbe(Probe):
         detached, carried window sums are recorded whatever the step); True if the probe is live."""
         if self.ctx is None:
             return False
-        acc = self._take()
         if not self.ctx.sampling.due(self.name, step) and not last:
-            for phase in (PREFILL, DECODE):     # stage rows are window sums: carried to the next record
-                for name, part in acc[phase].items():
-                    self._acc[phase].setdefault(name, _Acc()).merge(part)
+            # stage rows are window sums: they stay until the next record; nothing else is kept
+            if self._undecided or any(self._acc[phase] for phase in self._acc if phase not in (PREFILL, DECODE)):
+                stages = {phase: self._acc[phase] for phase in (PREFILL, DECODE)}
+                self._take()
+                self._acc.update(stages)
             return True
+        acc = self._take()
         for phase in KIND_OF_PHASE:
             sums = acc[phase]
+            for r in self.routers:
+                if r.name in sums:
+                    _count_ids(r, sums[r.name])
             items = [(r, sums[r.name]) for r in self.routers if r.name in sums and sums[r.name].counts is not None]
             if not items:
                 continue

@@ -47,3 +47,12 @@ def test_train_then_generate_cli(tmp_path: Path, capsys) -> None:
                               "--max-new-tokens", "5", "--temperature", "0", "--device", "cpu"]) == 0
     text = capsys.readouterr().out
     assert "=== 'ROMEO:'" in text and "=== 'JULIET:'" in text
+
+
+def test_generate_inspect_points_to_the_inspector_command(tmp_path: Path, capsys) -> None:
+    """`--inspect` on the engine's own CLI is one line naming `inspector generate`, exit 2, nothing written."""
+    run = tmp_path / "run"
+    assert generate_cli.main(["--config", "debug", "--inspect", str(run), "--max-new-tokens", "2"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"inspector generate --inspect {run}" in err[0]
+    assert not run.exists()

@@ -178,6 +178,20 @@ def test_counts_latencies_cache_and_experts_equal_the_schedulers(tmp_path: Path)
     np.testing.assert_array_equal(first_half + second_half, views.stage_counts(run, stage="decode")[2])
 
 
+def test_expert_counts_hold_when_pending_ids_are_folded_early(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ids kept for bulk counting are folded into the counts once they pass a bound (long prefills):
+    with the bound at 3 ids every forward folds, and the counts still equal the routers' choices."""
+    import inspector.probes.experts as experts_probe
+    monkeypatch.setattr(experts_probe, "FOLD_IDS_AT", 3)
+    _, _, _, tap, path = _serve(tmp_path)
+    run = LiveRun(path)
+    for stage in ("prefill", "decode"):
+        _, names, counts = views.stage_counts(run, stage=stage)
+        assert names
+        for name, got in zip(names, counts):
+            np.testing.assert_array_equal(got, tap.counts(stage, name, counts.shape[1]))
+
+
 def test_outputs_are_bit_identical_watched_and_unwatched(tmp_path: Path) -> None:
     def generate(watched: bool) -> list[list[int]]:
         torch.manual_seed(0)
