@@ -3,7 +3,7 @@ probes against none, interleaved. Budget: none / watched ≤ 1.03.
 
 Two copies of one model (same seed), each serving the same batch through the engine's
 `BatchScheduler`: one unwatched, one under `inspector.watch(model, run, mode="inference")` (default
-inference probes: attention every 16 iterations, experts every iteration, system, plus the
+inference probes: attention every 16 iterations, expert ids kept every iteration and counted every 16th, system, plus the
 iteration and request records) with the scheduler observed. A block submits `--batch` prompts of
 `--prompt-len` tokens, runs one `step()` (admission: every prefill), then times the remaining
 steps, which are pure batched decode, and counts the tokens they produced. Rounds alternate the
