@@ -158,6 +158,24 @@ def timed_nav(ctx, url: str, ready_js: str, repeats: int) -> list[float]:
     return out
 
 
+BASE_DRAWN = """() => { const gd = document.querySelector('#g .js-plotly-plot');
+  return gd && gd.data && gd.data.length > 0 && gd.querySelector('.main-svg'); }"""
+
+
+def page_vs_bare(app, path: str, ready_js: str, repeats: int) -> tuple[list[float], list[float]]:
+    """Seconds to navigate to `path` of the dashboard `app` until `ready_js`, and to a bare Dash page
+    until its graph is drawn, `repeats` times each in Chromium (the bare page is the baseline)."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p, serve(app) as url, serve(baseline_app()) as base_url:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        ctx = browser.new_context(viewport={"width": 1400, "height": 1000})
+        page_t = timed_nav(ctx, f"{url}{path}", ready_js, repeats)
+        base_t = timed_nav(ctx, base_url, BASE_DRAWN, repeats)
+        browser.close()
+    return page_t, base_t
+
+
 def step_latency(ctx, url: str, changes: int) -> list[float]:
     """Seconds per "−10" click on the attention page until grid and large map are redrawn for the new step
     (their layout.meta.selected)."""

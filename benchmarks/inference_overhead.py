@@ -4,11 +4,12 @@ probes against none, interleaved. Budget: none / watched ≤ 1.03.
 Two copies of one model (same seed), each serving the same batch through the engine's
 `BatchScheduler`: one unwatched, one under `inspector.watch(model, run, mode="inference")` (default
 inference probes: attention every 16 iterations, expert ids kept every iteration and counted every 16th, system, plus the
-iteration and request records) with the scheduler observed. A block submits `--batch` prompts of
-`--prompt-len` tokens, runs one `step()` (admission: every prefill), then times the remaining
-steps, which are pure batched decode, and counts the tokens they produced. Rounds alternate the
-order of the variants, so a slow spell of a shared machine hits both alike; after each watched block
-the recorder is flushed and the harness sleeps `--settle` s, untimed. Reported: median decode
+iteration and request records) with the scheduler observed. A round submits `--batch` prompts of
+`--prompt-len` tokens to a scheduler per variant, runs one `step()` of each (admission: every
+prefill), then runs the remaining steps, which are pure batched decode, in lockstep: one
+iteration of each variant in turn, the order alternating every iteration, each iteration timed
+on its own, so a slow spell of a shared machine hits every variant alike. After each round the
+recorders are flushed and the harness sleeps `--settle` s, untimed. Reported: median decode
 tokens/s per variant, the ratio of the medians and the median of per-round ratios ("paired"),
 and whether greedy outputs agree (they must: recording never changes what the model computes).
 
@@ -36,23 +37,38 @@ from inspector_engine.model import Transformer  # noqa: E402
 BUDGET = 1.03
 
 
-def block(model: Transformer, watch: object | None, prompts: list[list[int]], new: int) -> tuple[float, int, list]:
-    """Serve `prompts`; (decode seconds, decode tokens, outputs)."""
-    sched = BatchScheduler(model, max_batch_size=len(prompts), max_batch_tokens=len(prompts) * (len(prompts[0]) + new))
-    driver = watch.observe(sched) if watch is not None else None
-    for p in prompts:
-        sched.submit(p, new, SamplingParams(temperature=0.0))
-    sched.step()                                   # admission: every prompt prefilled, one token each
-    before = sum(len(r.output) for r in sched.running)
-    t0 = time.perf_counter()
-    done = []
-    while sched.has_work:
-        done += sched.step()
-    seconds = time.perf_counter() - t0
-    tokens = sum(len(r.output) for r in done) - before
-    if driver is not None:
-        driver.remove()
-    return seconds, tokens, [r.output for r in sorted(done, key=lambda r: r.id)]
+def lockstep(models: dict[str, Transformer], watches: dict[str, object | None], prompts: list[list[int]],
+             new: int, flip: bool) -> tuple[dict[str, float], dict[str, int], dict[str, list]]:
+    """Serve `prompts` on every variant at once, one scheduler iteration of each in turn (the
+    order alternating every iteration), timing each decode iteration on its own; per variant:
+    (decode seconds, decode tokens, outputs)."""
+    names = list(models)
+    scheds, drivers = {}, {}
+    for n in names:
+        scheds[n] = BatchScheduler(models[n], max_batch_size=len(prompts),
+                                   max_batch_tokens=len(prompts) * (len(prompts[0]) + new))
+        w = watches[n]
+        drivers[n] = w.observe(scheds[n]) if w is not None else None
+        for p in prompts:
+            scheds[n].submit(p, new, SamplingParams(temperature=0.0))
+        scheds[n].step()                           # admission: every prompt prefilled, one token each
+    before = {n: sum(len(r.output) for r in scheds[n].running) for n in names}
+    seconds = dict.fromkeys(names, 0.0)
+    done: dict[str, list] = {n: [] for n in names}
+    i = 0
+    while any(s.has_work for s in scheds.values()):
+        order = names if (i + flip) % 2 == 0 else names[::-1]
+        for n in order:
+            if scheds[n].has_work:
+                t0 = time.perf_counter()
+                done[n] += scheds[n].step()
+                seconds[n] += time.perf_counter() - t0
+        i += 1
+    tokens = {n: sum(len(r.output) for r in done[n]) - before[n] for n in names}
+    for d in drivers.values():
+        if d is not None:
+            d.remove()
+    return seconds, tokens, {n: [r.output for r in sorted(done[n], key=lambda r: r.id)] for n in names}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -66,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--settle", type=float, default=0.2)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--variants", default="none,default",
-                   help="comma list: none, default, records (request/iteration records only), probe-NAME (one probe)")
+                   help="comma list: none, copy (a second unwatched model: the harness's own A/A spread), default, records (request/iteration records only), probe-NAME (one probe)")
     a = p.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -82,22 +98,19 @@ def main(argv: list[str] | None = None) -> int:
     g = torch.Generator().manual_seed(1)
     prompts = [torch.randint(0, cfg.vocab_size, (a.prompt_len,), generator=g).tolist() for _ in range(a.batch)]
     with tempfile.TemporaryDirectory() as tmp:
-        watches = {n: None if n == "none" else inspector.watch(models[n], Path(tmp) / n, mode="inference",
+        watches = {n: None if n in ("none", "copy") else inspector.watch(models[n], Path(tmp) / n, mode="inference",
                                                                hang_after_s=None, probes=_probes(n))
                    for n in names}
-        for name in names:                         # warm-up, untimed
-            block(models[name], watches[name], prompts, 8)
+        lockstep(models, watches, prompts, 8, False)           # warm-up, untimed
         rates: dict[str, list[float]] = {n: [] for n in names}
         outputs: dict[str, list] = {}
         for r in range(a.rounds):
-            order = names if r % 2 == 0 else names[::-1]
-            for name in order:
-                secs, toks, outs = block(models[name], watches[name], prompts, a.new_tokens)
-                rates[name].append(toks / secs)
-                outputs[name] = outs
+            secs, toks, outputs = lockstep(models, watches, prompts, a.new_tokens, bool(r % 2))
+            for name in names:
+                rates[name].append(toks[name] / secs[name])
                 if watches[name] is not None:
                     watches[name].recorder.flush()
-                time.sleep(a.settle)
+            time.sleep(a.settle)
         for w in watches.values():
             if w is not None:
                 w.close()
@@ -121,6 +134,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _probes(variant: str) -> str | list[str]:
     """The `probes=` argument of a variant."""
+    if variant == "copy":
+        return []
     if variant == "default":
         return "default"
     if variant == "records":

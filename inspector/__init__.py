@@ -5,6 +5,8 @@ Public entry points:
 - `inspector.log_scalar(name, value)`: record your own metric into the active run.
 - `inspector.Recorder(run_dir)`: the low-level recording API (bounded queue + writer thread).
 - `inspector.open_run(path)`: the reader over a live or finished run.
+- `inspector.restore_rng(run, step)`, `inspector.batch_at(run, step)`, `inspector.fingerprint(*tensors)`:
+  replaying a step an anomaly was reported at (generator states, the batch's fingerprint).
 
 Attributes are imported lazily, so `import inspector.views` (the UIs) never imports torch.
 """
@@ -22,6 +24,9 @@ _LAZY = {
     "watch": ("inspector.watch", "watch"),
     "Watch": ("inspector.watch", "Watch"),
     "log_scalar": ("inspector.watch", "log_scalar"),
+    "fingerprint": ("inspector.probes.fingerprint", "fingerprint"),
+    "restore_rng": ("inspector.replay", "restore_rng"),
+    "batch_at": ("inspector.replay", "batch_at"),
 }
 
 __all__ = ["__version__", *_LAZY]

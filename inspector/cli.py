@@ -1,6 +1,6 @@
 """The `inspector` command: the one place that wires the layers together.
 
-Subcommands: `ls`, `info`, `export`, `demo`, `dash`, `replay`, `tui`. Errors about runs are one line on stderr and exit 2.
+Subcommands: `ls`, `info`, `export`, `summary`, `explain`, `demo`, `dash`, `replay`, `tui`. Errors about runs are one line on stderr and exit 2.
 """
 from __future__ import annotations
 
@@ -147,13 +147,37 @@ def _cmd_summary(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from inspector.summary_report import print_summary
-    from inspector.views.live import LiveRun
+    from inspector.views.live import TABULAR_KINDS, LiveRun
     from inspector.views.summary import run_summary
 
-    run = LiveRun(args.run)
+    run = LiveRun(args.run, kinds=TABULAR_KINDS)     # every kind read: damage anywhere is reported
     print_summary(run_summary(run), Console(width=args.width))
     for problem in run.reader.problems:
         print(f"warning: {printable(problem, 600)}", file=sys.stderr)
+    return 0
+
+
+def _cmd_explain(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from inspector.explain_report import explanation_json, print_explanation
+    from inspector.views.explain import explain, spike_steps
+    from inspector.views.live import LiveRun
+
+    run = LiveRun(args.run)
+    step = args.step
+    if step is None:
+        spikes = spike_steps(run)
+        if not spikes:
+            raise RunError(f"{args.run}: no loss spike or non-finite loss recorded; name a step with --step N")
+        step = spikes[0]
+    if not 0 <= step <= max(run.last_step(), 0):
+        raise RunError(f"{args.run}: step {step} is outside the run (steps 0–{max(run.last_step(), 0)})")
+    e = explain(run, step, rank=args.rank, lookback=args.lookback, baseline=args.baseline)
+    if args.json:
+        print(explanation_json(e))
+    else:
+        print_explanation(e, Console(width=args.width))
     return 0
 
 
@@ -265,6 +289,17 @@ def build_parser() -> argparse.ArgumentParser:
     sm.add_argument("run")
     sm.add_argument("--width", type=int, default=None, help="console width (default: the terminal's)")
     sm.set_defaults(func=_cmd_summary)
+
+    xp = sub.add_parser("explain", help="a loss spike's root cause: the signals that left their own baseline "
+                        "first before the step, ranked; the batch and whether the step can be replayed")
+    xp.add_argument("run")
+    xp.add_argument("--step", type=int, default=None, help="the step to explain (default: the first loss spike)")
+    xp.add_argument("--rank", type=int, default=None, help="the rank judged (default: the lowest)")
+    xp.add_argument("--lookback", type=int, default=10, help="steps up to the spike searched (default 10)")
+    xp.add_argument("--baseline", type=int, default=40, help="steps before those forming each baseline (default 40)")
+    xp.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    xp.add_argument("--width", type=int, default=None, help="console width (default: the terminal's)")
+    xp.set_defaults(func=_cmd_explain)
 
     pl = sub.add_parser("plugins", help="list the plugins that loaded (and those skipped, with why)")
     pl.set_defaults(func=_cmd_plugins)

@@ -146,7 +146,7 @@ def print_summary(summary: RunSummary, console: Console | None = None) -> None:
         table = Table(title="expert balance per MoE layer (imbalance = max/mean tokens)", title_justify="left")
         phases = len({e.phase for e in summary.experts}) > 1 or any(e.phase != "train" for e in summary.experts)
         for col in (("phase",) if phases else ()) + ("layer", "router", "mean", "worst", "at step", "last",
-                                                     "starved at the end (since step)"):
+                                                     "starved at the end (since step)", "hot at the end (since step)"):
             table.add_column(col)
         for e in summary.experts:
             starved = ", ".join(f"{x} ({e.starved_since[x]})" if x in e.starved_since else str(x)
@@ -154,7 +154,8 @@ def print_summary(summary: RunSummary, console: Console | None = None) -> None:
             table.add_row(*((e.phase,) if phases else ()), str(e.layer), safe(e.name, 120),
                           f"{e.mean_imbalance:.2f}", f"{e.max_imbalance:.2f}",
                           str(e.worst_step), f"{e.last_imbalance:.2f}",
-                          f"[red]{starved}[/]" if e.starved_experts else starved)
+                          f"[red]{starved}[/]" if e.starved_experts else starved,
+                          ", ".join(f"{x} ({since})" for x, since in sorted(e.hot_since.items())) or "-")
         con.print(table)
     else:
         con.print("no MoE expert load recorded")

@@ -55,6 +55,9 @@ def model_summary(model: nn.Module) -> dict[str, Any]:
 class Watch:
     """A model being recorded: call `.step(loss=...)` once per training step, `.close()` at the end."""
 
+    tracks_backward = True
+    """Whether the watchdog hooks the blocks' outputs to follow the backward pass."""
+
     def __init__(self, model: nn.Module, recorder: Recorder, *, optimizer: torch.optim.Optimizer | None,
                  probes: Sequence[str], sampling: Sampling, hang_after_s: float | None = 20.0,
                  heartbeat_s: float = 2.0) -> None:
@@ -122,7 +125,7 @@ class Watch:
 
     def _attach_phase_hooks(self) -> PhaseHooks | None:
         """The watchdog's phase hooks, attached (None when attaching raised: said once, recorded)."""
-        hooks = PhaseHooks(self.progress)
+        hooks = PhaseHooks(self.progress, backward=self.tracks_backward)
         try:
             hooks.attach(self.ctx.for_probe(hooks))
         except Exception as exc:  # noqa: BLE001
@@ -327,7 +330,8 @@ MODES = ("training", "inference")
 def watch(model: nn.Module, run_dir: str | Path, *, probes: str | Sequence[str] = "default",
           optimizer: torch.optim.Optimizer | None = None, every: int | Mapping[str, int] | None = None,
           layers: Sequence[int] | None = None, heads: Sequence[int] | None = None,
-          max_attention_rows: int | None = None, name: str | None = None,
+          max_attention_rows: int | None = None, attention_positions: Sequence[int] | None = None,
+          name: str | None = None,
           config: Mapping[str, Any] | None = None, hang_after_s: float | None = 20.0, heartbeat_s: float = 2.0,
           mode: str = "training", tokenizer: Any = None, **recorder_options: Any) -> Watch:
     """Start recording `model` into `run_dir` (one directory per run; each rank writes its own part).
@@ -339,8 +343,10 @@ def watch(model: nn.Module, run_dir: str | Path, *, probes: str | Sequence[str] 
 
     `probes`: "default", "all", "none" or a list of probe names. `every`: sampling period(s) in
     steps (an int for all heavy probes, or e.g. {"attention": 50}). `layers`/`heads`: which
-    attention layers and heads to keep (default all); `max_attention_rows`: longer sequences keep
-    every n-th query row. `hang_after_s`: seconds without progress after which the rank writes
+    attention layers and heads to keep (default all); `max_attention_rows`: the attention map is
+    block-averaged to at most this many rows and its square in cells (statistics always cover every
+    row); `attention_positions`: query positions kept as full rows beside a pooled map (negative
+    from the end; default the last). `hang_after_s`: seconds without progress after which the rank writes
     the stacks of its threads into its rank directory, again every minute while the stall lasts
     (None: no watchdog thread); `heartbeat_s`: how often it rewrites `heartbeat.json` (also the
     Recorder's liveness period). Other keyword arguments go to the `Recorder`.
@@ -350,6 +356,8 @@ def watch(model: nn.Module, run_dir: str | Path, *, probes: str | Sequence[str] 
     if mode == "inference" and optimizer is not None:
         raise ValueError("mode='inference' takes no optimizer")
     extra: dict[str, Any] = {} if max_attention_rows is None else {"max_attention_rows": int(max_attention_rows)}
+    if attention_positions is not None:
+        extra["attention_positions"] = tuple(int(p) for p in attention_positions)
     if mode == "inference":
         from inspector.inference.watch import InferenceWatch, inference_probes, inference_sampling
 

@@ -6,7 +6,8 @@
   trained with every probe, heavy probes sampled every 10 steps.
 - `faults`: the `debug` model with five planted faults, each recorded in the run's config under
   `planted_faults` and, as what `inspector summary` has to name, under `expected_findings`:
-  a learning-rate spike that makes the loss jump, one weight's gradient multiplied by 1000 for one
+  one layer's learning rate spiked for one step (its update 1000x, `update_spike.py`) so that the loss
+  jumps and `inspector explain` must name that layer first, one weight's gradient multiplied by 1000 for one
   step (the clipping hides it from the update, not from the Inspector), a NaN from a known module at
   a known step (the step is then undone, as trainers that skip non-finite steps do), an expert that
   the router never picks from some step on, and an attention head whose queries are scaled up until
@@ -14,6 +15,9 @@
 - `straggler-4rank`: four ranks under torchrun (gloo), rank 2 sleeping in every forward.
 - `hf-llama-faults`, `hf-bert-faults`, `healthy-llama`: tiny random-init Hugging Face models, see
   `hf_samples.py`.
+- `long-context-32k`: the `debug` model trained 150 steps on 64-token windows, then one forward of
+  32,768 tokens of the same text with the attention probe on: exact statistics over every query row,
+  pooled 128×128 maps, the last query's full row, every head's distance profile.
 `tests/faults/` checks every expected finding and that the healthy runs raise no alarm;
 `benchmarks/fault_suite.py` prints the recall / false-alarm table.
 Timings differ from machine to machine; every recorded number that is not a time is reproducible.
@@ -32,6 +36,7 @@ from typing import Any
 import torch
 
 import hf_samples
+from update_spike import UpdateSpike
 import inspector
 from inspector_engine.config import get_config
 from inspector_engine.training import TrainConfig, Trainer
@@ -41,7 +46,7 @@ HERE = Path(__file__).resolve().parent
 EVERY = {"attention": 10, "activations": 10, "gradients": 10, "experts": 5}
 
 FAULTS = {
-    "lr_spike": {"step": 60, "factor": 40.0},
+    "lr_spike": {"step": 60, "layer": "layers.0.ffn", "factor": 1000.0},
     "exploding_grad": {"step": 40, "parameter": "layers.0.ffn.w2.weight", "factor": 1000.0},
     "nan": {"step": 90, "module": "layers.0.ffn"},
     "starved_expert": {"from_step": 20, "module": "layers.1.ffn.router", "expert": 5},
@@ -61,6 +66,9 @@ class FaultPlanter:
         modules[f["starved_expert"]["module"]].register_forward_hook(self._starve)
         modules[f["collapsed_head"]["module"]].register_forward_hook(self._collapse)
         dict(trainer.model.named_parameters())[f["exploding_grad"]["parameter"]].register_hook(self._explode)
+        spike = f["lr_spike"]
+        UpdateSpike(trainer.model, trainer.optimizer, layer=spike["layer"], step=spike["step"], factor=spike["factor"],
+                    current_step=lambda: trainer.step)
 
     def _explode(self, grad: torch.Tensor) -> torch.Tensor | None:
         if self.trainer.step == FAULTS["exploding_grad"]["step"]:
@@ -96,11 +104,8 @@ class FaultPlanter:
         return q_BHTD, k_BHSD
 
     def on_step_end(self, trainer: Trainer, step: int, metrics: dict[str, float]) -> None:
-        """Spike the learning rate for one step; undo the NaN step from a snapshot."""
+        """Undo the NaN step from a snapshot."""
         nan_step = FAULTS["nan"]["step"]
-        if step == FAULTS["lr_spike"]["step"]:
-            for group in trainer.optimizer.param_groups:
-                group["lr"] *= FAULTS["lr_spike"]["factor"]
         if step == nan_step:
             self.snapshot = {"model": copy.deepcopy(trainer.model.state_dict()),
                              "optimizer": copy.deepcopy(trainer.optimizer.state_dict())}
@@ -115,8 +120,10 @@ def expected_findings() -> list[dict[str, Any]]:
     f = FAULTS
     head = f["collapsed_head"]
     return [
-        {"fault": "loss spike from an LR jump", "check": "anomaly", "kind": "loss_spike",
+        {"fault": "loss spike from one layer's LR jump", "check": "anomaly", "kind": "loss_spike",
          "step": f["lr_spike"]["step"] + 1, "tolerance": 1},
+        {"fault": "the spike's root cause: the layer whose update jumped", "check": "explain",
+         "step": f["lr_spike"]["step"] + 1, "tolerance": 1, "module": f["lr_spike"]["layer"]},
         {"fault": "exploding gradient under clipping", "check": "anomaly", "kind": "exploding_grad",
          "step": f["exploding_grad"]["step"], "tolerance": 0,
          "module": f["exploding_grad"]["parameter"].rpartition(".")[0]},
@@ -164,7 +171,33 @@ def straggler(out: Path, steps: int = 40) -> None:
                    env={**os.environ, "OMP_NUM_THREADS": "1"})
 
 
+def long_context(out: Path, tokens: int = 32_768, steps: int = 150) -> None:
+    """A short-trained `debug` model read at `tokens` tokens with only the attention probe on."""
+    import dataclasses
+
+    shutil.rmtree(out, ignore_errors=True)
+    torch.set_num_threads(2)
+    model_cfg = dataclasses.replace(get_config("debug"), max_seq_len=tokens)
+    train_cfg = TrainConfig(steps=steps, seed=0, batch_size=8, seq_len=64, eval_every=0, progress=True)
+    trainer = Trainer(model_cfg, train_cfg)
+    try:
+        trainer.run()
+        model = trainer.model.eval()
+        text = trainer.train_tokens.long()
+        x_1T = text[:tokens].view(1, -1) if len(text) >= tokens else text.repeat(tokens // len(text) + 1)[:tokens].view(1, -1)
+        watch = inspector.watch(model, out, probes=["attention"], every=1, max_attention_rows=128,
+                                name="long-context-32k", hang_after_s=None,
+                                config={"model": model_cfg.to_dict(), "train": train_cfg.to_dict(), "tokens": tokens})
+        with torch.no_grad():
+            model(x_1T.to(next(model.parameters()).device))
+        watch.step()
+        watch.close()
+    finally:
+        trainer.close()
+
+
 SAMPLES = {
+    "long-context-32k": long_context,
     "healthy-moe": lambda out: train("healthy-moe", "debug_v3", 200, out, n_layers=3),
     "faults": lambda out: train("faults", "debug", 120, out, faults=True),
     "straggler-4rank": straggler,

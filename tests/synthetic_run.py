@@ -45,7 +45,8 @@ class Written:
 
     loss: dict[int, np.ndarray] = field(default_factory=dict)          # rank -> loss per step
     attention: dict[int, np.ndarray] = field(default_factory=dict)     # step -> [layers, heads, SEQ, SEQ]
-    expert_counts: dict[int, np.ndarray] = field(default_factory=dict)  # step -> [moe layers, EXPERTS]
+    expert_counts: dict[int, np.ndarray] = field(default_factory=dict)  # step -> [moe layers, EXPERTS], rank 0
+    expert_totals: dict[int, np.ndarray] = field(default_factory=dict)  # step -> the same summed over ranks
     step_ms: dict[int, np.ndarray] = field(default_factory=dict)        # rank -> total ms per step
 
 
@@ -118,6 +119,7 @@ def write_rank(path: Path, spec: SyntheticSpec, rank: int, written: Written) -> 
                 counts = np.stack([rng.multinomial(512, probs_e) for _ in range(LAYERS)])
                 if rank == 0:
                     written.expert_counts[s] = counts
+                written.expert_totals[s] = written.expert_totals.get(s, 0) + counts
                 mean = counts.mean(1)
                 rec.submit("expert_load", {
                     "name": [f"layers.{i}.ffn.router" for i in range(LAYERS)], "layer": list(range(LAYERS)),

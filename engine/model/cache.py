@@ -29,7 +29,7 @@ class KVCache:
         capacity = max(int(capacity), 1)
         self.latent: list[torch.Tensor] = [self._empty(batch_size, capacity, kv_lora_rank) for _ in range(n_layers)]
         self.k_rope: list[torch.Tensor] = [self._empty(batch_size, capacity, rope_dim) for _ in range(n_layers)]
-        self.pad_B = torch.zeros(batch_size, dtype=torch.long, device=self.device)
+        self._set_pads([0] * batch_size)
         self.length = 0
         self.decompressed_width = 0
         """Per layer and token, the values a decompressed (per-head k and v) cache would hold;
@@ -46,6 +46,12 @@ class KVCache:
                     dtype or p.dtype, p.device)
         cache.decompressed_width = cfg.n_heads * (cfg.qk_nope_head_dim + cfg.qk_rope_head_dim + cfg.v_head_dim)
         return cache
+
+    def _set_pads(self, pads: list[int]) -> None:
+        """Leading padding columns per row: `pads` on the host (sizes and masks never wait for the
+        device) and `pad_B` on the device, made from it only when the batch changes."""
+        self.pads = pads
+        self.pad_B = torch.tensor(pads, dtype=torch.long, device=self.device)
 
     def _empty(self, b: int, s: int, c: int) -> torch.Tensor:
         return torch.zeros(b, s, c, dtype=self.dtype, device=self.device)
@@ -67,7 +73,7 @@ class KVCache:
 
     def key_mask(self, T: int) -> torch.Tensor | None:
         """Real-key mask ``[B, length + T]`` once ``T`` more tokens are written; None if no padding."""
-        if self.batch_size == 0 or int(self.pad_B.max()) == 0:
+        if self.batch_size == 0 or max(self.pads) == 0:
             return None
         cols = torch.arange(self.length + T, device=self.device)
         return cols.unsqueeze(0) >= self.pad_B.unsqueeze(1)
@@ -104,7 +110,7 @@ class KVCache:
 
     def token_count(self) -> int:
         """Real (non-padding) tokens held, summed over the rows."""
-        return int(self.length * self.batch_size - int(self.pad_B.sum())) if self.batch_size else 0
+        return self.length * self.batch_size - sum(self.pads)
 
     def allocated_bytes(self) -> int:
         """Bytes held by every tensor of the cache (all allocated columns)."""
@@ -118,12 +124,13 @@ class KVCache:
         for store in (self.latent, self.k_rope):
             for i, t in enumerate(store):
                 store[i] = t.index_select(0, idx)
-        self.pad_B = self.pad_B.index_select(0, idx)
+        order = rows.tolist() if isinstance(rows, torch.Tensor) else list(rows)
+        self._set_pads([self.pads[int(i)] for i in order])
         self.trim()
 
     def trim(self) -> None:
         """Remove leading columns that are padding in every row."""
-        drop = self.length if self.batch_size == 0 else int(self.pad_B.min())
+        drop = self.length if self.batch_size == 0 else min(self.pads)
         if drop == 0:
             return
         capacity = max(self.capacity - drop, 1)
@@ -132,7 +139,7 @@ class KVCache:
                 new = self._empty(t.shape[0], capacity, t.shape[2])
                 new[:, : self.length - drop] = t[:, drop : self.length]
                 store[i] = new
-        self.pad_B = self.pad_B - drop
+        self._set_pads([p - drop for p in self.pads])
         self.length -= drop
 
     def extend(self, other: "KVCache") -> None:
@@ -146,5 +153,5 @@ class KVCache:
                 new[: a.shape[0], shift_self:length] = a[:, : self.length]
                 new[a.shape[0] :, shift_other:length] = b[:, : other.length].to(self.dtype)
                 store[i] = new
-        self.pad_B = torch.cat([self.pad_B + shift_self, other.pad_B.to(self.device) + shift_other])
+        self._set_pads([p + shift_self for p in self.pads] + [p + shift_other for p in other.pads])
         self.length = length

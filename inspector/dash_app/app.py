@@ -32,11 +32,20 @@ function(state, slider, m10, m1, p1, p10, play, gotos, follow, current) {
   let step = parseInt((current || {}).step || 0);
   let following = !!(follow && follow.length);
   const deltas = {'step-m10': -10, 'step-m1': -1, 'step-p1': 1, 'step-p10': 10};
+  // Quick clicks can reach this function as one call (Dash merges pending runs of a callback), so
+  // each button moves the step by its clicks since the last call, not by one click per call.
+  const clicks = {'step-m10': m10 || 0, 'step-m1': m1 || 0, 'step-p1': p1 || 0, 'step-p10': p10 || 0};
+  const seen = (current || {}).clicks || {};
+  let moved = 0;
+  for (const b in deltas) {
+    const n = clicks[b] - (seen[b] || 0);
+    if (n > 0) moved += n * deltas[b];
+  }
   if (id.startsWith('{')) {
     if (!trig.value) return [nu, nu, nu, nu, nu, nu];
     step = JSON.parse(id).step; following = false;
-  } else if (id in deltas) {
-    step += deltas[id]; following = false;
+  } else if (moved !== 0) {
+    step += moved; following = false;
   } else if (id === 'step-slider' && slider != null) {
     step = parseInt(slider); following = following && step >= last;
   } else if (id === 'play-tick') {
@@ -48,7 +57,7 @@ function(state, slider, m10, m1, p1, p10, play, gotos, follow, current) {
   if (current && current.step === step && id === 'run-state' && !following) {
     return [nu, Math.max(last, 1), nu, marks, nu, 'step ' + step.toLocaleString('en-US') + ' / ' + last.toLocaleString('en-US')];
   }
-  return [{step: step}, Math.max(last, 1), step, marks, following ? ['follow'] : [],
+  return [{step: step, clicks: clicks}, Math.max(last, 1), step, marks, following ? ['follow'] : [],
           'step ' + step.toLocaleString('en-US') + ' / ' + last.toLocaleString('en-US')];
 }
 """

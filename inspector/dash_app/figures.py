@@ -8,8 +8,10 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 import plotly.io as pio
+from plotly.colors import sample_colorscale
 
 from inspector.views.downsample import NONFINITE_LABELS, nonfinite_codes
+from inspector.views.scales import Scale
 
 TEMPLATE = "inspector"
 COLORWAY = ["#2563eb", "#dc2626", "#059669", "#d97706", "#7c3aed", "#0891b2", "#db2777", "#65a30d",
@@ -145,12 +147,17 @@ FLAG_MARKER = dict(symbol="x", size=11, color="#2563eb", line=dict(color="white"
 """How a flagged cell of a heatmap (collapsed head, starved expert) is marked: a blue ✕."""
 
 
-def add_flag_markers(fig: go.Figure, onsets: Mapping[str, int], verb: str, *, name: str | None = None) -> go.Figure:
-    """A blue ✕ on each flagged row of a heatmap ({row label: step}) where the condition began; the
-    legend says "`verb` from", the hover "<row> `verb` from step N"."""
+HOT_MARKER = dict(symbol="triangle-up", size=11, color="#f97316", line=dict(color="white", width=1))
+"""How an overloaded (hot) expert's cell is marked: an orange ▲."""
+
+
+def add_flag_markers(fig: go.Figure, onsets: Mapping[str, int], verb: str, *, name: str | None = None,
+                     marker: Mapping[str, object] = FLAG_MARKER) -> go.Figure:
+    """A marker (default a blue ✕) on each flagged row of a heatmap ({row label: step}) where the
+    condition began; the legend says "`verb` from", the hover "<row> `verb` from step N"."""
     if onsets:
         fig.add_trace(go.Scatter(x=list(onsets.values()), y=list(onsets), mode="markers", name=name or f"{verb} from",
-                                 marker=FLAG_MARKER, hovertemplate=f"%{{y}} {verb} from step %{{x}}<extra></extra>"))
+                                 marker=dict(marker), hovertemplate=f"%{{y}} {verb} from step %{{x}}<extra></extra>"))
     return fig
 
 
@@ -159,3 +166,19 @@ def add_step_marker(fig: go.Figure, step: int | None) -> go.Figure:
     if step is not None and fig.data:
         fig.add_vline(x=step, line=dict(color="#f97316", width=1.5, dash="dash"))
     return fig
+
+
+PALETTES = {"low": ("YlOrRd", True), "high": ("YlOrRd", False), "both": ("RdBu", True), "none": (HEAT, False)}
+"""Plotly palette per `Scale.alarm`, and whether it runs backwards: the alarming end is dark red
+(low entropy is collapse), a diverging scale is blue (starved) … white (centre) … red (hot)."""
+
+
+def colourscale(scale: Scale, stops: int = 17) -> list[list]:
+    """A Plotly colourscale over `scale.lo … scale.hi` (as zmin/zmax) that puts each colour where
+    `scale.position` says: a √ ramp, or a diverging ramp whose middle colour sits on its centre."""
+    name, backwards = PALETTES[scale.alarm]
+    ramp = np.linspace(0.0, 1.0, stops)
+    values = (scale.value_at(ramp) - scale.lo) / (scale.hi - scale.lo)
+    colours = sample_colorscale(name, list(1.0 - ramp if backwards else ramp))
+    values[0], values[-1] = 0.0, 1.0
+    return [[float(v), c] for v, c in zip(values, colours)]

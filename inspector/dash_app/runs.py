@@ -22,7 +22,7 @@ from inspector.store.discovery import find_runs
 from inspector.store.errors import RunError
 from inspector.store.errors import one_line
 from inspector.store.format import RANK_PREFIX, RUN_META_FILE
-from inspector.views.live import LiveRun, open_live
+from inspector.views.live import TABULAR_KINDS, LiveRun, open_live
 
 MAX_KEY_CHARS = 512
 MAX_KEY_PARTS = 32
@@ -178,7 +178,9 @@ class RunRegistry:
         if link is not None:
             return None, f"run {shown(label)} is refused: {link} is a symlink outside the dashboard's root"
         try:
-            run = open_live(path)
+            # every kind read at open, on the registry's thread: a kind first read during a page's
+            # callbacks would change the run's version and redraw every panel of the page again
+            run = open_live(path, kinds=TABULAR_KINDS)
         except RunError as exc:
             return None, str(exc).replace(str(path), label)
         except Exception as exc:    # a damaged run must never take the server down

@@ -53,7 +53,12 @@ class SchedulerDriver:
         book, meter = self.probe.book, self.probe.meter
         if book is None or meter is None:
             return
-        if event == "submitted":
+        if event == "token":                      # the most frequent: one per running request
+            book.token(obj.id, obj.output[-1])
+            if obj.finished:
+                book.finish(obj.id, obj.finish_reason)
+                self._finished_now += 1
+        elif event == "submitted":
             book.arrive(obj.id, obj.prompt)
         elif event == "prefill":
             book.start(obj.id)
@@ -61,18 +66,14 @@ class SchedulerDriver:
             if self._first_forward and self.probe.attention_due():
                 self.shown.count(obj.id)
             self._first_forward = False
-        elif event == "token":
-            book.token(obj.id, obj.output[-1])
-            if obj.finished:
-                book.finish(obj.id, obj.finish_reason)
-                self._finished_now += 1
         elif event == "decode":
             if not obj:
                 return
-            row = self.shown.pick([r.id for r in obj])
+            due = self._first_forward and self.probe.attention_due()
+            row = self.shown.pick([r.id for r in obj]) if due else 0   # the row matters only when recorded
             req = obj[row]
             meter.expect(DECODE, req.id, len(req.prompt) + len(req.output) - 1, row)
-            if self._first_forward and self.probe.attention_due():
+            if due:
                 self.shown.count(req.id)
             self._first_forward = False
         elif event == "iteration":

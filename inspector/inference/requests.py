@@ -85,8 +85,8 @@ class RequestBook:
             self.finish(rid, ABORT)
 
     def _row(self, rid: int, req: _Request, reason: str | None) -> dict[str, Any]:
-        times = np.asarray(req.token_times, dtype=np.float64) - req.arrival
-        gaps = np.diff(times)
+        times = [t - req.arrival for t in req.token_times]
+        gaps = sorted(b - a for a, b in zip(times, times[1:]))
         keep = self.tokens_every > 0 and rid % self.tokens_every == 0
         row: dict[str, Any] = {
             "request_id": rid,
@@ -94,13 +94,13 @@ class RequestBook:
             "generation_tokens": len(req.output_ids),
             "arrival_time": req.arrival_epoch,
             "queue_time_s": None if req.started is None else req.started - req.arrival,
-            "time_to_first_token_s": float(times[0]) if times.size else None,
-            "time_per_output_token_s": float(gaps.mean()) if gaps.size else None,
-            "inter_token_latency_p50_s": float(np.percentile(gaps, 50)) if gaps.size else None,
-            "inter_token_latency_p95_s": float(np.percentile(gaps, 95)) if gaps.size else None,
-            "e2e_request_latency_s": float(times[-1]) if times.size else None,
+            "time_to_first_token_s": times[0] if times else None,
+            "time_per_output_token_s": (times[-1] - times[0]) / len(gaps) if gaps else None,
+            "inter_token_latency_p50_s": percentile(gaps, 50.0) if gaps else None,
+            "inter_token_latency_p95_s": percentile(gaps, 95.0) if gaps else None,
+            "e2e_request_latency_s": times[-1] if times else None,
             "finished_reason": reason,
-            "token_times_s": times,
+            "token_times_s": np.asarray(times, dtype=np.float64),
             "prompt_ids": req.prompt_ids if keep else None,
             "output_ids": req.output_ids if keep else None,
             "prompt_text": self._texts(req.prompt_ids) if keep else None,
@@ -117,6 +117,14 @@ class RequestBook:
         except Exception:  # noqa: BLE001 - labels are a nicety; ids are kept
             self._decode_failed = True
             return None
+
+
+def percentile(sorted_values: Sequence[float], q: float) -> float:
+    """The `q`-th percentile of ascending `sorted_values`, interpolated linearly (numpy's default)."""
+    at = (len(sorted_values) - 1) * q / 100.0
+    lo = int(at)
+    hi = min(lo + 1, len(sorted_values) - 1)
+    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (at - lo)
 
 
 def record_request(recorder: Any, step: Callable[[], int]) -> Callable[[dict[str, Any]], Any]:

@@ -50,6 +50,8 @@ def inference_sampling(every: int | Mapping[str, int] | None, **options: Any) ->
 class InferenceWatch(Watch):
     """A watch in inference mode; see the module docstring."""
 
+    tracks_backward = False
+
     def __init__(self, model: nn.Module, recorder: Recorder, *, probes: Sequence[str], sampling: Sampling,
                  tokenizer: Any = None, tokens_every: int = 1, hang_after_s: float | None = 20.0,
                  heartbeat_s: float = 2.0) -> None:

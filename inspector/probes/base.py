@@ -57,6 +57,7 @@ class ProbeContext:
     names: dict[nn.Module, str] = field(default_factory=dict)
     shared: dict[str, Any] = field(default_factory=dict)
     hook_ids: set[int] = field(default_factory=set)  # ids of every torch hook the probes registered
+    anomaly_listeners: list[Callable[[str, int], None]] = field(default_factory=list)  # told (kind, step) of each report
     _reported: set[tuple[str, str]] = field(default_factory=set)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -92,6 +93,8 @@ class ProbeContext:
             self._reported.add(key)
         if first:
             log.warning("inspector: step %d rank %d: %s", at, self.rank, message)
+        for listener in list(self.anomaly_listeners):
+            listener(kind, at)
         return first
 
     def for_probe(self, probe: "Probe") -> "ProbeContext":
@@ -138,6 +141,7 @@ class ProbeRecorder:
     histogram = Recorder.histogram
     histograms = Recorder.histograms
     attention_map = Recorder.attention_map
+    attention_rows = Recorder.attention_rows
 
     def _wrap(self, value: Any) -> Any:
         kind = type(value)
@@ -186,11 +190,26 @@ class Probe:
     kinds: ClassVar[tuple[str, ...]] = ()
     switched_off: str | None = None
     """None while the probe works; after it raised, why it was switched off."""
+    _due_at: tuple[int, bool] = (-1, False)
+    """(step, due at that step): `due_now` decides once per step."""
 
     def __init__(self) -> None:
         self.ctx: ProbeContext | None = None
         self.switched_off = None
         self._handles: list[Any] = []
+
+    def due_now(self) -> bool:
+        """True when this probe's sampling period has it record at the current step (decided once per
+        step: a hook that fires on every forward of a sampled run returns on this one check)."""
+        ctx = self.ctx
+        if ctx is None:
+            return False
+        step = ctx.recorder.step
+        at, due = self._due_at
+        if at != step:
+            due = ctx.sampling.due(self.name, step)
+            self._due_at = (step, due)
+        return due
 
     def attach(self, ctx: ProbeContext) -> str | None:
         """Register hooks on `ctx.model`; None when attached, else why the probe does not apply."""

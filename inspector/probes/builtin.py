@@ -9,4 +9,5 @@ from inspector.probes import (  # noqa: F401
     experts,
     anomalies,
     system,
+    replay,
 )

@@ -63,6 +63,10 @@ per such stretch, from host values (one step late on CUDA, when the copy has lan
 thread never waits). The test is absolute (zero tokens), so a lasting starvation never becomes
 normal: the expert stays starved until it gets a token. The per-step state is not a column of its
 own: `views.summary.starved_mask` derives it from the recorded `counts` with the same rule.
+
+Anomaly `expert_hot`: the same stretch rule for an expert that gets at least `HOT_FACTOR` (3) times
+its balanced share (the layer's tokens / experts) on every recorded step of the stretch; the anchor is
+the balanced share, not the expert's past, so an overload that lasts stays flagged.
 """
 from __future__ import annotations
 
@@ -87,6 +91,9 @@ STARVED_STEPS = 50
 """Training steps without a token (on every step recorded) after which an expert is starved."""
 STARVED_MIN_SAMPLES = 5
 """Recorded steps with zero tokens an expert must also have before it is reported (sparse sampling)."""
+HOT_FACTOR = 3.0
+"""An expert is hot while it gets at least this many times its balanced share (the layer's tokens per
+expert): an absolute anchor, so a lasting overload never becomes its own baseline."""
 
 
 @dataclass
@@ -104,12 +111,23 @@ class _Streak:
 
     def update(self, step: int, counts: np.ndarray) -> np.ndarray:
         """Add one recorded step's counts; the experts that became starved at it."""
-        zero = counts == 0
-        self.since = np.where(zero, np.where(self.since < 0, step, self.since), -1)
-        self.seen = np.where(zero, self.seen + 1, 0)
-        due = zero & ~self.told & (step - self.since + 1 >= STARVED_STEPS) & (self.seen >= STARVED_MIN_SAMPLES)
-        self.told = zero & (self.told | due)
+        return self.update_flags(step, counts == 0)
+
+    def update_flags(self, step: int, flagged: np.ndarray) -> np.ndarray:
+        """Add one recorded step's per-expert condition; the experts whose stretch of recorded steps
+        with the condition has just become long enough (`STARVED_STEPS` steps, `STARVED_MIN_SAMPLES` samples)."""
+        self.since = np.where(flagged, np.where(self.since < 0, step, self.since), -1)
+        self.seen = np.where(flagged, self.seen + 1, 0)
+        due = flagged & ~self.told & (step - self.since + 1 >= STARVED_STEPS) & (self.seen >= STARVED_MIN_SAMPLES)
+        self.told = flagged & (self.told | due)
         return np.flatnonzero(due)
+
+
+def hot_flags(counts: np.ndarray) -> np.ndarray:
+    """Per expert: at least `HOT_FACTOR` times the balanced share of this step's tokens."""
+    counts = np.asarray(counts, dtype=np.float64)
+    mean = counts.mean() if counts.size else 0.0
+    return counts >= HOT_FACTOR * mean if mean > 0 else np.zeros(counts.shape, dtype=bool)
 
 TRAIN, INFERENCE = "train", "inference"
 PREFILL, DECODE = "prefill", "decode"
@@ -264,7 +282,7 @@ def _add_counts(info: RouterInfo, indices_NK: torch.Tensor | None, acc: _Acc) ->
     `_count_ids` when the step is recorded, so a forward costs one device op."""
     if indices_NK is None:
         return
-    ids = indices_NK.detach().clone()
+    ids = indices_NK.clone()              # integer ids carry no autograd history
     acc.ids.append(ids)
     acc.ids_numel += ids.numel()
     if acc.ids_numel >= FOLD_IDS_AT:
@@ -387,10 +405,11 @@ class ExpertsProbe(Probe):
             if torch.compiler.is_compiling():  # inside a compiled graph: record nothing, add nothing
                 self._traced = True
                 return
-            if self.ctx is None or _in_backward():
+            ctx = self.ctx
+            if ctx is None:
                 return
-            if not self.ctx.sampling.due(self.name, self.ctx.step):
-                stage = self.ctx.shared.get(STAGE_KEY)
+            if not self.due_now():
+                stage = ctx.shared.get(STAGE_KEY)
                 if stage in (PREFILL, DECODE):   # window sums count every token; the rest is sampled
                     try:                         # integer ids: no autograd to switch off
                         sums = self._acc[stage]
@@ -401,6 +420,8 @@ class ExpertsProbe(Probe):
                     except Exception as exc:  # noqa: BLE001
                         self._warn(f"inspector: experts probe skipped a forward of {info.name}: "
                                    f"{type(exc).__name__}: {exc}")
+                return
+            if _in_backward():
                 return
             try:
                 grad_on = torch.is_grad_enabled() and not torch.is_inference_mode_enabled()
@@ -463,7 +484,7 @@ class ExpertsProbe(Probe):
                         "are not recorded (watch the eager model to record them)")
         try:
             if self._record(step):
-                self._check_starved()
+                self._judge_loads()
         except Exception as exc:
             self._warn(f"inspector: experts probe could not record step {step}: {type(exc).__name__}: {exc}")
 
@@ -503,26 +524,41 @@ class ExpertsProbe(Probe):
             acc[phase].setdefault(fwd.info.name, _Acc()).merge(fwd.acc)
         return acc
 
-    def _check_starved(self) -> None:
+    def _streak_of(self, key: tuple[str, ...], experts: int) -> _Streak:
+        """The stretch state kept under `key` (made afresh when the number of experts changed)."""
+        streak = self._streak.get(key)
+        if streak is None or streak.since.shape != (experts,):
+            streak = self._streak[key] = _Streak.empty(experts)
+        return streak
+
+    def _judge_loads(self) -> None:
+        """Recorded loads whose copies have landed, judged for starved and hot experts."""
         while self._pending and self._pending[0].ready():
             load = self._pending.pop(0)
             if load.phase != TRAIN and self._trained:
                 continue  # inference is judged only while the run has not trained
             for i, info in enumerate(load.rows):
                 counts = load.values()["counts"][i]
-                key = (load.phase, info.name)
-                streak = self._streak.get(key)
-                if streak is None or streak.since.shape != counts.shape:
-                    streak = self._streak[key] = _Streak.empty(counts.shape[0])
+                streak = self._streak_of((load.phase, info.name), counts.shape[0])
                 starved = streak.update(load.step, counts)
+                where = "recorded step" if load.phase == TRAIN else "recorded inference step"
                 if starved.size:
                     since = int(streak.since[starved].min())
-                    where = "recorded step" if load.phase == TRAIN else "recorded inference step"
                     self.ctx.report(
                         "expert_starved",
                         f"{info.name}: expert(s) {starved.tolist()} received no token in any {where} "
                         f"from step {since} to {load.step} ({int(streak.seen[starved].min())} recorded)",
                         module=info.name, value=float(starved.size), step=load.step)
+                hot = self._streak_of((load.phase, info.name, "hot"), counts.shape[0])
+                overloaded = hot.update_flags(load.step, hot_flags(counts))
+                if overloaded.size:
+                    share = counts[overloaded] / max(float(np.asarray(counts).sum()), 1.0)
+                    self.ctx.report(
+                        "expert_hot",
+                        f"{info.name}: expert(s) {overloaded.tolist()} received ≥ {HOT_FACTOR:g}× the balanced "
+                        f"share ({1 / counts.shape[0]:.1%}) in every {where} from step "
+                        f"{int(hot.since[overloaded].min())} to {load.step} (now {', '.join(f'{x:.1%}' for x in share)})",
+                        module=info.name, value=float(overloaded.size), step=load.step)
         del self._pending[:-64]  # copies that never land (a dead device) must not pile up
 
     def _warn(self, message: str) -> None:

@@ -91,6 +91,7 @@ from inspector.probes.grad_math import (
 )
 from inspector.probes.host import HostSlice, PendingCopies, to_host
 from inspector.probes.registry import register_probe
+from inspector.probes.update_sketch import UpdateSketch
 
 
 EXPLODE_Z = 10.0
@@ -132,7 +133,7 @@ class GradientsProbe(Probe):
     """Global gradient norm every step, per-group gradient statistics on sampled steps."""
 
     name = "gradients"
-    kinds = ("scalar", "grad_stats", "anomaly")
+    kinds = ("scalar", "grad_stats", "layer_trace", "anomaly")
     max_groups: ClassVar[int] = 64
     elementwise_welford_max_params: ClassVar[int] = 50_000_000
 
@@ -154,6 +155,9 @@ class GradientsProbe(Probe):
         self._failed = False
         self._scaled = False  # a GradScaler scaled the loss of some measured backward
         self._scaler_hooked = False
+        self._sketch: UpdateSketch | None = None
+        self._trace: tuple[int, tuple[int, ...], GroupLayout, torch.Tensor] | None = None  # a step's trace awaiting its update
+        self._update_due = False
 
     def attach(self, ctx: ProbeContext) -> str | None:
         super().attach(ctx)
@@ -174,6 +178,7 @@ class GradientsProbe(Probe):
         for handle in BackwardEnd(self._params, lambda: self._guarded(self._measure_backward)).handles:
             self.track(handle)
         if ctx.optimizer is not None:
+            self._sketch = UpdateSketch(self._params)
             self.track(ctx.optimizer.register_step_pre_hook(self._pre_step))
             self.track(ctx.optimizer.register_step_post_hook(self._post_step))
         return None
@@ -189,6 +194,7 @@ class GradientsProbe(Probe):
 
     def _post_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         self._guarded(self._finish_sampled)
+        self._guarded(self._finish_trace)
 
     def on_step_end(self, step: int) -> None:
         if self.ctx.optimizer is None:
@@ -202,6 +208,7 @@ class GradientsProbe(Probe):
             grad_scaler.uninstall()
         self._sampled = None
         self._pre_clip = None
+        self._guarded(self._finish_trace)
         self._guarded(self._drain, True)
         self._pending.clear()
         if self._welford is not None:
@@ -243,10 +250,14 @@ class GradientsProbe(Probe):
         if self._sampled is not None:  # the last sampled step's post-hook never came: record it without its update
             self._sampled.before = None
             self._finish_sampled()
+        self._finish_trace()             # nor its trace's
         pre, self._pre_clip = self._pre_clip, None
         present, grads = self._present()
         if not present:
             return
+        self._update_due = with_update and self._sketch is not None
+        if self._update_due:
+            self._sketch.before(present)
         norms_P = norms(grads)
         pre_norms_P = pre.norms_P.to(norms_P.dtype) if pre is not None and pre.present == present else None
         m = _Measured(step, present, norms_P, pre_norms_P)
@@ -289,9 +300,12 @@ class GradientsProbe(Probe):
             host = to_host(torch.cat([applied, norms_P]))
             rec.scalar("grad_norm/global", HostSlice(host, 0), step=m.step)
         self._pending.push((m.step, m.present), host)
+        layout = m.layout or self._layout(m.present, norms_P.device)
+        self._trace = (m.step, m.present, layout, layout.root_sum_sq(m.pre_norms_P if m.pre_norms_P is not None else norms_P))
+        if not self._update_due:
+            self._finish_trace()
         if m.layout is None:
             return
-        layout = m.layout
         if m.m2k_P is not None:
             noise_G = ElementWelford.group_noise(layout, m.m2k_P)
         else:
@@ -301,6 +315,27 @@ class GradientsProbe(Probe):
         if m.delta_norms_P is not None:
             ratio_G = layout.root_sum_sq(m.delta_norms_P) / layout.root_sum_sq(m.weight_norms_P)
         self._submit(m.step, layout, stats_G6, ratio_G)
+
+    def _finish_trace(self) -> None:
+        """Record the held step's `layer_trace` rows: per group, the gradient norm (before clipping when
+        measured) and the update/weight ratio the sketch estimated (null without an optimizer step)."""
+        trace, self._trace = self._trace, None
+        update = self._sketch.after() if self._sketch is not None and self._update_due else None
+        self._update_due = False
+        if trace is None:
+            return
+        step, present, layout, grad_G = trace
+        cols: dict[str, Any] = {"name": layout.names}
+        if update is not None and update[0] == present:
+            _, delta_P, weight_P = update
+            ratio_G = layout.root_sum_sq(delta_P.to(grad_G.dtype)) / layout.root_sum_sq(weight_P.to(grad_G.dtype))
+            host = to_host(torch.stack([grad_G, ratio_G], dim=1))
+            cols["update_ratio"] = HostSlice(host, (slice(None), 1), np.float64)
+        else:
+            host = to_host(grad_G[:, None])
+            cols["update_ratio"] = None
+        cols["grad_norm"] = HostSlice(host, (slice(None), 0), np.float64)
+        self.ctx.recorder.submit("layer_trace", cols, rows=len(layout.names), step=step)
 
     def _combine(self, m: _Measured) -> None:
         """Replace `m`'s shard values by whole-tensor ones; the same columns on every rank."""

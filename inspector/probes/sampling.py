@@ -22,6 +22,7 @@ class Sampling:
     layers: tuple[int, ...] | None = None
     heads: tuple[int, ...] | None = None
     max_attention_rows: int = 128
+    attention_positions: tuple[int, ...] = (-1,)
     system_interval_s: float = 1.0
 
     def due(self, probe: str, step: int) -> bool:

@@ -5,6 +5,7 @@ registered here. This package imports nothing else of ours, so every layer may u
 """
 from inspector.schema.kinds import (
     ATTENTION_MAP,
+    ATTENTION_ROWS,
     ATTENTION_STATS,
     ACTIVATION_STATS,
     ANOMALY,
@@ -29,6 +30,7 @@ from inspector.schema.run_meta import FORMAT_VERSION, RunMeta
 
 __all__ = [
     "ATTENTION_MAP",
+    "ATTENTION_ROWS",
     "ATTENTION_STATS",
     "ACTIVATION_STATS",
     "ANOMALY",

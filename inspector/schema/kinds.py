@@ -116,24 +116,55 @@ HISTOGRAM = register_kind(KindSpec(
     description="fixed equal-width bins over [lo, hi) plus out-of-range counts"))
 
 ATTENTION_MAP = register_kind(KindSpec(
-    "attention_map", 1,
+    "attention_map", 2,
     (_NAME, _f("layer", i32), _f("heads", pa.list_(i32)), _f("row_stride", i32),
-     _f("tokens", pa.list_(pa.string()))),
+     _f("tokens", pa.list_(pa.string())), _f("row_pool", i32), _f("key_pool", i32), _f("query_len", i32),
+     _f("key_len", i32)),
     blob=True,
-    description="attention probabilities [heads, query rows, keys] (fp16) of one layer; "
-                "row_stride > 1 means every row_stride-th query row was kept"))
+    description="attention probabilities [heads, query rows, keys] (fp16) of one layer; row_pool / key_pool > 1: "
+                "each cell is the mean over a block of row_pool queries × key_pool keys of a query_len × key_len "
+                "attention (version 1: row_stride > 1 meant every row_stride-th query row was kept)"))
+
+ATTENTION_ROWS = register_kind(KindSpec(
+    "attention_rows", 1,
+    (_NAME, _f("layer", i32), _f("heads", pa.list_(i32)), _f("positions", pa.list_(i32))),
+    blob=True,
+    description="full attention rows [heads, positions, keys] (fp16) of chosen query positions of one layer, "
+                "recorded beside a pooled map"))
 
 ATTENTION_STATS = register_kind(KindSpec(
-    "attention_stats", 1,
+    "attention_stats", 2,
     (_NAME, _f("layer", i32), _f("head", i32), _f("entropy", f64), _f("max_weight", f64),
-     _f("collapsed", pa.bool_())),
-    description="per-head mean row entropy (nats), mean max weight and a collapse flag"))
+     _f("collapsed", pa.bool_()), _f("sink_mass", f64), _f("distance", pa.list_(f32)), _f("keys", i32),
+     _f("rows", i32)),
+    description="per-head statistics over every query row: mean row entropy (nats), mean max weight, a collapse "
+                "flag, mean probability on the first 4 real keys (sink_mass), mean probability per query-key "
+                "distance bucket (distance[0]: the same position, distance[b]: [2^(b-1), 2^b)), the most keys "
+                "a row sees and the rows counted"))
 
 GRAD_STATS = register_kind(KindSpec(
     "grad_stats", 1,
     (_NAME, _f("norm", f64), _f("mean", f64), _f("var", f64), _f("max_abs", f64),
      _f("zero_frac", f64), _f("update_ratio", f64), _f("var_over_steps", f64)),
     description="gradient statistics per parameter group; update_ratio is |Δw|/|w|"))
+
+LAYER_TRACE = register_kind(KindSpec(
+    "layer_trace", 1,
+    (_NAME, _f("grad_norm", f64), _f("update_ratio", f64)),
+    description="every step, per parameter group: gradient norm (before clipping) and |Δw|/|w| estimated "
+                "from a fixed strided sample of each tensor (null without an optimizer step)"))
+
+BATCH = register_kind(KindSpec(
+    "batch", 1,
+    (_f("micro", i32), _f("fingerprint", i64), _f("shapes", pa.string())),
+    description="every training forward: a position-sensitive fingerprint of its tensor arguments "
+                "(inspector.fingerprint), micro-batch index within the step, their shapes and dtypes"))
+
+RNG_STATE = register_kind(KindSpec(
+    "rng_state", 1,
+    (_f("generator", pa.string()), _f("state", pa.binary())),
+    description="generator states at the start of a step an anomaly was reported at (torch.cpu, "
+                "torch.cuda:N raw bytes; python.random, numpy.random JSON)"))
 
 ACTIVATION_STATS = register_kind(KindSpec(
     "activation_stats", 1,

@@ -14,10 +14,11 @@ exported as `unnamed-kind-<id>` and a note says so. Nothing is dropped silently:
 but absent, kinds without a name and tensors that could not be read are listed in `notes`.
 Tensors are saved with `np.save(allow_pickle=False)` and read back with `np.load(path,
 allow_pickle=False)`: nothing in an export needs unpickling. CSV cannot hold list columns, so those
-become JSON text (`"[4, 64, 64]"`).
+become JSON text (`"[4, 64, 64]"`), and binary ones (generator states) base64 text.
 """
 from __future__ import annotations
 
+import base64
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -138,5 +139,8 @@ def _lists_as_json(table: pa.Table) -> pa.Table:
     for i, f in enumerate(table.schema):
         if pa.types.is_nested(f.type):
             text = [None if v is None else json.dumps(v) for v in table.column(i).to_pylist()]
+            table = table.set_column(i, f.name, pa.array(text, pa.string()))
+        elif pa.types.is_binary(f.type) or pa.types.is_large_binary(f.type):
+            text = [None if v is None else base64.b64encode(v).decode("ascii") for v in table.column(i).to_pylist()]
             table = table.set_column(i, f.name, pa.array(text, pa.string()))
     return table

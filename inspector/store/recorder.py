@@ -30,6 +30,7 @@ from inspector.distenv import DistEnv
 from inspector.schema import (
     ANOMALY,
     ATTENTION_MAP,
+    ATTENTION_ROWS,
     HISTOGRAM,
     SCALAR,
     KindSpec,
@@ -53,7 +54,8 @@ class Recorder:
     """Records a run of one rank into `run_dir` (see `inspector.store.format`).
 
     Use as a context manager or call `close()`; open recorders are also flushed and closed at
-    interpreter exit. `rank`, `world_size` and `local_rank` default to torchrun's environment.
+    interpreter exit. `rank`, `world_size` and `local_rank` default to torchrun's environment;
+    `host` (default: this machine's name) is the node the rank reports, for synthetic or relayed runs.
     """
 
     def __init__(self, run_dir: str | Path, *, name: str | None = None, rank: int | None = None,
@@ -61,7 +63,7 @@ class Recorder:
                  config: Mapping[str, Any] | None = None, model: Mapping[str, Any] | None = None,
                  probes: Mapping[str, Any] | None = None, queue_size: int = 8192,
                  flush_interval: float = 0.5, coalesce_s: float = 0.2, heartbeat_s: float = 2.0,
-                 segment_bytes: int = 64 << 20, blob_codec: str = "lz4") -> None:
+                 segment_bytes: int = 64 << 20, blob_codec: str = "lz4", host: str | None = None) -> None:
         env = DistEnv.detect()
         self.rank = env.rank if rank is None else rank
         self.world_size = env.world_size if world_size is None else world_size
@@ -85,7 +87,7 @@ class Recorder:
         self._writer: RankWriter | None = None
         self._thread = threading.Thread(target=self._run, name=f"inspector-writer-{self.rank}", daemon=True)
         try:
-            self._open(name, model, config, probes, segment_bytes, blob_codec)
+            self._open(name, model, config, probes, segment_bytes, blob_codec, host)
         except OSError as exc:      # read-only filesystem, no permission, rank taken: train on
             self._fail(exc)
             return
@@ -93,7 +95,7 @@ class Recorder:
         _OPEN.add(self)
 
     def _open(self, name: str | None, model: Mapping[str, Any] | None, config: Mapping[str, Any] | None,
-              probes: Mapping[str, Any] | None, segment_bytes: int, blob_codec: str) -> None:
+              probes: Mapping[str, Any] | None, segment_bytes: int, blob_codec: str, host: str | None = None) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         meta_path = self.run_dir / RUN_META_FILE
         if self.rank == 0 and not meta_path.exists():
@@ -102,7 +104,8 @@ class Recorder:
                            host=socket.gethostname(), command=list(sys.argv))
             write_json_atomic(meta_path, meta.to_dict())
         self._writer = RankWriter(self.run_dir, self.rank, segment_bytes=segment_bytes, blob_codec=blob_codec,
-                                  rank_info={"local_rank": self.local_rank, "world_size": self.world_size})
+                                  rank_info={"local_rank": self.local_rank, "world_size": self.world_size,
+                                             **({"host": host} if host else {})})
         (self._writer.dir / CLOSED_FILE).unlink(missing_ok=True)
 
     # ---- producer side (any thread) ------------------------------------------------------------
@@ -148,12 +151,22 @@ class Recorder:
                                        "underflow": underflow, "overflow": overflow}, len(names), step)
 
     def attention_map(self, name: str, probs: Any, *, layer: int, heads: Sequence[int] | None = None,
-                      row_stride: int = 1, tokens: Sequence[str] | None = None, step: int | None = None) -> bool:
-        """Record attention probabilities [heads, rows, keys] of one layer (stored as fp16)."""
+                      row_stride: int = 1, tokens: Sequence[str] | None = None, step: int | None = None,
+                      row_pool: int = 1, key_pool: int = 1, query_len: int | None = None,
+                      key_len: int | None = None) -> bool:
+        """Record attention probabilities [heads, rows, keys] of one layer (stored as fp16); `row_pool` /
+        `key_pool` > 1: each cell averages a block of a `query_len` × `key_len` attention."""
         return self.submit_blob(ATTENTION_MAP, _Fp16(probs), {
             "name": name, "layer": layer, "row_stride": row_stride,
-            "heads": None if heads is None else [list(heads)], "tokens": None if tokens is None else [list(tokens)]},
+            "heads": None if heads is None else [list(heads)], "tokens": None if tokens is None else [list(tokens)],
+            "row_pool": row_pool, "key_pool": key_pool, "query_len": query_len, "key_len": key_len},
             step)
+
+    def attention_rows(self, name: str, probs: Any, *, layer: int, heads: Sequence[int], positions: Sequence[int],
+                       step: int | None = None) -> bool:
+        """Record full attention rows [heads, positions, keys] (fp16) of chosen query positions of one layer."""
+        return self.submit_blob(ATTENTION_ROWS, _Fp16(probs), {
+            "name": name, "layer": layer, "heads": [list(heads)], "positions": [list(positions)]}, step)
 
     def anomaly(self, kind: str, message: str, *, module: str = "", severity: str = "warning",
                 value: float = float("nan"), step: int | None = None) -> bool:

@@ -87,15 +87,18 @@ def build_attention(run: LiveRun, req: Request, cursor: int) -> AttentionData:
     layer = _pick(layers, req.layer)
     heads: list[int] = []
     matrix = None
+    pools = None
     if layer is not None:
         heads = _heads(run, step, layer, req)
         chosen = _pick(heads, req.head)
         found = attention.attention_matrix(run, step=step, layer=layer, head=chosen, rank=req.rank) \
             if chosen is not None else None
         matrix = found.probs if found is not None else None
+        if found is not None and found.pooling is not None:
+            pools = (found.row_pool, found.key_pool, int(found.query_len or 0), int(found.key_len or 0))
     head = _pick(heads, req.head)
     return AttentionData(steps=steps, step=step, layers=layers, layer=layer, heads=heads, head=head,
-                         matrix=matrix, stats=attention.head_stats(run, step=step, rank=req.rank))
+                         matrix=matrix, stats=attention.head_stats(run, step=step, rank=req.rank), pools=pools)
 
 
 def build_experts(run: LiveRun, req: Request, cursor: int) -> ExpertsData:

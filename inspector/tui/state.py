@@ -70,6 +70,8 @@ class AttentionData:
     head: int | None
     matrix: np.ndarray | None
     stats: pd.DataFrame
+    pools: tuple[int, int, int, int] | None = None
+    """(row_pool, key_pool, queries, keys) when the map is pooled; None when every cell is one query × key."""
 
 
 @dataclass

@@ -1,12 +1,13 @@
 """Attention maps and per-head statistics, ready to draw (heatmaps, grids, entropy over steps)."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
-from inspector.schema import ATTENTION_MAP
+from inspector.schema import ATTENTION_MAP, ATTENTION_ROWS
 from inspector.views.downsample import bin_codes, bin_columns, wide_matrix
 from inspector.views.live import LiveRun
 from inspector.views.scales import Scale, entropy_scale
@@ -21,12 +22,29 @@ class AttentionMatrix:
     """One head's attention probabilities with the labels to draw them."""
 
     probs: np.ndarray              # float32 [rows, keys]
-    row_ids: np.ndarray            # query position of each row (row_stride applied)
+    row_ids: np.ndarray            # first query position of each row (row_stride / row_pool applied)
     tokens: list[str] | None       # one label per key position, when recorded
     heads: list[int]               # the heads stored in this layer's map
     step: int
     layer: int
     head: int
+    row_pool: int = 1              # query rows averaged into one map row (1: exact)
+    key_pool: int = 1              # keys averaged into one map column (1: exact)
+    query_len: int | None = None   # query rows and keys of the attention the map shows
+    key_len: int | None = None
+
+    @property
+    def key_ids(self) -> np.ndarray:
+        """First key position of each column."""
+        return np.arange(self.probs.shape[1]) * self.key_pool
+
+    @property
+    def pooling(self) -> str | None:
+        """How the map was shrunk, said in words (None: every query and key is its own cell)."""
+        if self.row_pool == 1 and self.key_pool == 1:
+            return None
+        size = f" ({self.query_len:,} × {self.key_len:,} pooled)" if self.query_len and self.key_len else ""
+        return f"each cell is the weight on {self.key_pool} keys, mean of {self.row_pool} queries{size}"
 
 
 def attention_steps(run: LiveRun, rank: int = 0) -> list[int]:
@@ -95,27 +113,60 @@ def attention_matrix(run: LiveRun, *, step: int, layer: int, head: int, rank: in
     heads = list(row["heads"]) if row.get("heads") else list(range(probs.shape[0]))
     if head not in heads:
         return None
-    stride = int(row.get("row_stride") or 1)
+    stride = max(int(row.get("row_stride") or 1), int(row.get("row_pool") or 1))
     rows = probs.shape[1]
     return AttentionMatrix(probs=probs[heads.index(head)].astype(np.float32),
                            row_ids=np.arange(rows) * stride, tokens=list(row["tokens"]) if row.get("tokens") else None,
-                           heads=heads, step=at, layer=layer, head=head)
+                           heads=heads, step=at, layer=layer, head=head, row_pool=int(row.get("row_pool") or 1),
+                           key_pool=int(row.get("key_pool") or 1), query_len=row.get("query_len"),
+                           key_len=row.get("key_len"))
 
 
-def block_average(mat: np.ndarray, size: int) -> np.ndarray:
-    """`mat` shrunk to at most size×size by averaging blocks (rows and columns independently)."""
+@dataclass
+class AttentionRows:
+    """Full attention rows of chosen query positions of one head (recorded beside a pooled map)."""
+
+    positions: list[int]
+    probs: np.ndarray              # float32 [positions, keys]
+    step: int
+    layer: int
+    head: int
+
+
+def attention_rows(run: LiveRun, *, step: int, layer: int, head: int, rank: int = 0) -> AttentionRows | None:
+    """The full rows of (`layer`, `head`) stored at exactly `step` (they go with that step's map); None without."""
+    if rank not in run.ranks():
+        return None
+    for row in run.reader.blob_rows(ATTENTION_ROWS.name, step=step, rank=rank):
+        if int(row["layer"]) != layer:
+            continue
+        heads = list(row["heads"] or [])
+        if head not in heads:
+            return None
+        probs, meta = run.cached(("attention_rows", rank, step, layer), (), lambda: run.reader.fetch(
+            ATTENTION_ROWS.name, step=step, rank=rank, layer=layer))
+        return AttentionRows(positions=list(meta["positions"]), probs=probs[heads.index(head)].astype(np.float32),
+                             step=step, layer=layer, head=head)
+    return None
+
+
+def pool_map(mat: np.ndarray, size: int) -> np.ndarray:
+    """An attention map [queries, keys] shrunk to at most size×size as the probe pools long maps:
+    queries averaged over blocks, keys summed, so each row still sums to what it summed to (1) and
+    a thumbnail reads on the same 0 … 1 scale as the full map."""
     out = mat
     for axis in (0, 1):
         n = out.shape[axis]
         if n > size:
             edges = np.linspace(0, n, size + 1).astype(int)
-            out = np.add.reduceat(out, edges[:-1], axis=axis) / np.diff(edges).reshape(
-                (-1, 1) if axis == 0 else (1, -1))
+            out = np.add.reduceat(out, edges[:-1], axis=axis)
+            if axis == 0:
+                out = out / np.diff(edges).reshape(-1, 1)
     return out
 
 
 def attention_grid(run: LiveRun, *, step: int, rank: int = 0, size: int = 24) -> dict[tuple[int, int], np.ndarray]:
-    """Small (≤ size×size, block-averaged) maps of every recorded (layer, head) at `step`."""
+    """Small (≤ size×size, `pool_map`) maps of every recorded (layer, head) at `step`."""
     at = nearest_at_or_before(attention_steps(run, rank), step)
     if at is None:
         return {}
@@ -126,7 +177,7 @@ def attention_grid(run: LiveRun, *, step: int, rank: int = 0, size: int = 24) ->
             probs, row = _layer_map(run, at, layer, rank)
             heads = list(row["heads"]) if row.get("heads") else list(range(probs.shape[0]))
             for i, head in enumerate(heads):
-                grid[(layer, head)] = block_average(probs[i].astype(np.float32), size)
+                grid[(layer, head)] = pool_map(probs[i].astype(np.float32), size)
         return grid
 
     return run.cached(("attention_grid", rank, at, size), (), compute)
@@ -147,11 +198,12 @@ def head_stats(run: LiveRun, *, step: int, rank: int = 0) -> pd.DataFrame:
     at = nearest_at_or_before(sorted(df["step"].unique().tolist()), step)
     sel = df[df["step"] == at]
     out = sel[cols].copy()
-    if "keys" in sel.columns:
-        out["keys"] = sel["keys"].astype(np.float64)
-    else:
+    recorded = sel["keys"].astype(np.float64) if "keys" in sel.columns else pd.Series(np.nan, index=sel.index)
+    if recorded.isna().any():                 # older records: the key count of the stored map
         keys = _map_keys(run, at, rank)
-        out["keys"] = [float(keys.get(int(layer), np.nan)) for layer in out["layer"]]
+        recorded = recorded.fillna(pd.Series([float(keys.get(int(layer), np.nan)) for layer in sel["layer"]],
+                                             index=sel.index))
+    out["keys"] = recorded
     return out.sort_values(["layer", "head"]).reset_index(drop=True)
 
 
@@ -204,3 +256,47 @@ def collapsed_heads(run: LiveRun, *, rank: int = 0) -> list[tuple[int, int, int]
         return []
     flagged = df[df["collapsed"] & np.isfinite(df["entropy"])].groupby(["layer", "head"])["step"].min()
     return [(int(layer), int(head), int(step)) for (layer, head), step in flagged.items()]
+
+
+def distance_labels(n: int) -> list[str]:
+    """Labels of the distance buckets of `attention_stats.distance`: "0", "1", "2–3", "4–7", …, "≥ 2^k"."""
+    out = ["0"]
+    for b in range(1, n):
+        lo = 1 << (b - 1)
+        out.append(f"≥{lo:,}" if b == n - 1 else (str(lo) if lo == (1 << b) - 1 else f"{lo:,}–{(1 << b) - 1:,}"))
+    return out
+
+
+@dataclass
+class DistanceProfile:
+    """Where each head looks, at one recorded step: mean weight per query−key distance bucket."""
+
+    labels: list[str]              # "L0·H1" per row
+    buckets: list[str]             # distance bucket labels
+    weights: np.ndarray            # float [heads, buckets]; each row sums to ~1
+    sink_mass: np.ndarray          # float [heads]: mean weight on the first 4 real keys
+    step: int
+
+
+def distance_profile(run: LiveRun, *, step: int, rank: int = 0) -> DistanceProfile | None:
+    """The distance profile of every recorded head at the nearest step ≤ `step` (None for runs
+    recorded before the probe kept one)."""
+    df = _stats(run, rank)
+    if df.empty or "distance" not in df.columns:
+        return None
+    df = df[df["distance"].notna()]
+    if df.empty:
+        return None
+    at = nearest_at_or_before(sorted(df["step"].unique().tolist()), step)
+    if at is None:
+        return None
+    sel = df[df["step"] == at].sort_values(["layer", "head"])
+    weights = np.stack([np.asarray(d, dtype=np.float64) for d in sel["distance"]])
+    longest = float(np.nanmax(sel["keys"])) if "keys" in sel and sel["keys"].notna().any() else math.inf
+    edges = [0] + [1 << (b - 1) for b in range(1, weights.shape[1])]
+    reach = max(2, sum(1 for e in edges if e < longest))       # buckets no key of this run can fall in go
+    labels = distance_labels(weights.shape[1])[:reach]
+    weights = weights[:, :reach]
+    return DistanceProfile(labels=[f"L{layer}·H{head}" for layer, head in zip(sel["layer"], sel["head"])],
+                           buckets=labels, weights=weights,
+                           sink_mass=sel["sink_mass"].to_numpy(np.float64), step=int(at))

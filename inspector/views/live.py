@@ -37,11 +37,15 @@ class RunNotReady(RunError):
 class LiveRun:
     """A run whose tabular records are tailed into memory; thread-safe.
 
-    `kinds` limits what is tailed (plugins may add their own kinds). `version(kind)` grows each
-    time new rows of that kind arrive, so callers can cache what they derived from a table.
+    A kind is tailed from the first time it is asked for (`table`, `frame`, or a `cached` result
+    that depends on it), then by every `poll()`; `kinds` are tailed from the start. Opening reads
+    nothing else: a 1,024-rank run has 12 kinds × 1,024 ranks of tails, and a screen needs a few
+    kinds (the TUI's Ranks screen: timing, scalars, system; measured 1.3 s to read every kind
+    at open). `version(kind)` grows each time new rows of that kind arrive, so callers can cache
+    what they derived from a table.
     """
 
-    def __init__(self, path: str | Path, *, kinds: tuple[str, ...] = TABULAR_KINDS,
+    def __init__(self, path: str | Path, *, kinds: tuple[str, ...] = (),
                  stale_after: float = 20.0) -> None:
         self.path = Path(path)
         with warnings.catch_warnings():
@@ -57,7 +61,8 @@ class LiveRun:
         self._beats = HeartbeatCache(self.path)
         self._beats_read_at = float("-inf")
         self._dumps: dict[str, tuple[tuple[int, int], StackDump]] = {}
-        self.poll()
+        if kinds:
+            self.poll()          # the reader scanned the run just now: nothing to refresh without kinds
 
     @property
     def meta(self):
@@ -85,7 +90,10 @@ class LiveRun:
         return self._versions.get(kind, 0)
 
     def _tail(self, kind: str) -> None:
-        """Start tailing a kind first asked for now (a plugin's): read what is there already."""
+        """Start tailing `kind` unless it is tailed already: read what is there so far (call with
+        the lock held)."""
+        if kind in self._cursors:
+            return
         cursor = self._cursors[kind] = self.reader.cursor(kind)
         self._parts[kind], self._versions[kind] = [], 1
         with warnings.catch_warnings():
@@ -100,8 +108,7 @@ class LiveRun:
         A kind not tailed yet (a plugin's) is tailed from now on, by every later `poll()`.
         """
         with self._lock:
-            if kind not in self._cursors:
-                self._tail(kind)
+            self._tail(kind)
             table = self._tables.get(kind)
             if table is None:
                 parts = self._parts.get(kind, [])
@@ -133,6 +140,9 @@ class LiveRun:
 
     def cached(self, key: tuple[Any, ...], kinds: tuple[str, ...], compute: Callable[[], T]) -> T:
         """`compute()`, memoised under `key` until any of `kinds` gets new rows (`()`: never stale)."""
+        with self._lock:
+            for k in kinds:
+                self._tail(k)
         stamp = sum(self.version(k) for k in kinds)
         with self._lock:
             hit = self._cache.get(key)

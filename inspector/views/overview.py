@@ -53,7 +53,8 @@ def run_header(run: LiveRun, *, window: int = 10, now: float | None = None) -> R
     if not scalars.empty:
         sel = scalars[scalars["name"] == "tokens_per_s"]
         if not sel.empty:
-            per_rank = sel.sort_values("step").groupby("rank")["value"].apply(lambda v: float(v.tail(window).mean()))
+            last = sel.sort_values("step", kind="stable").groupby("rank").tail(window)   # no Python per rank
+            per_rank = last.groupby("rank")["value"].mean()
             tps = float(per_rank.sum())
     last_wall = max((float(run.frame(k)["wall_time"].max()) for k in ("scalar", "timing", "system")
                      if not run.frame(k).empty), default=float(run.meta.created))

@@ -55,6 +55,7 @@ on its cores is not called a straggler: its wait is in the "cpu_wait" rows, whic
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -65,7 +66,7 @@ from inspector.views.timing import phase_ms
 
 MAX_MISSING_ROWS = 64
 """Missing ranks listed in the rank table (the rest are counted in the run's problems)."""
-RANK_COLUMNS = ["rank", "step", "step_ms", "compute_ms", "tokens_per_s", "loss", "grad_norm", "gpu_util", "gpu_mem_used",
+RANK_COLUMNS = ["rank", "node", "straggler_score", "step", "step_ms", "compute_ms", "tokens_per_s", "loss", "grad_norm", "gpu_util", "gpu_mem_used",
                 "gpu_mem_total", "power_w", "temp_c", "status", "straggler", "straggler_reason"]
 """Columns of `rank_table`, in display order (`straggler_reason` is "" for a rank not flagged)."""
 
@@ -113,7 +114,21 @@ STEP_COST = 0.05
 waits (the step as the job would run without another process on its cores): own work can be a small
 part of a busy machine's step, and a few ms of rank 0's own logging measured a 17 % lead over it (4
 ranks beside 4 busy loops on 2 cores). The slowed rank of the 2-rank tests cost it 9-23 %, and 12 %
-with a CI run beside the job."""
+with a CI run beside the job.
+
+With three or more ranks a section or own-work lead must also be at least the other ranks' own
+spread (median over steps of slowest − fastest other, `Verdict.spread_ms`): a straggler stands out
+from the others by more than they differ among themselves. Beside 4 busy loops on 2 cores the 4-rank
+demo's healthy ranks' data section spread 10-27 ms, and one led by 4 ms at 1.69x in 13 of 19 steps;
+the slowed rank's 50 ms led by far more than that spread."""
+WAITED_FOR = 0.5
+"""Own work only: the other ranks must also wait in the tracked collectives for at least this share of
+its lead (median over steps of the others' median communication wait minus its own). A rank whose
+own work really holds the step up makes the others wait for it there; a healthy rank's own work can
+lead by time it spent blocked outside any phase and outside every tracked wait (on a lock, the GIL,
+an untracked wait): beside 4 busy loops on 2 cores, a healthy rank 0 of the 4-rank demo measured
+1.39x with a 21 % lead in a CI run, its "other" 2x the other ranks', while its communication wait
+was no shorter than theirs (4-rank demo runs here: ±2 ms)."""
 CPU_WAIT_NAME = "cpu_wait"
 """`timing` rows of the timing probe's CPU waits (see `inspector.probes.timing`)."""
 COMM_NAME = "collectives"
@@ -129,6 +144,7 @@ class Verdict:
     slowest: int          # steps where it was slower than every other rank
     lead: float           # median over steps of max(this − slowest other, 0) / step time
     lead_ms: float        # the same lead in ms
+    spread_ms: float = 0.0  # median over steps of the other ranks' own spread (slowest − fastest other), ms
 
     def flagged(self, factor: float, slowest_share: float = 0.0, lead_share: float = LEAD_SHARE,
                 strong: tuple[float, float] | None = None) -> bool:
@@ -155,24 +171,55 @@ def _matrix(per_step: pd.DataFrame, steps: np.ndarray, ranks: list[int]) -> np.n
     return wide.reindex(index=steps, columns=ranks).to_numpy(dtype=np.float64)
 
 
+def others_stats(ms_SR: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """For every step and rank, over the *other* ranks' finite values of that step: (median, max, min,
+    count), NaN where there is none. One sort per step instead of a median per rank (1,024 ranks:
+    O(S·R log R), not O(S·R²))."""
+    S, R = ms_SR.shape
+    fin_SR = np.isfinite(ms_SR)
+    order_SR = np.argsort(np.where(fin_SR, ms_SR, np.inf), axis=1, kind="stable")
+    sorted_SR = np.take_along_axis(np.where(fin_SR, ms_SR, np.inf), order_SR, axis=1)
+    pos_SR = np.empty_like(order_SR)
+    np.put_along_axis(pos_SR, order_SR, np.broadcast_to(np.arange(R), (S, R)), axis=1)
+    count_SR = fin_SR.sum(axis=1, keepdims=True) - fin_SR            # the others' finite values
+    gone_SR = np.where(fin_SR, pos_SR, R)                            # where this rank's own value sits
+
+    def pick(j_SR: np.ndarray) -> np.ndarray:       # the j-th smallest of the others
+        idx = np.where(j_SR < gone_SR, j_SR, j_SR + 1)
+        return np.take_along_axis(sorted_SR, np.clip(idx, 0, R - 1), axis=1)
+
+    none_SR = count_SR == 0
+    with np.errstate(invalid="ignore"):
+        median_SR = (pick((count_SR - 1) // 2) + pick(count_SR // 2)) / 2.0
+    top_SR, low_SR = pick(count_SR - 1), pick(np.zeros_like(count_SR))
+    nan = np.float64("nan")
+    return (np.where(none_SR, nan, median_SR), np.where(none_SR, nan, top_SR), np.where(none_SR, nan, low_SR),
+            count_SR)
+
+
 def judge(ms_SR: np.ndarray, step_S: np.ndarray) -> list[Verdict]:
     """The straggler statistics of every rank (column) of `ms_SR`; `step_S` is each step's time."""
-    verdicts = []
-    for r in range(ms_SR.shape[1]):
-        own_S = ms_SR[:, r]
-        others_SO = np.delete(ms_SR, r, axis=1)
-        ok_S = np.isfinite(own_S) & np.isfinite(others_SO).any(axis=1) & (step_S > 0)
-        if not ok_S.any():
-            verdicts.append(Verdict(0, float("nan"), 0, 0.0, 0.0))
-            continue
-        own_S, others_SO, step_ok_S = own_S[ok_S], others_SO[ok_S], step_S[ok_S]
-        median_S = np.nanmedian(others_SO, axis=1)
-        top_S = np.nanmax(others_SO, axis=1)
-        lead_S = np.maximum(own_S - top_S, 0.0)
-        ratio = float(np.median(_ratios(own_S, median_S)))
-        verdicts.append(Verdict(steps=int(ok_S.sum()), ratio=ratio, slowest=int((own_S > top_S).sum()),
-                                lead=float(np.median(lead_S / step_ok_S)), lead_ms=float(np.median(lead_S))))
-    return verdicts
+    median_SR, top_SR, low_SR, count_SR = others_stats(ms_SR)
+    ok_SR = np.isfinite(ms_SR) & (count_SR > 0) & (step_S > 0)[:, None]
+    nan = np.float64("nan")
+    with np.errstate(all="ignore"):
+        ratio_SR = np.where(ok_SR, _ratios(ms_SR, median_SR), nan)
+        lead_SR = np.where(ok_SR, np.maximum(ms_SR - top_SR, 0.0), nan)
+        share_SR = lead_SR / step_S[:, None]
+        spread_SR = np.where(ok_SR, top_SR - low_SR, nan)
+    steps_R = ok_SR.sum(axis=0)
+    slowest_R = (ok_SR & (ms_SR > top_SR)).sum(axis=0)
+    seen = steps_R > 0
+    cols = [np.full(ms_SR.shape[1], nan) for _ in range(4)]
+    if seen.any():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            for out, m_SR in zip(cols, (ratio_SR, share_SR, lead_SR, spread_SR)):
+                out[seen] = np.nanmedian(m_SR[:, seen], axis=0)
+    ratio_R, share_R, lead_R, spread_R = cols
+    return [Verdict(int(steps_R[r]), float(ratio_R[r]), int(slowest_R[r]), float(share_R[r]), float(lead_R[r]),
+                    float(spread_R[r])) if seen[r] else Verdict(0, nan, 0, 0.0, 0.0)
+            for r in range(ms_SR.shape[1])]
 
 
 def section_ms(run: LiveRun) -> pd.DataFrame:
@@ -269,6 +316,17 @@ def _ratio_to_others(m_SR: np.ndarray, r: int) -> tuple[float, float]:
     return float(np.median(own_S[ok_S] - med_S)), float(np.median(ratio_S)) if len(ratio_S) else float("nan")
 
 
+def _others_waited(run: LiveRun, steps: np.ndarray, ranks: list[int], r: int) -> float:
+    """Median over steps of how much longer the other ranks (their median) waited in tracked
+    collectives than rank column `r` (ms; NaN without such steps)."""
+    wait_SR = _section_matrix(run, "comm_wait", steps, ranks)
+    own_S, others_SO = wait_SR[:, r], np.delete(wait_SR, r, axis=1)
+    ok_S = np.isfinite(own_S) & np.isfinite(others_SO).any(axis=1)
+    if not ok_S.any():
+        return float("nan")
+    return float(np.median(np.nanmedian(others_SO[ok_S], axis=1) - own_S[ok_S]))
+
+
 def _cause(run: LiveRun, steps: np.ndarray, before: np.ndarray, ranks: list[int], r: int) -> str:
     """"<section> R× the other ranks, +E ms (own median of the previous steps H×)" for rank column `r`."""
     best: tuple[str, float, float] | None = None
@@ -362,31 +420,68 @@ def _measures(run: LiveRun, steps: np.ndarray,
     return out
 
 
+def measure_verdicts(run: LiveRun, *, window: int = 20,
+                     at: int | None = None) -> list[tuple[str, tuple[float, float] | None, list[Verdict]]]:
+    """(label, bar, a Verdict per rank in `run.ranks()` order) of every straggler measure over the
+    window (`_measures`), computed once for the reasons and the scores."""
+    def compute() -> list[tuple[str, tuple[float, float] | None, list[Verdict]]]:
+        ranks = run.ranks()
+        steps = window_steps(run, window=window, at=at)
+        if len(ranks) < 2 or len(steps) == 0:
+            return []
+        return [(label, bar, judge(ms_SR, base_S)) for label, ms_SR, base_S, bar in _measures(run, steps, ranks)]
+
+    return run.cached(("measure_verdicts", window, at), ("timing",), compute)
+
+
+def flagging_verdicts(run: LiveRun, *, window: int = 20, at: int | None = None,
+                      factor: float = 1.25) -> dict[int, tuple[str, Verdict]]:
+    """Per flagged rank: (label, Verdict) of the first measure, in judging order, that calls it a
+    straggler over the window ending at `at` (see the module docstring); ranks not flagged are absent."""
+    def compute() -> dict[int, tuple[str, Verdict]]:
+        ranks = run.ranks()
+        steps = window_steps(run, window=window, at=at)
+        out: dict[int, tuple[str, Verdict]] = {}
+        if len(ranks) < 2 or len(steps) == 0:
+            return out
+        sm = section_ms(run)
+        in_window = sm[sm.index.get_level_values("step").isin(steps)]
+        with np.errstate(all="ignore"):
+            step_ms = float(np.nanmedian((in_window["total"] - in_window["cpu_wait"]).to_numpy(dtype=np.float64)))
+        for label, bar, verdicts in measure_verdicts(run, window=window, at=at):
+            for i, v in enumerate(verdicts):
+                if ranks[i] in out:
+                    continue
+                if bar:
+                    flagged = (v.flagged(bar[0], bar[1], SECTION_LEAD, (STRONG_RATIO, STRONG_LEAD))
+                               and not v.lead_ms < STEP_COST * step_ms and v.lead_ms >= v.spread_ms)
+                    if flagged and label == MEASURES["own"][0]:
+                        flagged = _others_waited(run, steps, ranks, i) >= WAITED_FOR * v.lead_ms
+                else:
+                    flagged = v.flagged(factor)
+                if flagged:
+                    out[ranks[i]] = (label, v)
+        return out
+
+    return run.cached(("flagging_verdicts", window, at, factor), ("timing",), compute)
+
+
 def straggler_reasons(run: LiveRun, *, window: int = 20, at: int | None = None,
                       factor: float = 1.25) -> dict[int, str]:
     """Per rank: why it is a straggler over the window ending at `at`, or "" when it is not
     (the cause first, then the statistics of the measure that flagged it; see the module docstring)."""
     def compute() -> dict[int, str]:
         ranks = run.ranks()
-        steps = window_steps(run, window=window, at=at)
         out = {r: "" for r in ranks}
-        if len(ranks) < 2 or len(steps) == 0:
+        flagged = flagging_verdicts(run, window=window, at=at, factor=factor)
+        if not flagged:
             return out
+        steps = window_steps(run, window=window, at=at)
         before = window_steps(run, window=window, at=int(steps[0]) - 1)
-        sm = section_ms(run)
-        in_window = sm[sm.index.get_level_values("step").isin(steps)]
-        with np.errstate(all="ignore"):
-            step_ms = float(np.nanmedian((in_window["total"] - in_window["cpu_wait"]).to_numpy(dtype=np.float64)))
-        for label, ms_SR, base_S, bar in _measures(run, steps, ranks):
-            for i, v in enumerate(judge(ms_SR, base_S)):
-                if bar:
-                    flagged = (v.flagged(bar[0], bar[1], SECTION_LEAD, (STRONG_RATIO, STRONG_LEAD))
-                               and not v.lead_ms < STEP_COST * step_ms)
-                else:
-                    flagged = v.flagged(factor)
-                if flagged and not out[ranks[i]]:
-                    out[ranks[i]] = _reason(label, v, _cause(run, steps, before, ranks, i),
-                                            _gpu_note(run, steps, ranks, ranks[i]))
+        column = {r: i for i, r in enumerate(ranks)}
+        for rank, (label, v) in flagged.items():
+            i = column[rank]
+            out[rank] = _reason(label, v, _cause(run, steps, before, ranks, i), _gpu_note(run, steps, ranks, rank))
         return out
 
     return run.cached(("straggler_reasons", window, at, factor), ("timing", "system"), compute)
@@ -407,7 +502,7 @@ def straggler_flags(step_ms: dict[int, float], factor: float = 1.25) -> dict[int
 
 def _window_median(per_step: pd.DataFrame, steps: np.ndarray) -> dict[int, float]:
     sel = per_step[per_step["step"].isin(steps)]
-    return {int(r): float(g["ms"].median()) for r, g in sel.groupby("rank")}
+    return {int(r): float(v) for r, v in sel.groupby("rank")["ms"].median().items()}
 
 
 def _last_scalar(scalars: pd.DataFrame, name: str, at: int | None) -> dict[int, float]:
@@ -433,7 +528,8 @@ def _tokens_per_step(scalars: pd.DataFrame, totals: pd.DataFrame, steps: np.ndar
     total_s = totals[totals["step"].isin(steps)].groupby(["rank", "step"])["ms"].last() / 1000.0
     seconds = seconds.reindex(tps.index).fillna(total_s.reindex(tps.index))
     tokens = (tps * seconds).dropna()
-    return {int(r): float(g.median()) for r, g in tokens.groupby(level="rank")}
+    med = tokens.groupby(level="rank").median()        # one grouped median, not one per rank
+    return {int(r): float(v) for r, v in med.items()}
 
 
 def _last_gpu(system: pd.DataFrame, at: int | None) -> pd.DataFrame:
@@ -455,7 +551,8 @@ def rank_table(run: LiveRun, *, window: int = 20, straggler_factor: float = 1.25
     """One row per rank (see `RANK_COLUMNS`) over the window of `window_steps(window, at)`.
 
     `compute_ms` is forward + data + optimizer; `straggler` and `straggler_reason` follow the rule
-    of the module docstring.
+    of the module docstring; `node` is the rank's host and `straggler_score` its `straggler_scores`
+    lead in ms. Rows are in rank order; the rank tables show them `by_node`.
     """
     def compute() -> pd.DataFrame:
         ranks = run.ranks()
@@ -468,6 +565,8 @@ def rank_table(run: LiveRun, *, window: int = 20, straggler_factor: float = 1.25
         timed = upto.groupby("rank")["step"].max().to_dict()       # progress: the last step timed
         tokens = _tokens_per_step(scalars, totals, steps)
         reasons = straggler_reasons(run, window=window, at=at, factor=straggler_factor)
+        scores = straggler_scores(run, window=window, at=at)
+        hosts = rank_hosts(run)
         loss = _last_scalar(scalars, "loss", at)
         gnorm = _last_scalar(scalars, "grad_norm/global", at) or _last_scalar(scalars, "grad_norm", at)
         gpu = _last_gpu(run.frame("system"), at)
@@ -476,7 +575,8 @@ def rank_table(run: LiveRun, *, window: int = 20, straggler_factor: float = 1.25
             g = gpu.loc[r] if r in gpu.index else {}
             ms = step_ms.get(r, np.nan)
             step = timed.get(r, run.reader.last_step(r) if at is None else np.nan)
-            rows.append({"rank": r, "step": step, "step_ms": ms, "compute_ms": compute.get(r, np.nan),
+            rows.append({"rank": r, "node": hosts.get(r, "?"), "straggler_score": scores.get(r, np.nan),
+                         "step": step, "step_ms": ms, "compute_ms": compute.get(r, np.nan),
                          "tokens_per_s": tokens.get(r, np.nan) * 1000.0 / ms if ms > 0 else np.nan,
                          "loss": loss.get(r, np.nan), "grad_norm": gnorm.get(r, np.nan),
                          **{c: float(g[c]) if len(g) and pd.notna(g[c]) else np.nan
@@ -484,10 +584,59 @@ def rank_table(run: LiveRun, *, window: int = 20, straggler_factor: float = 1.25
                          "status": run.reader.rank_status(r), "straggler": bool(reasons.get(r)),
                          "straggler_reason": reasons.get(r, "")})
         for r in run.reader.missing_ranks()[:MAX_MISSING_ROWS]:     # in the world, never wrote: say so
-            rows.append({"rank": r, "step": np.nan, "status": "missing", "straggler": False, "straggler_reason": ""})
+            rows.append({"rank": r, "node": "?", "step": np.nan, "status": "missing", "straggler": False,
+                         "straggler_reason": ""})
         return pd.DataFrame(rows, columns=RANK_COLUMNS)
 
     return run.cached(("rank_table", window, straggler_factor, at), ("scalar", "timing", "system"), compute)
+
+
+def rank_hosts(run: LiveRun) -> dict[int, str]:
+    """The host each rank ran on (its rank.json; "?" when unreadable), read once per run."""
+    def compute() -> dict[int, str]:
+        return {r: str(run.reader.rank_info(r).get("host") or "?") for r in run.ranks()}
+
+    return run.cached(("rank_hosts", len(run.ranks())), (), compute)
+
+
+def straggler_scores(run: LiveRun, *, window: int = 20, at: int | None = None) -> dict[int, float]:
+    """Per rank, over the window: how many ms per step it holds the job up. For a flagged straggler,
+    the median lead over the slowest *other* rank (`Verdict.lead_ms`) on the measure that flagged it,
+    the figure its reason quotes; for any other rank, the largest such lead over the straggler measures
+    (each section and own work with waits taken out, forward+data+optimizer, step time). 0 for a rank
+    that is not the slowest most of the time, whatever the noise; what the rank tables sort by. A ratio
+    would not do: a rank slowed in one section can have the same own work as its victims (the 4-rank
+    sample: 1.02× own work, data 3.2×, 41 ms a step). NaN with fewer than two ranks."""
+    def compute() -> dict[int, float]:
+        ranks = run.ranks()
+        steps = window_steps(run, window=window, at=at)
+        if len(ranks) < 2 or len(steps) == 0:
+            return {r: float("nan") for r in ranks}
+        best = np.zeros(len(ranks))
+        for _, _, verdicts in measure_verdicts(run, window=window, at=at):
+            leads = np.array([v.lead_ms if v.steps else 0.0 for v in verdicts])
+            best = np.fmax(best, np.nan_to_num(leads, nan=0.0))
+        scores = {r: float(b) for r, b in zip(ranks, best)}
+        for rank, (_, v) in flagging_verdicts(run, window=window, at=at).items():
+            scores[rank] = v.lead_ms
+        return scores
+
+    return run.cached(("straggler_scores", window, at), ("timing",), compute)
+
+
+def by_node(table: pd.DataFrame) -> pd.DataFrame:
+    """A rank table's rows grouped by node, the node holding the highest straggler score first, and
+    within a node by score, highest first (flagged stragglers ahead of any score; ties by rank)."""
+    if table.empty or "node" not in table:
+        return table
+    node = table["node"].fillna("?")
+    flagged = table["straggler"].astype(bool)
+    score = table["straggler_score"].astype(float).fillna(-np.inf)
+    keyed = table.assign(_nflag=flagged.groupby(node).transform("max"), _nworst=score.groupby(node).transform("max"),
+                         _node=node, _flag=flagged, _score=score)
+    keys = ["_nflag", "_nworst", "_node", "_flag", "_score", "rank"]
+    return keyed.sort_values(keys, ascending=[False, False, True, False, False, True],
+                             kind="stable").drop(columns=keys[:-1])
 
 
 def rank_summary(table: pd.DataFrame) -> pd.DataFrame:

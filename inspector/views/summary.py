@@ -15,16 +15,18 @@ short last batch, is not starvation).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import numpy as np
 import pandas as pd
 
 from inspector.views.anomalies import anomaly_list
 from inspector.views.inference import InferenceSummary, inference_summary
-from inspector.views.experts import expert_load_frame, expert_phases, imbalance_series
+from inspector.views.experts import (EXPERT_KINDS, expert_phases, expert_steps, imbalance_series, layer_loads,
+                                     load_table, resolve_phase, resolve_rank)
 from inspector.views.hang import HangVerdict, hang_verdict
 from inspector.views.live import LiveRun
+from inspector.views.steps import nearest_at_or_before
 from inspector.views.ranks import rank_table
 from inspector.views.timing import slowest_modules
 
@@ -33,6 +35,8 @@ STARVED_STEPS = 50
 """As `inspector.probes.experts.STARVED_STEPS` (views do not import probes; a test keeps them equal)."""
 STARVED_MIN_SAMPLES = 5
 """As `inspector.probes.experts.STARVED_MIN_SAMPLES`."""
+HOT_FACTOR = 3.0
+"""As `inspector.probes.experts.HOT_FACTOR`."""
 
 
 @dataclass
@@ -62,6 +66,7 @@ class ExpertBalance:
     starved_experts: list[int]          # experts starved at the last recorded step (see `starved_since`)
     starved_since: dict[int, int] = field(default_factory=dict)  # expert -> first step of its empty stretch
     phase: str = "train"                # "train", or "inference" (forwards without training)
+    hot_since: dict[int, int] = field(default_factory=dict)      # expert -> first step of its ≥ 3× stretch, at the end
 
 
 class _HeadOnset(NamedTuple):
@@ -150,40 +155,101 @@ def starved_mask(steps: np.ndarray, counts_SE: np.ndarray) -> tuple[np.ndarray, 
     return starved, since_SE
 
 
-def starved_at_end(steps: np.ndarray, counts_SE: np.ndarray) -> dict[int, int]:
-    """{expert: first step of its empty stretch} for the experts starved at the last of `steps`."""
-    starved, since = starved_mask(steps, counts_SE)
-    if len(starved) == 0:
+def stretch_at_end(steps: np.ndarray, flags_SE: np.ndarray) -> dict[int, int]:
+    """{expert: first step of its stretch} for the experts whose flag has held on every recorded step of a
+    stretch, ending at the last of `steps`, long enough for the experts probe to report it (`STARVED_STEPS`
+    steps, `STARVED_MIN_SAMPLES` samples): one pass, from each expert's last unflagged step."""
+    steps = np.asarray(steps, dtype=np.int64)
+    off_SE = ~np.asarray(flags_SE, dtype=bool)
+    S = len(steps)
+    if S == 0 or off_SE.size == 0:
         return {}
-    return {int(e): int(since[-1, e]) for e in np.flatnonzero(starved[-1])}
+    last_E = np.where(off_SE.any(0), S - 1 - np.argmax(off_SE[::-1], axis=0), -1)   # last index without the flag
+    start_E = last_E + 1                                                          # first index of the stretch
+    since_E = steps[np.minimum(start_E, S - 1)]
+    due_E = (start_E <= S - 1) & (S - start_E >= STARVED_MIN_SAMPLES) & (steps[-1] - since_E + 1 >= STARVED_STEPS)
+    return {int(e): int(since_E[e]) for e in np.flatnonzero(due_E)}
 
 
-def _counts_SE(layer_loads: pd.DataFrame) -> np.ndarray:
-    """One layer's `expert_load` rows (sorted by step) as a [steps, experts] count matrix."""
-    counts = [np.asarray(c if c is not None else [], dtype=np.int64) for c in layer_loads["counts"]]
-    counts_SE = np.zeros((len(counts), max((len(c) for c in counts), default=0)), dtype=np.int64)
-    for i, c in enumerate(counts):
-        counts_SE[i, :len(c)] = c
-    return counts_SE
+TAIL_ROWS = 64
+"""Recorded steps `tail_stretch_at_end` looks at first (then four times as many, until every expert's
+stretch starts inside them)."""
 
 
-def starved_experts(run: LiveRun, *, step: int | None = None, rank: int = 0,
+def tail_stretch_at_end(steps: np.ndarray, counts_SE: np.ndarray,
+                        flag_rows: Callable[[np.ndarray], np.ndarray]) -> dict[int, int]:
+    """`stretch_at_end(steps, flag_rows(counts_SE))`, flags computed only for the last rows that decide
+    it: a stretch at the end starts after each expert's last unflagged row, and most experts are
+    unflagged at the last row or a few before it. `flag_rows` must judge each row on its own.
+    (58 layers × 256 experts × 10,000 recorded steps: the tail, not 150 M flags, per draw.)"""
+    steps = np.asarray(steps, dtype=np.int64)
+    S, k = len(steps), min(len(steps), TAIL_ROWS)
+    while True:
+        flags_KE = np.asarray(flag_rows(np.asarray(counts_SE[S - k:])), dtype=bool)
+        if k == S or (~flags_KE).any(0).all():   # every stretch at the end starts inside the tail
+            return stretch_at_end(steps[S - k:], flags_KE)
+        k = min(S, 4 * k)
+
+
+def _empty_rows(counts_KE: np.ndarray) -> np.ndarray:
+    return counts_KE == 0
+
+
+def _hot_rows(counts_KE: np.ndarray) -> np.ndarray:
+    counts_KE = np.asarray(counts_KE, dtype=np.float64)
+    mean_K1 = counts_KE.mean(1, keepdims=True) if counts_KE.size else np.zeros((len(counts_KE), 1))
+    return (counts_KE >= HOT_FACTOR * mean_K1) & (mean_K1 > 0)
+
+
+def starved_at_end(steps: np.ndarray, counts_SE: np.ndarray) -> dict[int, int]:
+    """{expert: first step of its empty stretch} for the experts starved at the last of `steps`
+    (`starved_mask`'s last row)."""
+    return tail_stretch_at_end(steps, counts_SE, _empty_rows)
+
+
+def hot_at_end(steps: np.ndarray, counts_SE: np.ndarray) -> dict[int, int]:
+    """{expert: first step of its stretch} for the experts hot at the last of `steps`: at least
+    `HOT_FACTOR` times their layer's balanced share on every recorded step of the stretch."""
+    return tail_stretch_at_end(steps, counts_SE, _hot_rows)
+
+
+def starved_experts(run: LiveRun, *, step: int | None = None, rank: int | None = 0,
                     phase: str | None = None) -> dict[int, dict[int, int]]:
     """{layer: {expert: first step of its empty stretch}} for the experts starved (the experts probe's
     rule, see `starved_mask`) at the last recorded step at or before `step` (None: the last one), in
     one phase's load (see `views.experts.resolve_phase`)."""
-    loads = expert_load_frame(run, phase=phase)
-    if loads.empty:
+    return _experts_at_end(run, starved_at_end, step=step, rank=rank, phase=phase)
+
+
+def hot_experts(run: LiveRun, *, step: int | None = None, rank: int | None = 0,
+                phase: str | None = None) -> dict[int, dict[int, int]]:
+    """{layer: {expert: first step of its stretch}} for the experts hot (≥ `HOT_FACTOR` × the balanced
+    share on every recorded step of a long enough stretch, the experts probe's `expert_hot` rule) at the
+    last recorded step at or before `step`."""
+    return _experts_at_end(run, hot_at_end, step=step, rank=rank, phase=phase)
+
+
+def _experts_at_end(run: LiveRun, rule, *, step: int | None, rank: int | None,
+                    phase: str | None) -> dict[int, dict[int, int]]:
+    """`rule(steps, counts [steps, experts])` per layer over the load up to the recorded step at or before
+    `step`. Read from Arrow one layer at a time and cached per step: 58 layers × 256 experts × 10,000
+    recorded steps stay a fraction of a second."""
+    rank = resolve_rank(run, rank, phase)
+    steps = expert_steps(run, rank, phase=phase)
+    at = (steps[-1] if step is None else nearest_at_or_before(steps, step)) if steps else None
+    if at is None:
         return {}
-    loads = loads[loads["rank"] == rank]
-    if step is not None:
-        loads = loads[loads["step"] <= step]
-    out = {}
-    for layer, rows in loads.sort_values("step").groupby("layer"):
-        starved = starved_at_end(rows["step"].to_numpy(np.int64), _counts_SE(rows))
-        if starved:
-            out[int(layer)] = starved
-    return out
+
+    def compute() -> dict[int, dict[int, int]]:
+        out = {}
+        for layer, (steps_S, counts_SE) in layer_loads(run, rank, phase).items():
+            upto = int(np.searchsorted(steps_S, at, side="right"))
+            found = rule(steps_S[:upto], counts_SE[:upto]) if upto else {}
+            if found:
+                out[int(layer)] = found
+        return out
+
+    return run.cached(("experts_at_end", rule.__name__, rank, resolve_phase(run, phase), at), EXPERT_KINDS, compute)
 
 
 def _collapsed_heads(run: LiveRun, rank: int = 0) -> list[CollapsedHead]:
@@ -212,22 +278,25 @@ def _expert_balance(run: LiveRun) -> list[ExpertBalance]:
 
 
 def _phase_balance(run: LiveRun, phase: str) -> list[ExpertBalance]:
-    loads = expert_load_frame(run, phase=phase)
-    if loads.empty:
+    """Rank 0's balance per layer (names and scalars read without the counts; the starved and hot
+    rules on the dense per-layer arrays), so a 58 × 256 × 10,000-step run summarises in seconds."""
+    table = load_table(run, 0, phase)
+    if not table.num_rows:
         return []
-    loads = loads[loads["rank"] == 0]
+    names = table.select(["step", "layer", "name"]).to_pandas().sort_values("step").groupby("layer")["name"].last()
     imb = imbalance_series(run, phase=phase)
     starved_by_layer = starved_experts(run, phase=phase)
+    hot_by_layer = hot_experts(run, phase=phase)
     out = []
     for layer, rows in imb.groupby("layer"):
         worst = rows.loc[rows["imbalance"].idxmax()]
-        layer_loads = loads[loads["layer"] == layer].sort_values("step")
         starved = starved_by_layer.get(int(layer), {})
-        out.append(ExpertBalance(layer=int(layer), name=str(layer_loads["name"].iloc[-1]),
+        out.append(ExpertBalance(layer=int(layer), name=str(names.get(layer, "")),
                                  mean_imbalance=float(rows["imbalance"].mean()),
                                  max_imbalance=float(worst["imbalance"]), worst_step=int(worst["step"]),
                                  last_imbalance=float(rows["imbalance"].iloc[-1]),
-                                 starved_experts=sorted(starved), starved_since=starved, phase=phase))
+                                 starved_experts=sorted(starved), starved_since=starved, phase=phase,
+                                 hot_since=hot_by_layer.get(int(layer), {})))
     return out
 
 

@@ -18,9 +18,15 @@ _BYTES = {"mem_used", "mem_total", "rss", "torch_allocated", "torch_reserved", "
 GIB = float(1 << 30)
 
 
+MAX_SERIES = 32
+"""Above this many (rank, device) series a chart gets three lines instead: the minimum, median and
+maximum over them at each step (1,024 ranks' lines are neither readable nor drawable)."""
+
+
 def system_series(run: LiveRun, metric: str, *, max_points: int = DEFAULT_POINTS) -> dict[str, pd.DataFrame]:
     """One series per (rank, device) of `metric`: columns `t` (seconds since the run's first sample),
-    `step`, `value` (bytes shown in GiB); keys like "r0 cuda:0" or "r1 host". Empty when N/A."""
+    `step`, `value` (bytes shown in GiB); keys like "r0 cuda:0" or "r1 host". Empty when N/A. Above
+    `MAX_SERIES` series: "min of N", "median of N", "max of N" per step instead."""
     def compute() -> dict[str, pd.DataFrame]:
         df = run.frame("system")
         if df.empty or metric not in df:
@@ -31,6 +37,9 @@ def system_series(run: LiveRun, metric: str, *, max_points: int = DEFAULT_POINTS
         if df.empty:
             return {}
         t0 = float(run.frame("system")["wall_time"].min())
+        groups = df.groupby(["rank", "device"], sort=True)
+        if groups.ngroups > MAX_SERIES:
+            return _spread_series(df, metric, t0, groups.ngroups, max_points)
         out: dict[str, pd.DataFrame] = {}
         for (rank, device), sel in df.groupby(["rank", "device"], sort=True):
             sel = sel.sort_values("wall_time")
@@ -41,6 +50,20 @@ def system_series(run: LiveRun, metric: str, *, max_points: int = DEFAULT_POINTS
         return out
 
     return run.cached(("system_series", metric, max_points), ("system",), compute)
+
+
+def _spread_series(df: pd.DataFrame, metric: str, t0: float, n: int, max_points: int) -> dict[str, pd.DataFrame]:
+    """min / median / max of `metric` over all (rank, device) series at each step."""
+    scale = GIB if metric in _BYTES else 1.0
+    per_step = df.groupby("step").agg(t=("wall_time", "median"), lo=(metric, "min"), mid=(metric, "median"),
+                                      hi=(metric, "max")).reset_index()
+    t = per_step["t"].to_numpy(np.float64) - t0
+    out = {}
+    for col, label in (("hi", f"max of {n:,}"), ("mid", f"median of {n:,}"), ("lo", f"min of {n:,}")):
+        v = per_step[col].to_numpy(np.float64) / scale
+        idx = downsample_indices(t, v, max_points)
+        out[label] = pd.DataFrame({"t": t[idx], "step": per_step["step"].to_numpy()[idx], "value": v[idx]})
+    return out
 
 
 def has_gpu_samples(run: LiveRun) -> bool:

@@ -8,7 +8,7 @@ Always on with `watch()`, whatever probes are chosen; each hook is a few attribu
   (`torch._dynamo.disable`, as the timing probe's).
 - Blocks (`find_blocks`: a transformer's layers): forward pre-hook → `module` = the block's name;
   in backward a tensor hook on the block's output → `module` = the block whose gradient is being
-  computed. A forward during backward (activation-checkpoint recomputation) keeps phase "backward".
+  computed (not hooked under an inference watch, `backward=False`: no backward runs there). A forward during backward (activation-checkpoint recomputation) keeps phase "backward".
 - End of a backward pass: an autograd-engine callback, re-queued once so it runs after DDP's own
   (which waits for the gradient all-reduce: that wait is still "backward") → phase "user".
 - Optimizer step pre-hook: phase "optimizer"; the Watch's end of step (`step_end`): "user".
@@ -46,9 +46,11 @@ class PhaseHooks(Probe):
 
     name = "watchdog"
 
-    def __init__(self, progress: Progress) -> None:
+    def __init__(self, progress: Progress, *, backward: bool = True) -> None:
         super().__init__()
         self.progress = progress
+        self.backward = backward
+        """False for a model that only runs forwards (an inference watch): no block post-hooks."""
         self.explicit: list[str] = []   # open `Watch.phase` names, innermost last
         self._task = -1                 # graph task of the backward pass being tracked
         self._end_backward: Callable[[], None] = lambda: None
@@ -171,7 +173,8 @@ class PhaseHooks(Probe):
                 t.register_hook(on_grad_guarded)
 
         self.track(block.register_forward_pre_hook(pre))
-        self.track(block.register_forward_hook(post))
+        if self.backward:
+            self.track(block.register_forward_hook(post))
 
     def _optimizer_pre(self, *_: Any) -> None:
         self.progress.set_phase("optimizer")

@@ -38,13 +38,13 @@ def figure(page, graph_id: str) -> dict[str, Any] | None:
     return page.evaluate(FIG_JS, graph_id)
 
 
-def wait_figure(page, graph_id: str, predicate: str = "f => f && f.data.length > 0", timeout: float = 15_000) -> dict:
+def wait_figure(page, graph_id: str, predicate: str = "f => f && f.data.length > 0", timeout: float = 30_000) -> dict:
     """Wait until the figure satisfies a JS predicate over the object FIG_JS returns; return it."""
     page.wait_for_function(f"([id, pred]) => {{ const f = ({FIG_JS})(id); return (eval(pred))(f); }}",
                            arg=[graph_id, predicate], timeout=timeout)
     return figure(page, graph_id)
 
 
-def wait_title(page, graph_id: str, text: str, timeout: float = 15_000) -> dict:
+def wait_title(page, graph_id: str, text: str, timeout: float = 30_000) -> dict:
     """Wait until the figure's title contains `text`."""
     return wait_figure(page, graph_id, f"f => f && String(f.title).includes({text!r})", timeout)

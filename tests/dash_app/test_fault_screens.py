@@ -1,7 +1,7 @@
 """Each planted fault of the sample runs is visible on the first dashboard screen for its signal, in
 Chromium: the ▼ anomaly marker on the loss or grad-norm chart, the flagged cell of the attention entropy or
 the expert load, the anomaly on the module's histogram with its NaN/Inf or out-of-range share, the
-straggler row of the ranks table. What to look for comes from the run's own `expected_findings`
+straggler row of the ranks table, the planted layer first in the loss spike's explain panel. What to look for comes from the run's own `expected_findings`
 (what was planted, written by sample_runs/make_samples.py and hf_samples.py), not from the detectors."""
 from __future__ import annotations
 
@@ -129,8 +129,12 @@ def _check_collapsed(page, srv, run: str, e: dict[str, Any]) -> None:
     assert label in rows and sum(r.startswith("⚠") for r in rows) == 1, rows
     onset = dict(zip(_trace(ent, "collapsed from")["y"], _trace(ent, "collapsed from")["x"]))
     assert abs(onset[label] - e["step"]) <= e["tolerance"]
-    z = np.array(ent["data"][0]["z"], dtype=float)[rows.index(label)]
-    assert np.nanmean(z[-3:]) < 0.3 * np.nanmedian(np.array(ent["data"][0]["z"], dtype=float))
+    all_z = np.array(ent["data"][0]["z"], dtype=float)
+    z = all_z[rows.index(label)]
+    others = np.delete(all_z, rows.index(label), axis=0)
+    # low on the scale to the end: well under the heads' median, and the lowest head at every late sample
+    assert np.nanmean(z[-3:]) < 0.4 * np.nanmedian(all_z)
+    assert (z[-3:] < np.nanmin(others[:, -3:], axis=0)).all()
 
 
 def _check_starved(page, srv, run: str, e: dict[str, Any]) -> None:
@@ -158,12 +162,27 @@ def _check_straggler(page, srv, run: str, e: dict[str, Any]) -> None:
     expect(flagged).to_contain_text("straggler")
 
 
+def _check_explain(page, srv, run: str, e: dict[str, Any]) -> None:
+    """The spike's root cause: clicking the spike's step in the anomaly list fills the explain panel,
+    whose headline and first curve name the planted layer; on the chart that curve is the only one
+    past the departure bar a step before the spike."""
+    _open(page, srv, "/", run)
+    page.locator("#ov-anomalies button.step-link", has_text=f"step {e['step']}").first.click()
+    expect(page.locator("#ov-explain")).to_contain_text(f"first to move: update/weight ratio of {e['module']}.")
+    fig = wait_figure(page, "ov-explain-fig", f"f => f && String(f.title).includes('step {e['step']}')")
+    first = fig["data"][0]
+    assert first["name"].startswith(f"1. update/weight ratio · {e['module']}.")
+    before = {t["name"]: dict(zip(t["x"], t["y"])).get(e["step"] - 1) for t in fig["data"]}
+    assert before[first["name"]] >= 6
+    assert all(z is None or z < 6 for name, z in before.items() if e["module"] not in name), before
+
+
 def _checker(e: dict[str, Any]):
     if e["check"] == "anomaly":
         return {"loss_spike": _check_overview_marker, "exploding_grad": _check_overview_marker,
                 "nonfinite_activation": _check_nonfinite, "activation_drift": _check_drift,
                 "dead_layer": _check_dead}[e["kind"]]
-    return {"collapsed_head": _check_collapsed, "starved_expert": _check_starved, "straggler": _check_straggler,
+    return {"explain": _check_explain, "collapsed_head": _check_collapsed, "starved_expert": _check_starved, "straggler": _check_straggler,
             "loss_as_of_call": _check_loss_as_of_call}[e["check"]]
 
 

@@ -72,8 +72,9 @@ def test_step_control_changes_attention(page, live_dash, recorded_root):
                                atol=1e-3)
     expect(page.locator("#step-label")).to_have_text("step 49 / 59")
     expect(page.locator("#step-follow input")).not_to_be_checked()
-    for _ in range(3):
+    for _ in range(3):                                              # quick clicks: each one counts
         page.locator("#step-m10").click()
+    expect(page.locator("#step-label")).to_have_text("step 19 / 59")
     wait_title(page, "attn-grid", "step 10")
     page.locator("#step-p1").click()
     expect(page.locator("#step-label")).to_have_text("step 20 / 59")
@@ -116,8 +117,8 @@ def test_activations(page, live_dash):
 
 def test_experts(page, live_dash, recorded_root):
     open_page(page, live_dash, "/experts")
-    counts = wait_title(page, "exp-counts", "step 55")
-    np.testing.assert_array_equal(np.array(counts["data"][0]["z"]), recorded_root.written.expert_counts[55])
+    counts = wait_title(page, "exp-counts", "step 55 · all 2 ranks summed")
+    np.testing.assert_array_equal(np.array(counts["data"][0]["z"]), recorded_root.written.expert_totals[55])
     imb = wait_figure(page, "exp-imbalance")
     assert len(imb["data"]) == LAYERS and all(len(t["y"]) == 12 for t in imb["data"])
     share = wait_figure(page, "exp-share")

@@ -8,6 +8,8 @@ sample_runs/make_samples.py and hf_samples.py); each entry has a `check`:
 - `starved_expert`: the summary lists `expert` of router `module` as starved, and an
   `expert_starved` anomaly names it;
 - `straggler`: the summary flags `rank`, and only it;
+- `explain`: `inspector explain` at the loss spike near `step` ranks first a signal of `module`
+  (or of a parameter inside it);
 - `loss_as_of_call`: the recorded `scalar` is what the loop passed at `step()`, not what the loop
   reset it to afterwards (0): every recorded value is non-zero and finite values are plausible losses.
 Everything here reads the run through the summary a user sees (`run_summary`) or plain frames.
@@ -103,7 +105,20 @@ def _check_loss_as_of_call(run: LiveRun, summary: RunSummary, e: dict[str, Any])
     return ok, f"{len(values)} values recorded, {zeros} read as 0, last {values[-1] if len(values) else None:.4g}"
 
 
-CHECKS = {"anomaly": _check_anomaly, "collapsed_head": _check_collapsed, "starved_expert": _check_starved,
+def _check_explain(run: LiveRun, summary: RunSummary, e: dict[str, Any]) -> tuple[bool, str]:
+    from inspector.views.explain import explain, spike_steps
+
+    steps = [s for s in spike_steps(run) if abs(s - e["step"]) <= e.get("tolerance", 0)]
+    if not steps:
+        return False, f"no loss spike near step {e['step']} to explain"
+    first = explain(run, steps[0]).first
+    if first is None:
+        return False, f"explain step {steps[0]}: no signal left its baseline"
+    where = f"{first.signal} of {first.subject or 'the model'}, step {first.left_at} ({first.factor:.3g}x its baseline)"
+    return _inside(first.subject, e["module"]), f"explain step {steps[0]} ranks first: {where}"
+
+
+CHECKS = {"anomaly": _check_anomaly, "explain": _check_explain, "collapsed_head": _check_collapsed, "starved_expert": _check_starved,
           "straggler": _check_straggler, "loss_as_of_call": _check_loss_as_of_call}
 
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -409,3 +410,22 @@ def test_the_cuda_witness_is_non_finite_when_any_tensor_of_an_output_is() -> Non
     assert torch.isfinite(_witness([ok])) and torch.isfinite(_witness([ok, huge]))
     assert not torch.isfinite(_witness([ok, bad])) and not torch.isfinite(_witness([bad.half(), ok]))
     assert not torch.isfinite(_witness([torch.tensor([float("inf")]), torch.tensor([-float("inf")])]))
+
+
+def test_a_spike_during_the_fast_early_descent_is_judged_against_the_recent_level() -> None:
+    """The window's median and spread are the descent's early in training; the recent level and the
+    successive-difference noise are not: a loss back at its untrained level is a spike, and the
+    descent itself (with batch noise) never is."""
+    from inspector.probes.loss_spike import LossSpikeDetector
+
+    rng = np.random.default_rng(0)
+    # the `faults` sample's shape: 5.6 -> 3.3 in 25 steps, then -> 2.7 by step 60
+    falling = np.concatenate([np.linspace(5.6, 3.3, 25), np.linspace(3.3, 2.7, 36)]) + rng.normal(0.0, 0.05, 61)
+    healthy = LossSpikeDetector()
+    assert [healthy.update(float(v)) for v in falling] == [None] * len(falling)
+    assert healthy.healthy.z(5.6) < 6.0                      # the whole window alone would not call it
+    said = healthy.update(5.6)
+    assert said is not None and "recent healthy median" in said
+    for loss in np.linspace(5.4, 3.6, 8):                   # the slow way back: one spike, not a second one
+        assert healthy.update(float(loss)) is None and healthy.in_spike
+    assert healthy.update(2.7) is None and not healthy.in_spike

@@ -80,7 +80,9 @@ def test_engine_maps_equal_numpy_recomputation(tmp_path: Path) -> None:
     np.testing.assert_allclose(got["max_weight"], ref.max(-1).mean(-1), rtol=1e-4)
 
 
-def test_rows_are_subsampled_above_the_limit(tmp_path: Path) -> None:
+def test_long_maps_are_pooled_and_stats_cover_every_row(tmp_path: Path) -> None:
+    """Above the size limit the map is pooled (pooling stated in its row), the statistics still
+    cover every query row exactly, and the last position is kept as a full row."""
     torch.manual_seed(0)
     model = Transformer(get_config("debug"))
     seen, handles = _tap_recorder(model)
@@ -92,9 +94,24 @@ def test_rows_are_subsampled_above_the_limit(tmp_path: Path) -> None:
         h.remove()
     r = inspector.open_run(tmp_path / "run")
     probs, row = r.fetch(step=0, layer=0)
-    assert row["row_stride"] == 4 and probs.shape == (4, 4, 16)  # rows 0, 4, 8, 12
+    assert (row["row_pool"], row["key_pool"], row["query_len"], row["key_len"]) == (4, 3, 16, 16)
     q, k, scale = seen["layers.0.attn.qk_capture"][0]
-    np.testing.assert_allclose(probs.astype(np.float64), _np_causal_softmax(q, k, scale)[:, ::4], atol=2e-3)
+    ref = _np_causal_softmax(q, k, scale)                                   # [H, 16, 16]
+    padded = np.zeros((ref.shape[0], 16, 18))
+    padded[..., :16] = ref
+    blocks = padded.reshape(ref.shape[0], 4, 4, 6, 3).sum((2, 4)) / 4      # weight per 3 keys, mean of 4 queries
+    assert probs.shape == (4, 4, 6)
+    np.testing.assert_allclose(probs.astype(np.float64), blocks, atol=2e-3)
+    rows, rows_meta = r.fetch("attention_rows", step=0, layer=0)
+    assert rows_meta["positions"] == [15] and rows.shape == (4, 1, 16)
+    np.testing.assert_allclose(rows[:, 0].astype(np.float64), ref[:, 15], atol=2e-3)
+    stats = r.to_pandas("attention_stats")
+    got = stats[stats["layer"] == 0].sort_values("head")
+    ent = -(np.where(ref > 0, ref * np.log(np.where(ref > 0, ref, 1)), 0)).sum(-1).mean(-1)
+    np.testing.assert_allclose(got["entropy"], ent, rtol=1e-4)
+    np.testing.assert_allclose(got["max_weight"], ref.max(-1).mean(-1), rtol=1e-4)
+    np.testing.assert_allclose(got["sink_mass"], ref[..., :4].sum(-1).mean(-1), rtol=1e-4)
+    assert (got["rows"] == 16).all() and (got["keys"] == 16).all()
 
 
 def test_cached_decoding_with_left_padding(tmp_path: Path) -> None:

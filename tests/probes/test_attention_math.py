@@ -117,3 +117,25 @@ def test_collapse_tracker_leaves_non_finite_samples_unjudged() -> None:
     assert not nan.collapsed and not nan.newly and nan.reason == ""
     assert len(tracker.history[("m", 0)]) == 3          # the NaN did not enter the history
     assert tracker.update("m", 0, 0.5, 0.5, 16).newly   # a real collapse afterwards is still news
+
+
+@pytest.mark.parametrize("S,window", [(1, None), (3, None), (40, None), (40, 41), (40, 39)])
+def test_decode_row_over_its_whole_cache_matches_numpy(S: int, window: int | None) -> None:
+    """A decode query (T=1, the last key column) sees every key unless a window hides some: the
+    cheap all-visible path and the masked path give numpy's numbers either way."""
+    torch.manual_seed(1)
+    H, D = 4, 8
+    q, k = torch.randn(H, 1, D) * 2, torch.randn(H, S, D) * 2
+    vis = Visibility(causal=True, q_offset=S - 1, window=window)
+    probs, stats, _ = layer_attention(q, k, 0.25, vis, [0, 1, 2, 3], max_rows=128)
+    visible = np.ones((1, S), bool)
+    if window is not None:
+        visible &= (S - 1) - np.arange(S)[None, :] < window
+    ref = _np_attention(q.numpy(), k.numpy(), 0.25, visible)
+    np.testing.assert_allclose(probs.float().numpy(), ref, atol=1e-3)
+    ent = -(np.where(ref > 0, ref * np.log(np.where(ref > 0, ref, 1)), 0)).sum(-1)
+    np.testing.assert_allclose(stats[:, 0].numpy(), ent.mean(-1), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(stats[:, 1].numpy(), ref.max(-1).mean(-1), rtol=1e-4)
+    expected_sink = ref.max(-1).mean(-1) if visible.sum() >= 4 else np.zeros(H)
+    np.testing.assert_allclose(stats[:, 2].numpy(), expected_sink, rtol=1e-4)
+    np.testing.assert_allclose(stats[:, 3].numpy(), visible.sum())

@@ -64,7 +64,9 @@ def test_summary_flags_the_straggler_and_a_healthy_run_is_quiet() -> None:
     healthy = run_summary(LiveRun(SAMPLES / "healthy-moe"))
     assert healthy.first_nonfinite is None and healthy.stragglers == []
     assert healthy.loss_last < healthy.loss_first - 1.0
-    assert all(e.starved_experts == [] for e in healthy.experts) and len(healthy.experts) == 2
+    assert all(e.starved_experts == [] for e in healthy.experts)
+    assert sorted((e.phase, e.name) for e in healthy.experts) == [(p, f"layers.{l}.ffn.router")    # eval forwards
+                                                                  for p in ("inference", "train") for l in (1, 2)]
 
 
 @pytest.mark.slow
@@ -80,3 +82,21 @@ def test_faults_sample_regenerates_identically(tmp_path: Path) -> None:
     np.testing.assert_allclose(losses(fresh), losses(shipped), rtol=1e-4)
     key = ["step", "kind", "module"]
     assert fresh.frame("anomaly")[key].values.tolist() == shipped.frame("anomaly")[key].values.tolist()
+
+
+def test_long_context_sample_holds_pooled_32k_attention() -> None:
+    """`long-context-32k`: one 32,768-token forward; maps pooled to 128 × 128 whose rows sum to 1, the
+    last query's full row, statistics over all 32,768 rows, and a distance profile per head."""
+    run = LiveRun(SAMPLES / "long-context-32k")
+    assert run.status() == "finished" and run.reader.problems == []
+    assert _size(SAMPLES / "long-context-32k") <= 2 * 1024 * 1024
+    probs, row = run.reader.fetch("attention_map", step=0, layer=0)
+    assert (row["query_len"], row["key_len"], row["row_pool"], row["key_pool"]) == (32768, 32768, 256, 256)
+    assert probs.shape[1:] == (128, 128)
+    np.testing.assert_allclose(probs.astype(np.float64).sum(-1), 1.0, atol=2e-2)
+    full, meta = run.reader.fetch("attention_rows", step=0, layer=0)
+    assert meta["positions"] == [32767] and full.shape[1:] == (1, 32768)
+    np.testing.assert_allclose(full.astype(np.float64).sum(-1), 1.0, atol=2e-2)
+    stats = run.frame("attention_stats")
+    assert (stats["rows"] == 32768).all() and (stats["keys"] == 32768).all()
+    assert all(abs(sum(d) - 1.0) < 1e-3 for d in stats["distance"])

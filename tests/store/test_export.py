@@ -224,3 +224,15 @@ def test_a_damaged_map_keeps_its_row_without_a_file_and_is_said(tmp_path: Path) 
     assert n > 1 and index["file"].isna().tolist() == [True] + [False] * (n - 1)
     assert len(list((tmp_path / "out" / "attention_map").glob("*.npy"))) == n - 1
     assert any(f"attention_map: 1 of {n}" in note for note in report.notes)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_generator_states_survive_the_export_byte_for_byte(faults_exports, faults_reader, fmt) -> None:
+    """Binary `rng_state` cells: bytes in Parquet, base64 text in CSV (CSV holds no bytes)."""
+    import base64
+
+    got = _read(faults_exports[(fmt, False)], "rng_state", fmt)
+    want = faults_reader.read_table("rng_state").to_pandas()
+    assert len(got) == len(want) > 0
+    cells = list(got["state"]) if fmt == "parquet" else [base64.b64decode(v) for v in got["state"]]
+    assert cells == list(want["state"])

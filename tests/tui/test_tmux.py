@@ -65,7 +65,7 @@ def test_tui_follows_a_run_being_written(tmp_path: Path) -> None:
             time.sleep(0.2)
             later = pane.capture()
         assert int(re.search(r"· step (\d+)", later).group(1)) > step0, later
-        done = pane.wait_for(r"synthetic · finished · step 149", r"\n 0 +149 ", timeout=30)
+        done = pane.wait_for(r"synthetic · finished · step 149", r"\n 0 +\S+ +149 ", timeout=30)
         pane.tmux("send-keys", "-t", "app", "2")
         run_screen = pane.wait_for(r"loss", r"anomalies \(newest first", r"loss_spike")
         ARTIFACTS.mkdir(parents=True, exist_ok=True)

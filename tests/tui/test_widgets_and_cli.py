@@ -7,7 +7,9 @@ import sys
 import numpy as np
 
 from inspector.tui.target import resolve_target
+from inspector.tui.widgets.format import gib
 from inspector.tui.widgets.heatmap import fit_matrix, half_block_strips
+from inspector.tui.widgets.rank_table import WIDTHS
 from inspector.tui.widgets.ramp import hex_colour, ramp_rgb, text_sparkline
 from tests.conftest import inspector_cli
 from tests.synthetic_run import SyntheticSpec, write_synthetic_run
@@ -28,6 +30,16 @@ def test_fit_matrix_block_averages_down_and_repeats_up() -> None:
     m = np.arange(16, dtype=float).reshape(4, 4)
     np.testing.assert_array_equal(fit_matrix(m, 2, 2), m.reshape(2, 2, 2, 2).mean(axis=(1, 3)))
     np.testing.assert_array_equal(fit_matrix(m, 8, 12), np.kron(m, np.ones((2, 2))))
+
+
+def test_gpu_memory_of_large_cards_fits_the_rank_column() -> None:
+    """An H100's 65.2 of 79.6 GiB and an H200's full 141 GiB fit the column whole (they were cut)."""
+    G = 2**30
+    assert gib(65.2 * G, 79.6 * G) == "65/80G"
+    assert gib(140.6 * G, 140.6 * G) == "141/141G"
+    assert gib(4.0 * G, 8.0 * G) == "4.0/8.0G" and gib(None, 8 * G) == "N/A"
+    for used, total in ((65.2, 79.6), (140.6, 140.6), (9.99, 79.6), (0.5, 24.0)):
+        assert len(gib(used * G, total * G)) <= WIDTHS["gpu_mem_used"]
 
 
 def test_sparkline_scales_to_a_shared_range() -> None:

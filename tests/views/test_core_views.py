@@ -11,7 +11,7 @@ import pytest
 from inspector.views import LiveRun, RunNotReady, downsample_xy, open_live
 from inspector.views.anomalies import anomaly_list
 from inspector.views.attention import (attention_grid, attention_layers, attention_matrix, attention_steps,
-                                       block_average, collapsed_heads, entropy_matrix, head_stats)
+                                       collapsed_heads, pool_map, entropy_matrix, head_stats)
 from inspector.views.experts import expert_bias, expert_counts, expert_steps, imbalance_series
 from inspector.views.ranks import rank_summary, rank_table, step_time_histories, straggler_flags
 from inspector.views.series import scalar_series
@@ -94,7 +94,7 @@ def test_attention_views_equal_written_maps(synthetic) -> None:
     np.testing.assert_array_equal(m.probs, written.attention[30][1, 2].astype(np.float32))
     grid = attention_grid(run, step=30, size=8)
     assert len(grid) == 8
-    expect = written.attention[30][0, 3].astype(np.float32).reshape(8, 2, 8, 2).mean(axis=(1, 3))
+    expect = written.attention[30][0, 3].astype(np.float32).reshape(8, 2, 8, 2).sum(axis=3).mean(axis=1)  # keys summed
     np.testing.assert_allclose(grid[(0, 3)], expect, rtol=1e-6)
     assert attention_matrix(run, step=30, layer=7, head=0) is None
     stats = head_stats(run, step=59)
@@ -107,11 +107,14 @@ def test_attention_views_equal_written_maps(synthetic) -> None:
     assert collapsed_heads(run) == [(1, 0, 30)]
 
 
-def test_block_average_uneven() -> None:
+def test_pool_map_uneven_keeps_rows_stochastic() -> None:
     mat = np.arange(35, dtype=np.float64).reshape(5, 7)
-    small = block_average(mat, 3)
+    small = pool_map(mat, 3)
     assert small.shape == (3, 3)
-    assert small[0, 0] == pytest.approx(mat[:1, :2].mean())
+    assert small[0, 0] == pytest.approx(mat[:1, :2].sum(1).mean())
+    assert small[1, 2] == pytest.approx(mat[1:3, 4:].sum(1).mean())
+    probs = np.random.default_rng(0).dirichlet(np.ones(50), size=40)
+    np.testing.assert_allclose(pool_map(probs, 8).sum(1), 1.0)
 
 
 def test_expert_views_equal_written_counts(synthetic) -> None:
@@ -161,7 +164,8 @@ def test_live_run_tails_only_new_records(tmp_path) -> None:
             assert time.time() < deadline, "writer never started"
             time.sleep(0.05)
         run = LiveRun(path)
-        seen_lengths = []
+        assert run.version("scalar") == 0             # opening reads no kind: each is tailed once asked for
+        seen_lengths = [len(scalar_series(run, "loss"))]
         while proc.poll() is None and time.time() < deadline:
             changed = run.poll()
             if "scalar" in changed:

@@ -11,6 +11,7 @@ import pytest
 from inspector.store.recorder import Recorder
 from inspector.views import ranks
 from inspector.views.live import open_live
+from tests.views.timing_rows import submit_step
 
 STEPS, EXTRA_MS = 24, 20.0
 
@@ -27,17 +28,11 @@ def write_run(path: Path, *, slow_by: str | None, cpu_wait_rows: bool = True) ->
                 jitter = rng.uniform(0.0, 1.0)
                 fwd, bwd, opt, data = 20.0 + jitter, 50.0 + extra, 5.0, 5.0
                 comm = EXTRA_MS - extra if slow_by else 0.0
-                other = comm + 0.5
-                total = fwd + bwd + opt + data + other
-                names = ["model", "model", "optimizer", "data", "step", "step", "collectives"]
-                phases = ["forward", "backward", "optimizer", "data", "other", "total", "comm_wait"]
-                ms = [fwd, bwd, opt, data, other, total, comm]
-                if cpu_wait_rows:
-                    waited = extra if slow_by == "cpu_wait" else 0.0
-                    names += ["cpu_wait"] * 5
-                    phases += ["cpu_wait_forward", "cpu_wait_backward", "cpu_wait_optimizer", "cpu_wait_data", "cpu_wait"]
-                    ms += [0.0, waited, 0.0, 0.0, waited]
-                rec.submit("timing", {"name": names, "phase": phases, "ms": ms}, len(names), step=s)
+                waited = extra if slow_by == "cpu_wait" else 0.0
+                waits = ({"forward": 0.0, "backward": waited, "optimizer": 0.0, "data": 0.0, "": waited}
+                         if cpu_wait_rows else None)
+                submit_step(rec, s, fwd=fwd, bwd=bwd, opt=opt, data=data, other=comm + 0.5, comm=comm,
+                            cpu_waits=waits)
     finally:
         for rec in recs:
             rec.close()

@@ -234,3 +234,20 @@ def test_a_failing_hook_is_switched_off_not_raised(tmp_path, monkeypatch: pytest
     anomalies = RunReader(tmp_path).to_pandas("anomaly")
     errors = anomalies[anomalies["kind"] == "probe_error"]
     assert len(errors) == 1 and "watchdog" in errors["message"].iloc[0] and "boom" in errors["message"].iloc[0]
+
+
+def test_inference_watch_names_the_running_block_without_backward_hooks(tmp_path) -> None:
+    """Under an inference watch the watchdog still says which block a forward is in (a serving hang
+    names its layer), but hooks no block output: no backward runs there, and each hook costs a decode
+    iteration time."""
+    SEEN.clear()
+    model = Net().eval()
+    w = inspector.watch(model, tmp_path, mode="inference", probes=[], hang_after_s=None)
+    CURRENT["progress"] = w.progress
+    try:
+        with torch.no_grad():
+            model(torch.randn(2, 8))
+        assert [(where, module) for where, _, module in SEEN] == [("b0:forward", "layers.0"), ("b1:forward", "layers.1")]
+        assert all(not block._forward_hooks for block in model.layers)
+    finally:
+        w.close()

@@ -4,15 +4,15 @@ from __future__ import annotations
 import numpy as np
 import plotly.graph_objects as go
 from dash import Input, Output, html
-from plotly.colors import sample_colorscale
 
 from inspector.dash_app.components import graph, panel
 from inspector.dash_app.context import AppContext, selected_step
-from inspector.dash_app.figures import HEAT, TEMPLATE, add_flag_markers, empty_figure, heatmap_figure
-from inspector.views.attention import (attention_grid, attention_matrix, attention_steps, collapsed_heads,
-                                       entropy_matrix, entropy_matrix_scale, entropy_nonfinite, head_stats)
+from inspector.dash_app.figures import TEMPLATE, add_flag_markers, colourscale, empty_figure, heatmap_figure
+from inspector.views.attention import (attention_grid, attention_matrix, attention_rows, attention_steps,
+                                       collapsed_heads, distance_profile, entropy_matrix, entropy_matrix_scale,
+                                       entropy_nonfinite, head_stats)
 from inspector.views.downsample import bin_columns
-from inspector.views.scales import Scale, weight_scale
+from inspector.views.scales import weight_scale
 from inspector.views.steps import nearest_at_or_before
 
 PATH = "/attention"
@@ -21,26 +21,11 @@ GAP = 2
 MAX_KEYS = 512
 MAX_GRID_CELLS = 200_000
 NO_ATTENTION = "no attention maps recorded in this run (attention probe off, or no attention layers found)"
-PALETTES = {"low": ("YlOrRd", True), "high": ("YlOrRd", False), "both": ("RdBu", True), "none": (HEAT, False)}
-"""Plotly palette per `Scale.alarm`, and whether it runs backwards: the alarming end is dark red
-(low entropy is collapse), a diverging scale is blue (starved) … white (centre) … red (hot)."""
-
-
-def colourscale(scale: Scale, stops: int = 17) -> list[list]:
-    """A Plotly colourscale over `scale.lo … scale.hi` (as zmin/zmax) that puts each colour where
-    `scale.position` says: a √ ramp, or a diverging ramp whose middle colour sits on its centre."""
-    name, backwards = PALETTES[scale.alarm]
-    ramp = np.linspace(0.0, 1.0, stops)
-    values = (scale.value_at(ramp) - scale.lo) / (scale.hi - scale.lo)
-    colours = sample_colorscale(name, list(1.0 - ramp if backwards else ramp))
-    values[0], values[-1] = 0.0, 1.0
-    return [[float(v), c] for v, c in zip(values, colours)]
-
-
 def layout() -> html.Div:
-    """Grid and large map side by side, entropy below."""
+    """Grid and large map side by side; the head's full rows and every head's distance profile; entropy."""
     return html.Div(className="page", children=[
         panel(graph("attn-grid", 460)), panel(graph("attn-big", 460)),
+        panel(graph("attn-rows", 300)), panel(graph("attn-distance", 300)),
         panel(graph("attn-entropy", 340), wide=True),
     ])
 
@@ -125,10 +110,10 @@ def big_figure(run, step: int, click: dict | None) -> go.Figure:
     if m is None:
         return empty_figure(f"no map for layer {layer} head {head} at step {step}", height=460)
     probs = m.probs
-    keys = np.arange(probs.shape[1])
+    keys = m.key_ids
     if probs.shape[1] > MAX_KEYS:
         keys, probs = bin_columns(keys, probs, MAX_KEYS, "max")
-    tokens = m.tokens
+    tokens = m.tokens if m.key_pool == 1 else None      # a pooled column spans several tokens
     xt = [tokens[k] if tokens and k < len(tokens) else str(k) for k in keys]
     yt = [tokens[r] if tokens and r < len(tokens) else str(r) for r in m.row_ids]
     text = None
@@ -142,15 +127,56 @@ def big_figure(run, step: int, click: dict | None) -> go.Figure:
                                + "weight %{z:.4f}<extra></extra>"),
                     layout=dict(template=TEMPLATE, height=460, meta={"layer": layer, "head": head, "step": m.step,
                                                                    "selected": step},
-                                title=f"layer {layer} · head {head} · step {m.step:,}",
-                                xaxis=dict(title="key", side="bottom", constrain="domain"),
-                                yaxis=dict(title="query", autorange="reversed", scaleanchor="x", constrain="domain")))
+                                title=dict(text=f"layer {layer} · head {head} · step {m.step:,}",
+                                           subtitle=dict(text=m.pooling or "", font=dict(size=11))),
+                                xaxis=dict(title="key position", side="bottom", constrain="domain"),
+                                yaxis=dict(title="query position", autorange="reversed",
+                                           scaleanchor="x" if m.row_pool == m.key_pool else None,
+                                           constrain="domain")))
     if tokens:
         every = max(1, len(keys) // 48)
         fig.update_xaxes(tickvals=keys[::every], ticktext=xt[::every], tickangle=-60, tickfont=dict(size=9))
         every_r = max(1, len(m.row_ids) // 48)
         fig.update_yaxes(tickvals=m.row_ids[::every_r], ticktext=yt[::every_r], tickfont=dict(size=9))
     return fig
+
+
+def rows_figure(run, step: int, click: dict | None) -> go.Figure:
+    """The chosen head's full rows (query positions kept whole beside a pooled map): weight per key position."""
+    chosen = pick_head(run, step, click)
+    if chosen is None:
+        return empty_figure(NO_ATTENTION, height=300)
+    m = attention_matrix(run, step=step, layer=chosen[0], head=chosen[1])
+    rows = attention_rows(run, step=m.step, layer=chosen[0], head=chosen[1]) if m is not None else None
+    if rows is None:
+        text = ("the map above holds every query row exactly" if m is not None and m.pooling is None
+                else "no full rows recorded with this map")
+        return empty_figure(text, height=300)
+    fig = go.Figure(layout=dict(template=TEMPLATE, height=300,
+                                title=f"full rows · layer {rows.layer} · head {rows.head} · step {rows.step:,}",
+                                xaxis=dict(title="key position"), yaxis=dict(title="weight", rangemode="tozero"),
+                                legend=dict(orientation="h", y=-0.3)))
+    for i, pos in enumerate(rows.positions):
+        fig.add_trace(go.Scattergl(x=np.arange(rows.probs.shape[1]), y=rows.probs[i], mode="lines",
+                                   name=f"query {pos:,}", line=dict(width=1),
+                                   hovertemplate=f"query {pos:,} → key %{{x}}<br>weight %{{y:.4f}}<extra></extra>"))
+    return fig
+
+
+def distance_figure(run, step: int) -> go.Figure:
+    """Every head's mean weight per query−key distance bucket at the step (local heads bright on the
+    left, long-range and sink heads on the right); 0 … 1, the same colour for the same weight."""
+    prof = distance_profile(run, step=step)
+    if prof is None:
+        return empty_figure("no distance profile in this run (recorded by newer versions of the probe)", height=300)
+    z = np.column_stack([prof.sink_mass, prof.weights])
+    x = ["sink (first 4)"] + prof.buckets
+    scale = weight_scale(z)
+    return heatmap_figure(z, x=x, y=prof.labels, title=f"where heads look · step {prof.step:,} · {scale.label}",
+                          xtitle="query − key distance (tokens)", ztitle=scale.short,
+                          height=max(300, min(900, 14 * len(prof.labels) + 140)), colorscale=colourscale(scale),
+                          zmin=scale.lo, zmax=scale.hi,
+                          hover="%{y}<br>distance %{x}<br>weight %{z:.3f}")
 
 
 def entropy_figure(run) -> go.Figure:
@@ -182,6 +208,17 @@ def register(app, context: AppContext) -> None:
     @context.with_run(lambda msg: empty_figure(msg, height=460))
     def draw_big(run, step, click):
         return big_figure(run, selected_step(step), click)
+
+    @app.callback(Output("attn-rows", "figure"), Input("run-state", "data"), Input("step", "data"),
+                  Input("attn-grid", "clickData"))
+    @context.with_run(lambda msg: empty_figure(msg, height=300))
+    def draw_rows(run, step, click):
+        return rows_figure(run, selected_step(step), click)
+
+    @app.callback(Output("attn-distance", "figure"), Input("run-state", "data"), Input("step", "data"))
+    @context.with_run(lambda msg: empty_figure(msg, height=300))
+    def draw_distance(run, step):
+        return distance_figure(run, selected_step(step))
 
     @app.callback(Output("attn-entropy", "figure"), Input("run-state", "data"))
     @context.with_run(lambda msg: empty_figure(msg, height=340))

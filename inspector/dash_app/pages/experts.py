@@ -9,13 +9,14 @@ from dash import Input, Output, dcc, html
 
 from inspector.dash_app.components import graph, panel
 from inspector.dash_app.context import AppContext, selected_step
-from inspector.dash_app.figures import FLAG_MARKER, add_flag_markers, empty_figure, heatmap_figure, line_figure
-from inspector.views.downsample import downsample_indices
-from inspector.views.experts import (expert_bias, expert_counts, expert_share_over_time, expert_steps,
+from inspector.dash_app.figures import (FLAG_MARKER, HOT_MARKER, add_flag_markers, colourscale, empty_figure,
+                                        heatmap_figure, line_figure)
+from inspector.views.downsample import bin_columns, downsample_indices
+from inspector.views.experts import (ALL_RANKS, expert_bias, expert_counts, expert_share_over_time, expert_steps,
                                      imbalance_series)
-from inspector.views.scales import count_scale, load_ratio, share_scale
+from inspector.views.scales import count_scale, load_ratio, load_scale, share_scale
 from inspector.views.steps import nearest_at_or_before
-from inspector.views.summary import starved_experts
+from inspector.views.summary import hot_experts, starved_experts
 
 PATH = "/experts"
 TITLE = "Experts"
@@ -37,49 +38,75 @@ def _height(rows: int) -> int:
     return max(340, min(800, 22 * rows + 140))
 
 
+def _ranks_said(run) -> str:
+    """" · all N ranks summed" when the run has several ranks (every panel here shows the job's total)."""
+    n = len(run.ranks())
+    return f" · all {n} ranks summed" if n > 1 else ""
+
+
 def counts_figure(run, step: int):
     """Tokens per expert (columns) per MoE layer (rows) at the nearest recorded step ≤ `step`, coloured
     from 0 (a normal expert never looks starved); the hover gives each load relative to balanced."""
-    layers, counts = expert_counts(run, step=step)
+    layers, counts = expert_counts(run, step=step, rank=ALL_RANKS)
     if not layers:
         return empty_figure(NO_EXPERTS, height=340)
-    at = nearest_at_or_before(expert_steps(run), step)
+    at = nearest_at_or_before(expert_steps(run, ALL_RANKS), step)
     scale = count_scale(counts)
     fig = heatmap_figure(counts, x=np.arange(counts.shape[1]), y=[f"L{l}" for l in layers],
-                         title=f"tokens per expert at step {at:,}", xtitle="expert",
+                         title=f"tokens per expert at step {at:,}{_ranks_said(run)}", xtitle="expert",
                          ztitle=scale.short, height=_height(len(layers)), zmin=scale.lo, zmax=scale.hi)
     fig.update_layout(title_subtitle=dict(text=scale.label, font=dict(size=11)))
     fig.update_traces(customdata=load_ratio(counts),
                       hovertemplate="%{y} · expert %{x}<br>%{z:,} tokens · %{customdata:.2f}× balanced<extra></extra>")
-    starved = [(layer, e, since) for layer, experts in starved_experts(run, step=at).items()
+    starved = [(layer, e, since) for layer, experts in starved_experts(run, step=at, rank=ALL_RANKS).items()
                for e, since in experts.items()]
-    if starved:
-        fig.update_layout(title=f"tokens per expert at step {at:,}; ✕ = starved")
-        fig.add_trace(go.Scatter(x=[e for _, e, _ in starved], y=[f"L{layer}" for layer, _, _ in starved],
-                                 customdata=[since for _, _, since in starved], mode="markers", name="starved",
-                                 marker=FLAG_MARKER,
-                                 hovertemplate="%{y} · expert %{x} starved: no token since step %{customdata}"
-                                               "<extra></extra>"))
+    hot = [(layer, e, since) for layer, experts in hot_experts(run, step=at, rank=ALL_RANKS).items()
+           for e, since in experts.items()]
+    marks = [m for m, found in (("✕ = starved", starved), ("▲ = hot (≥ 3× balanced)", hot)) if found]
+    if marks:
+        fig.update_layout(title=f"tokens per expert at step {at:,}{_ranks_said(run)}; {', '.join(marks)}")
+    for found, name, marker, says in ((starved, "starved", FLAG_MARKER, "starved: no token since step"),
+                                      (hot, "hot", HOT_MARKER, "hot: ≥ 3× its balanced share since step")):
+        if found:
+            fig.add_trace(go.Scatter(x=[e for _, e, _ in found], y=[f"L{layer}" for layer, _, _ in found],
+                                     customdata=[since for _, _, since in found], mode="markers", name=name,
+                                     marker=marker,
+                                     hovertemplate=f"%{{y}} · expert %{{x}} {says} %{{customdata}}<extra></extra>"))
     return fig
 
 
 def bias_figure(run, step: int):
     """The router's balance bias per layer and expert (DeepSeek-V3 style routers), or why there is none."""
-    layers, bias = expert_bias(run, step=step)
+    layers, bias = expert_bias(run, step=step, rank=ALL_RANKS)
     if not layers:
         return empty_figure(NO_EXPERTS, height=340)
     if bias is None or not np.isfinite(bias).any():
         return empty_figure("this router has no balance bias", height=340)
-    at = nearest_at_or_before(expert_steps(run), step)
+    at = nearest_at_or_before(expert_steps(run, ALL_RANKS), step)
     return heatmap_figure(bias, x=np.arange(bias.shape[1]), y=[f"L{l}" for l in layers], colorscale="RdBu",
                           title=f"balance bias at step {at:,}", xtitle="expert", ztitle="bias",
                           height=_height(len(layers)), hover="%{y} · expert %{x}<br>bias %{z:.4g}",
                           zmin=-float(np.nanmax(np.abs(bias))) or None, zmax=float(np.nanmax(np.abs(bias))) or None)
 
 
+MAX_SHARE_EXPERTS = 32
+"""Above this many experts the share heatmap shows load against balanced (× balanced) instead of 0 … 1."""
+MAX_IMBALANCE_LINES = 8
+"""Above this many MoE layers the imbalance is drawn as a layer × step heatmap (58 lines are unreadable)."""
+
+
 def imbalance_figure(run):
-    """Imbalance (max/mean tokens) of every MoE layer over steps, downsampled."""
-    df = imbalance_series(run)
+    """Imbalance (max/mean tokens) of every MoE layer over steps: lines (downsampled) for a few layers,
+    a layer × step heatmap (each column the worst of its bin, so a spike stays) for many."""
+    df = imbalance_series(run, rank=ALL_RANKS)
+    if df["layer"].nunique() > MAX_IMBALANCE_LINES:
+        wide = df.groupby(["layer", "step"])["imbalance"].max().unstack()
+        steps, z = bin_columns(wide.columns.to_numpy(np.int64), wide.to_numpy(np.float64), 500, "max")
+        hi = float(np.nanmax(z)) if np.isfinite(z).any() else 1.0
+        return heatmap_figure(z, x=steps, y=[f"L{l}" for l in wide.index], title="expert imbalance (max / mean "
+                              f"tokens) per layer · 1 (balanced) … {hi:.2f} (worst)", ztitle="max / mean",
+                              height=_height(len(wide.index)), zmin=1.0, zmax=max(hi, 1.0 + 1e-6),
+                              hover="%{y}<br>step %{x}<br>imbalance %{z:.2f}")
     series = {}
     for layer, sel in df.groupby("layer", sort=True):
         x, y = sel["step"].to_numpy(), sel["imbalance"].to_numpy(np.float64)
@@ -93,19 +120,30 @@ def share_figure(run, layer):
     """Share of one layer's tokens per expert over steps, coloured on 0 … 1 (balanced share stated)."""
     if layer is None:
         return empty_figure(NO_EXPERTS, height=340)
-    steps, share = expert_share_over_time(run, layer=int(layer))
+    steps, share = expert_share_over_time(run, layer=int(layer), rank=ALL_RANKS)
     if share.size == 0:
         return empty_figure(f"no expert load for layer {layer}", height=340)
-    scale = share_scale(share, share.shape[0])
-    starved = starved_experts(run).get(int(layer), {})
-    labels = [f"⚠ E{e}" if e in starved else f"E{e}" for e in range(share.shape[0])]
-    fig = heatmap_figure(share, x=steps, y=labels,
-                         title=f"layer {layer}: share of tokens per expert over steps{'; ⚠ = starved' if starved else ''}"
-                               f" · {scale.label}",
-                         ztitle=scale.short, height=max(340, min(800, 12 * share.shape[0] + 140)),
-                         zmin=scale.lo, zmax=scale.hi,
-                         hover=f"%{{y}}<br>step %{{x}}<br>%{{z:.1%}} (balanced {1 / share.shape[0]:.1%})")
-    return add_flag_markers(fig, {f"⚠ E{e}": since for e, since in starved.items()}, "starved")
+    experts = share.shape[0]
+    starved = starved_experts(run, rank=ALL_RANKS).get(int(layer), {})
+    hot = hot_experts(run, rank=ALL_RANKS).get(int(layer), {})
+    labels = [f"⚠ E{e}" if e in starved else (f"▲ E{e}" if e in hot else f"E{e}") for e in range(experts)]
+    flags = f"{'; ⚠ = starved' if starved else ''}{'; ▲ = hot' if hot else ''}"
+    if experts > MAX_SHARE_EXPERTS:      # 1/256 of 0 … 1 is one dark colour: load against balanced instead
+        scale = load_scale(share * experts)
+        fig = heatmap_figure(share * experts, x=steps, y=labels, colorscale=colourscale(scale),
+                             title=f"layer {layer}: load per expert over steps{flags} · {scale.label}",
+                             ztitle=scale.short, height=max(340, min(800, 12 * experts + 140)),
+                             zmin=scale.lo, zmax=scale.hi,
+                             hover="%{y}<br>step %{x}<br>%{z:.2f}× balanced")
+    else:
+        scale = share_scale(share, experts)
+        fig = heatmap_figure(share, x=steps, y=labels,
+                             title=f"layer {layer}: share of tokens per expert over steps{flags} · {scale.label}",
+                             ztitle=scale.short, height=max(340, min(800, 12 * experts + 140)),
+                             zmin=scale.lo, zmax=scale.hi,
+                             hover=f"%{{y}}<br>step %{{x}}<br>%{{z:.1%}} (balanced {1 / experts:.1%})")
+    add_flag_markers(fig, {f"⚠ E{e}": since for e, since in starved.items()}, "starved")
+    return add_flag_markers(fig, {f"▲ E{e}": since for e, since in hot.items()}, "hot", marker=HOT_MARKER)
 
 
 def register(app, context: AppContext) -> None:
@@ -121,7 +159,7 @@ def register(app, context: AppContext) -> None:
                   Output("exp-layer", "value"), Input("run-state", "data"), Input("exp-layer", "value"))
     @context.with_run(lambda msg: (empty_figure(msg, height=300), empty_figure(msg, height=340), [], None))
     def draw_run(run, layer):
-        layers = sorted(imbalance_series(run)["layer"].unique().tolist())
+        layers = sorted(imbalance_series(run, rank=ALL_RANKS)["layer"].unique().tolist())
         value = layer if layer in layers else (layers[0] if layers else None)
         return (imbalance_figure(run), share_figure(run, value),
                 [{"label": f"layer {l}", "value": l} for l in layers], value)

@@ -1,4 +1,5 @@
-"""Overview: loss and eval loss with anomaly markers, learning rate, grad norm, step-time split, anomalies."""
+"""Overview: loss and eval loss with anomaly markers, learning rate, grad norm, step-time split, anomalies,
+and the root cause of the selected loss spike (`overview_explain`)."""
 from __future__ import annotations
 
 import numpy as np
@@ -8,6 +9,7 @@ from dash import Input, Output, html
 
 from inspector.dash_app.components import graph, message, panel
 from inspector.dash_app.context import AppContext
+from inspector.dash_app.pages import overview_explain
 from inspector.dash_app.figures import ANOMALY_MARKER, PHASE_COLORS, TEMPLATE, add_threshold, empty_figure, line_figure
 from inspector.views.anomalies import anomaly_list
 from inspector.views.overview import eval_loss_name
@@ -26,6 +28,7 @@ def layout() -> html.Div:
         panel(graph("ov-lr")), panel(graph("ov-gnorm")),
         panel(graph("ov-time", 280), wide=True),
         panel(html.H3("anomalies"), html.Div(id="ov-anomalies", className="anomalies"), wide=True),
+        overview_explain.layout(),
     ])
 
 
@@ -113,6 +116,8 @@ def register(app, context: AppContext) -> None:
         lr = line_figure({"lr": scalar_series(run, "lr", rank=0)} if "lr" in names else {},
                          title="learning rate", empty="no learning rate recorded")
         return loss_figure(run), lr, grad_norm_figure(run), time_figure(run), anomaly_table(run)
+
+    overview_explain.register(app, context)
 
 
 def grad_norm_figure(run) -> go.Figure:

@@ -13,14 +13,15 @@ from inspector.dash_app.components import graph, message, panel
 from inspector.dash_app.context import AppContext
 from inspector.dash_app.figures import empty_figure, line_figure
 from inspector.views.hang import HangVerdict, hang_verdict, rank_list, stuck_table
-from inspector.views.ranks import rank_table
+from inspector.views.ranks import by_node, rank_table
 from inspector.views.system import GPU_METRICS, HOST_METRICS, has_gpu_samples, system_series
 
 PATH = "/system"
 TITLE = "System"
 METRICS = {**GPU_METRICS, **HOST_METRICS}
 GRAPHS = [f"sys-{m}" for m in METRICS]
-TABLE_COLUMNS = [("rank", "rank", "{:.0f}"), ("step", "step", "{:,.0f}"), ("step_ms", "step ms", "{:.1f}"),
+TABLE_COLUMNS = [("rank", "rank", "{:.0f}"), ("node", "node", "{}"), ("straggler_score", "holds step up", "{:.0f} ms"),
+                 ("step", "step", "{:,.0f}"), ("step_ms", "step ms", "{:.1f}"),
                  ("compute_ms", "compute ms", "{:.1f}"), ("tokens_per_s", "tok/s", "{:,.0f}"), ("loss", "loss", "{:.4f}"), ("grad_norm", "grad norm", "{:.3g}"),
                  ("gpu_util", "GPU %", "{:.0f}"), ("gpu_mem_used", "GPU mem GiB", "{:.2f}"),
                  ("power_w", "W", "{:.0f}"), ("temp_c", "°C", "{:.0f}")]
@@ -36,25 +37,45 @@ def layout() -> html.Div:
 
 
 def _cell(value, fmt: str, col: str) -> str:
-    if value is None or (isinstance(value, float) and not np.isfinite(value)):
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return "N/A"
+    if isinstance(value, float) and not np.isfinite(value):
         return "N/A"
     if col == "gpu_mem_used":
         value = value / float(1 << 30)
     return fmt.format(value)
 
 
+MAX_ROWS = 64
+"""Ranks listed (the worst nodes' first): a 1,024-row table of Dash components takes the browser
+minutes to build; the rest are counted below it."""
+
+
 def ranks_table(run) -> html.Table | html.Div:
-    """One row per rank; stragglers (step time well above the median) in red."""
-    df: pd.DataFrame = rank_table(run)
+    """One row per rank, grouped by node (the node with the highest straggler score first) and sorted
+    by the score within it, the first `MAX_ROWS`; stragglers in red."""
+    df: pd.DataFrame = by_node(rank_table(run))
     if df.empty:
         return message("no ranks have written anything yet")
+    more = len(df) - MAX_ROWS
+    if more > 0:
+        hidden = df.iloc[MAX_ROWS:]
+        flagged = int(hidden["straggler"].sum())
+        df = df.iloc[:MAX_ROWS]
     head = html.Tr([html.Th(label) for _, label, _ in TABLE_COLUMNS] + [html.Th("status"), html.Th("")])
     rows = []
     for r in df.to_dict("records"):
-        cells = [html.Td(_cell(r[c], f, c), className="num") for c, _, f in TABLE_COLUMNS]
+        cells = [html.Td(_cell(r[c], f, c), className="" if c == "node" else "num") for c, _, f in TABLE_COLUMNS]
         cells += [html.Td(r["status"]), html.Td("straggler" if r["straggler"] else "")]
         rows.append(html.Tr(cells, className="straggler" if r["straggler"] else ""))
-    return html.Table([html.Thead(head), html.Tbody(rows)], className="rank-table")
+    table = html.Table([html.Thead(head), html.Tbody(rows)], className="rank-table")
+    if more <= 0:
+        return table
+    nodes = hidden["node"].nunique()
+    return html.Div([table, html.P(f"… and {more:,} more ranks on {nodes:,} more nodes, ranked lower"
+                                   + (f" ({flagged} of them flagged)" if flagged else " (none flagged)")
+                                   + "; `inspector summary` and the TUI list every rank", className="notice",
+                                   id="sys-ranks-more")])
 
 
 HIDDEN = {"display": "none"}

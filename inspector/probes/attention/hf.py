@@ -196,6 +196,8 @@ def _capture_all(sinks: tuple[AttentionSink, ...], impl: str, module: nn.Module,
 
 def _capture(sink: AttentionSink, original: str, module: nn.Module, query: torch.Tensor, key: torch.Tensor,
              attention_mask: Any, kwargs: dict[str, Any]) -> None:
+    if sink.idle():
+        return
     name = type(module).__name__
     try:
         name, layer = sink.layer_of(module, getattr(module, "layer_idx", None))

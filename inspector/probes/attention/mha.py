@@ -115,6 +115,8 @@ def _hook(sink: AttentionSink, module: nn.MultiheadAttention, args: tuple, kwarg
     if torch.compiler.is_compiling():
         sink.traced()
         return
+    if sink.idle():
+        return
     name = "MultiheadAttention"
     try:
         name, layer = sink.layer_of(module)

@@ -11,9 +11,12 @@ eager / flash, through a wrapping AttentionInterface function) and `mha`
 
 Records, per sampled (step, attention module), at most once per step (gradient accumulation,
 activation-checkpoint recomputation and generation calls after the first are skipped):
-- `attention_map`: probabilities [heads, rows, keys] (fp16) with `layer`, `heads`, `row_stride`.
-- `attention_stats`: one row per sampled head: `entropy` (mean over kept rows of -Σ p log p,
-  nats), `max_weight` (mean over rows of the row maximum), `collapsed` (see `attention_collapse`).
+- `attention_map`: probabilities [heads, rows, keys] (fp16) with `layer`, `heads`, `row_pool`,
+  `key_pool` (block sizes; 1 = exact), `query_len`, `key_len`.
+- `attention_rows`: full rows [heads, positions, keys] (fp16) of the chosen positions, when the map is pooled.
+- `attention_stats`: one row per sampled head, over every query row: `entropy` (mean of -Σ p log p,
+  nats), `max_weight` (mean row maximum), `collapsed` (see `attention_collapse`), `sink_mass`
+  (mean weight on the first 4 real keys), `distance` (mean weight per log2 distance bucket), `keys`, `rows`.
 - `anomaly` kind `attention_collapse` when a head becomes collapsed (not in inference mode: a
   decoded token's single row over a long cache, often resting on an attention sink, is no
   training pathology, and a baseline mixing prefill and decode rows would flag healthy heads).
@@ -33,7 +36,8 @@ from torch import nn
 
 from inspector.probes.attention.collapse import CollapseTracker
 from inspector.probes.attention.hf import attach_hf, hf_model
-from inspector.probes.attention.stats import Visibility, layer_attention
+from inspector.probes.attention.stats import Visibility
+from inspector.probes.attention.tiled import summarise_attention
 from inspector.probes.attention.mha import attach_mha
 from inspector.probes.attention.qk import attach_qk
 from inspector.probes.attention.sink import BATCH_ROW_KEY, INFERENCE_MODE_KEY
@@ -54,7 +58,8 @@ class _Pending(NamedTuple):
     name: str
     layer: int
     heads: list[int]
-    stats: HostValue
+    stats: HostValue          # [h, 4 + len(EXTRA_FIELDS)]: STAT_FIELDS then EXTRA_FIELDS
+    rows: int                 # query rows of the sequence
 
 
 @register_probe
@@ -122,13 +127,17 @@ class AttentionProbe(Probe):
             known = self._layers[module] = (name, len(self._layers) if layer is None else layer)
         return known
 
+    def idle(self) -> bool:
+        """True when this probe records nothing at the current step (`Probe.due_now`)."""
+        return not self.due_now()
+
     def wants(self, name: str, layer: int) -> bool:
         """True on a sampled step, for a sampled layer, the first time this module runs in the step."""
         ctx = self.ctx
         if ctx is None:
             return False
         step = ctx.step
-        if not ctx.sampling.due(self.name, step) or not ctx.sampling.wants_layer(layer):
+        if not self.due_now() or not ctx.sampling.wants_layer(layer):
             return False
         if step != self._step:
             self._step, self._done = step, set()
@@ -144,14 +153,19 @@ class AttentionProbe(Probe):
         heads = self._sampled_heads(q_HTD.shape[0])
         if not heads:
             return
+        T, S = q_HTD.shape[1], k_GSD.shape[1]
         with torch.no_grad(), torch.autocast(q_HTD.device.type, enabled=False):
-            probs_hRS, stats_h4, stride = layer_attention(
-                q_HTD.detach(), k_GSD.detach(), scale, vis, heads, ctx.sampling.max_attention_rows)
+            got = summarise_attention(q_HTD.detach(), k_GSD.detach(), scale, vis, heads,
+                                      ctx.sampling.max_attention_rows, list(ctx.sampling.attention_positions))
         step = self._step
-        ctx.recorder.attention_map(name, to_host(probs_hRS), layer=layer, heads=heads, row_stride=stride, step=step)
+        ctx.recorder.attention_map(name, to_host(got.pooled), layer=layer, heads=heads, row_pool=got.row_pool,
+                                   key_pool=got.key_pool, query_len=T, key_len=S, step=step)
+        if got.rows is not None:
+            ctx.recorder.attention_rows(name, to_host(got.rows), layer=layer, heads=heads, positions=got.positions,
+                                        step=step)
         if len(self._pending) >= _MAX_PENDING:
             self._drain(block=True)
-        self._pending.append(_Pending(step, name, layer, heads, to_host(stats_h4)))
+        self._pending.append(_Pending(step, name, layer, heads, to_host(torch.cat([got.stats, got.extra], -1)), T))
 
     def batch_row(self, batch: int) -> int:
         """`ctx.shared[BATCH_ROW_KEY]` when it names a row of this batch, else 0."""
@@ -198,7 +212,7 @@ class AttentionProbe(Probe):
         collapsed: list[bool] = []
         judge = not ctx.shared.get(INFERENCE_MODE_KEY)
         for i, head in enumerate(item.heads):
-            entropy, max_weight, sink, max_visible = stats[i]
+            entropy, max_weight, sink, max_visible = stats[i, :4]
             if not judge:
                 collapsed.append(False)
                 continue
@@ -212,4 +226,6 @@ class AttentionProbe(Probe):
         ctx.recorder.submit(ATTENTION_STATS, {
             "name": item.name, "layer": item.layer, "head": item.heads,
             "entropy": stats[:, 0], "max_weight": stats[:, 1], "collapsed": collapsed,
+            "sink_mass": stats[:, 4], "distance": stats[:, 5:].astype(np.float32),
+            "keys": stats[:, 3].astype(np.int32), "rows": [item.rows] * len(item.heads),
         }, rows=len(item.heads), step=item.step)

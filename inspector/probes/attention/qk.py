@@ -47,6 +47,8 @@ def _hook(sink: AttentionSink, module: nn.Module, args: tuple, output: Any) -> N
     if torch.compiler.is_compiling():
         sink.traced()
         return
+    if sink.idle():
+        return
     name = "QKCapture"
     try:
         name, layer = sink.layer_of(module)
@@ -67,6 +69,8 @@ def _latent_hook(sink: AttentionSink, module: nn.Module, args: tuple, output: An
     """The absorbed path: one query head per head over the shared `[latent, k_rope]` key."""
     if torch.compiler.is_compiling():
         sink.traced()
+        return
+    if sink.idle():
         return
     name = "LatentQKCapture"
     try:

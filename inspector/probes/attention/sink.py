@@ -27,6 +27,10 @@ class AttentionSink(Protocol):
         """The module's qualified name and its layer index (`hint` when the model states it)."""
         ...
 
+    def idle(self) -> bool:
+        """True when nothing is recorded at the current step (the hooks' first, cheapest check)."""
+        ...
+
     def wants(self, name: str, layer: int) -> bool:
         """True when this module's attention is to be recorded now (cheap; call before any work)."""
         ...

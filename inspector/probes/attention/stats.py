@@ -58,7 +58,9 @@ def row_mask(vis: Visibility, T: int, S: int, stride: int, heads: slice | torch.
              device: torch.device) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """For the kept rows `0, stride, 2·stride, …`: (allowed [1|h, R, S] bool or None, bias [1|h, R, S] or None)."""
     allowed: torch.Tensor | None = None
-    if vis.causal or vis.window is not None:
+    last = vis.q_offset + T - 1                       # key column of the last query row
+    hides = (vis.causal and vis.q_offset < S - 1) or (vis.window is not None and last >= vis.window)
+    if hides:                                         # (a decode row over its whole cache hides nothing)
         pos_R1 = torch.arange(vis.q_offset, vis.q_offset + T, stride, device=device).unsqueeze(1)
         col_1S = torch.arange(S, device=device).unsqueeze(0)
         allowed_RS = torch.ones(pos_R1.shape[0], S, dtype=torch.bool, device=device)
@@ -98,26 +100,32 @@ def attention_probs(q_hRD: torch.Tensor, k_hSD: torch.Tensor, scale: float, allo
 
 
 def visible_counts(allowed: torch.Tensor | None, bias: torch.Tensor | None, h: int, R: int, S: int,
-                   device: torch.device) -> torch.Tensor:
-    """Number of visible keys per kept row: [h, R] float32."""
+                   device: torch.device) -> torch.Tensor | None:
+    """Number of visible keys per kept row: [h, R] float32; None when every row sees all S keys."""
     vis_hRS: torch.Tensor | None = allowed
     if bias is not None:
         real = bias > torch.finfo(bias.dtype).min / 2
         vis_hRS = real if vis_hRS is None else vis_hRS & real
     if vis_hRS is None:
-        return torch.full((h, R), float(S), device=device)
+        return None
     return vis_hRS.sum(-1, dtype=torch.float32).expand(h, R)
 
 
-def head_stats(probs_hRS: torch.Tensor, visible_hR: torch.Tensor) -> torch.Tensor:
+def head_stats(probs_hRS: torch.Tensor, visible_hR: torch.Tensor | None) -> torch.Tensor:
     """Per head [h, 4] float32 (columns `STAT_FIELDS`), over rows with at least one visible key:
 
     entropy: mean of -Σ p log p (nats); max_weight: mean of the row maximum; sink_weight: mean of
     the row maximum over rows with >= `SINK_MIN_VISIBLE` visible keys (0 when there is none);
-    max_visible: the largest number of visible keys of any kept row.
+    max_visible: the largest number of visible keys of any kept row. `visible_hR` None: every
+    row sees all S keys.
     """
     ent_hR = -torch.special.xlogy(probs_hRS, probs_hRS).sum(-1)
     top_hR = probs_hRS.amax(-1)
+    if visible_hR is None:                           # every key visible: plain means, a few ops
+        S = probs_hRS.shape[-1]
+        max_weight_h = top_hR.mean(-1)
+        sink_h = max_weight_h if S >= SINK_MIN_VISIBLE else torch.zeros_like(max_weight_h)
+        return torch.stack([ent_hR.mean(-1), max_weight_h, sink_h, torch.full_like(max_weight_h, float(S))], dim=-1)
     valid_hR = (visible_hR > 0).float()
     sink_rows_hR = (visible_hR >= SINK_MIN_VISIBLE).float()
     n_valid_h = valid_hR.sum(-1).clamp_min(1.0)
@@ -125,6 +133,22 @@ def head_stats(probs_hRS: torch.Tensor, visible_hR: torch.Tensor) -> torch.Tenso
     max_weight_h = (top_hR * valid_hR).sum(-1) / n_valid_h
     sink_h = (top_hR * sink_rows_hR).sum(-1) / sink_rows_hR.sum(-1).clamp_min(1.0)
     return torch.stack([entropy_h, max_weight_h, sink_h, visible_hR.amax(-1)], dim=-1)
+
+
+def heads_probs(q_HTD: torch.Tensor, k_GSD: torch.Tensor, scale: float, vis: Visibility, heads: list[int],
+                stride: int = 1) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(probabilities [h, R, S] float32 of `heads` for every `stride`-th query row, visible keys per
+    row [h, R] or None when every row sees all keys); keys of grouped-query attention shared."""
+    H, T, _ = q_HTD.shape
+    G, S, _ = k_GSD.shape
+    group = max(H // max(G, 1), 1)
+    device = q_HTD.device
+    sel = _index(heads, device)
+    allowed, bias = row_mask(vis, T, S, stride, sel, device)
+    sinks = None if vis.sinks_H is None else vis.sinks_H.to(device)[sel]
+    probs_hRS = attention_probs(q_HTD[sel][:, ::stride], k_GSD[_index([h // group for h in heads], device)], scale,
+                                allowed, bias, vis.softcap, sinks)
+    return probs_hRS, visible_counts(allowed, bias, len(heads), probs_hRS.shape[1], S, device)
 
 
 def layer_attention(q_HTD: torch.Tensor, k_GSD: torch.Tensor, scale: float, vis: Visibility,
@@ -137,24 +161,15 @@ def layer_attention(q_HTD: torch.Tensor, k_GSD: torch.Tensor, scale: float, vis:
     `max_rows`; heads are processed in chunks of about `budget` scores to bound the temporary
     memory. Returns (probs [h, R, S] float16, stats [h, 4] float32, row_stride).
     """
-    H, T, _ = q_HTD.shape
-    G, S, _ = k_GSD.shape
-    group = max(H // max(G, 1), 1)
+    T, S = q_HTD.shape[1], k_GSD.shape[1]
     stride = row_stride(T, max_rows)
     R = len(range(0, T, stride))
-    device = q_HTD.device
     chunk = max(1, budget // max(R * S, 1))
     probs_parts: list[torch.Tensor] = []
     stats_parts: list[torch.Tensor] = []
     for lo in range(0, len(heads), chunk):
         part = heads[lo:lo + chunk]
-        sel = _index(part, device)
-        q_hRD = q_HTD[sel][:, ::stride]
-        k_hSD = k_GSD[_index([h // group for h in part], device)]
-        allowed, bias = row_mask(vis, T, S, stride, sel, device)
-        sinks = None if vis.sinks_H is None else vis.sinks_H.to(device)[sel]
-        probs_hRS = attention_probs(q_hRD, k_hSD, scale, allowed, bias, vis.softcap, sinks)
-        visible_hR = visible_counts(allowed, bias, len(part), R, S, device)
+        probs_hRS, visible_hR = heads_probs(q_HTD, k_GSD, scale, vis, part, stride)
         stats_parts.append(head_stats(probs_hRS, visible_hR))
         probs_parts.append(probs_hRS.to(torch.float16))
     probs = probs_parts[0] if len(probs_parts) == 1 else torch.cat(probs_parts)

@@ -63,7 +63,8 @@ def map_title(p: AttentionData, rows: int, keys: int) -> Text:
         (f"layer {p.layer}", "bold"), f" {p.layers.index(p.layer) + 1}/{len(p.layers)} · ",
         (f"head {p.head}", "bold"), f" {p.heads.index(p.head) + 1}/{len(p.heads)} · ",
         (f"step {p.step:,}", "bold"), f" map {p.steps.index(p.step) + 1}/{len(p.steps)} · ",
-        f"{rows} queries × {keys} keys")
+        f"{rows} queries × {keys} keys" if p.pools is None else
+        f"{p.pools[2]:,} × {p.pools[3]:,} pooled {p.pools[0]}×{p.pools[1]}")
 
 
 class AttentionScreen(InspectorScreen):

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from inspector.views.hang import HangVerdict
 
 LABELS = dict(COLUMNS)
+SORT_LABELS = {"straggler_score": "how long each holds the step up (straggler score), grouped by node"}
 
 
 @dataclass
@@ -46,8 +47,8 @@ class RanksScreen(InspectorScreen):
     BINDINGS = [Binding("s", "sort", "Sort column"), Binding("r", "reverse", "Reverse"),
                 Binding("enter", "open_rank", "Show rank"), Binding("h", "hang", "Hang view")]
 
-    sort_key = "rank"
-    descending = False
+    sort_key = "straggler_score"
+    descending = True
 
     def compose_body(self) -> ComposeResult:
         """Hang banner (hidden while nothing is stuck), title, rank table, summary table."""
@@ -63,7 +64,7 @@ class RanksScreen(InspectorScreen):
         """Summary columns match the rank table's."""
         summary = self.query_one("#rank-summary", DataTable)
         for key, label in COLUMNS:
-            summary.add_column("" if key in ("rank", "status", "history") else label, key=key, width=WIDTHS[key])
+            summary.add_column("" if key in ("rank", "node", "straggler_score", "status", "history") else label, key=key, width=WIDTHS[key])
         self.query_one(RankTable).focus()
 
     def draw(self, payload: RanksData, snap: Snapshot) -> str | None:
@@ -87,7 +88,7 @@ class RanksScreen(InspectorScreen):
         arrow = "↓" if self.descending else "↑"
         where = "newest steps" if payload.at is None else f"steps up to {payload.at:,}"
         self.query_one("#ranks-title", Static).update(
-            f"{len(table)} ranks · {where} · sorted by {LABELS[self.sort_key]} {arrow} · "
+            f"{len(table)} ranks · {where} · sorted by {SORT_LABELS.get(self.sort_key, LABELS[self.sort_key])} {arrow} · "
             f"{len(stragglers)} straggler{'s' if len(stragglers) != 1 else ''}"
             + (f": rank {', '.join(map(str, stragglers))}" if stragglers else ""))
         if stragglers:
@@ -102,7 +103,7 @@ class RanksScreen(InspectorScreen):
     def action_sort(self) -> None:
         """Sort by the next column."""
         self.sort_key = SORTABLE[(SORTABLE.index(self.sort_key) + 1) % len(SORTABLE)]
-        self.descending = self.sort_key not in ("rank", "status")
+        self.descending = self.sort_key not in ("rank", "node", "status")
         self.redraw()
 
     def action_reverse(self) -> None:
@@ -115,7 +116,7 @@ class RanksScreen(InspectorScreen):
         key = str(event.column_key.value)
         if key not in SORTABLE or event.data_table.id != "rank-table":
             return
-        self.descending = (not self.descending) if key == self.sort_key else key not in ("rank", "status")
+        self.descending = (not self.descending) if key == self.sort_key else key not in ("rank", "node", "status")
         self.sort_key = key
         self.redraw()
 

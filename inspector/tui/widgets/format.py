@@ -41,8 +41,13 @@ def nonfinite_note(steps: Sequence[int], values: Sequence[float], shown: int = 3
 
 
 def gib(used: object, total: object) -> str:
-    """'4.0/8.0G' from bytes (either may be missing)."""
+    """'4.0/8.0G', '65/75G' from bytes (either may be missing): one decimal under 10 GiB, none above,
+    so an 80 GiB or 141 GiB card fits the rank table's 8 columns ('141/141G')."""
     if not _ok(used):
         return "N/A"
-    u = float(used) / 2**30
-    return f"{u:.1f}/{float(total) / 2**30:.1f}G" if _ok(total) and float(total) > 0 else f"{u:.1f}G"
+
+    def fmt(b: float) -> str:
+        g = b / 2**30
+        return f"{g:.1f}" if g < 9.95 else f"{g:.0f}"
+    u = fmt(float(used))
+    return f"{u}/{fmt(float(total))}G" if _ok(total) and float(total) > 0 else f"{u}G"

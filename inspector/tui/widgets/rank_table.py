@@ -13,12 +13,12 @@ from inspector.tui.widgets.ramp import text_sparkline
 if TYPE_CHECKING:
     import pandas as pd
 
-COLUMNS = [("rank", "rank"), ("step", "step"), ("step_ms", "step ms"), ("compute_ms", "compute ms"), ("tokens_per_s", "tok/s"),
+COLUMNS = [("rank", "rank"), ("node", "node"), ("straggler_score", "holds up"), ("step", "step"), ("step_ms", "step ms"), ("compute_ms", "compute ms"), ("tokens_per_s", "tok/s"),
            ("loss", "loss"), ("grad_norm", "grad norm"), ("gpu_util", "GPU %"), ("gpu_mem_used", "GPU mem"),
            ("power_w", "power"), ("temp_c", "temp"), ("status", "status"), ("history", "step time")]
 """(key, label) of the table's columns, in order."""
 
-WIDTHS = {"rank": 6, "step": 6, "step_ms": 7, "compute_ms": 10, "tokens_per_s": 7, "loss": 7, "grad_norm": 9,
+WIDTHS = {"rank": 6, "node": 10, "straggler_score": 8, "step": 6, "step_ms": 7, "compute_ms": 10, "tokens_per_s": 7, "loss": 7, "grad_norm": 9,
           "gpu_util": 5, "gpu_mem_used": 8, "power_w": 5, "temp_c": 5, "status": 8, "history": 14}
 """Fixed column widths, shared by the rank table and its summary so their columns line up."""
 
@@ -39,6 +39,8 @@ def cells(row: pd.Series | dict, history: np.ndarray | None = None,
     rank = row.get("rank")
     values = [
         Text(str(rank) if isinstance(rank, str) else num(rank, "{:.0f}") + (" ⚠" if straggler else ""), style=hot),
+        Text(str(row.get("node") or "")[:10]),
+        Text(_score(row.get("straggler_score")), style=hot),
         Text(num(row.get("step"), "{:,.0f}", "-")),
         Text(num(row.get("step_ms"), "{:.1f}"), style=hot),
         Text(num(row.get("compute_ms"), "{:.1f}"), style=hot),
@@ -61,6 +63,12 @@ def cells(row: pd.Series | dict, history: np.ndarray | None = None,
     return [v if v.plain else Text("") for v in values]
 
 
+def _score(value) -> str:
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return ""
+    return f"{value:.0f} ms" if np.isfinite(value) else ""
+
+
 def shared_scale(history: dict[int, np.ndarray]) -> tuple[float, float] | None:
     """(0, the largest recent step time of any rank): one scale for every rank's sparkline."""
     tops = [float(np.nanmax(h)) for h in history.values() if len(h) and np.isfinite(h).any()]
@@ -68,9 +76,14 @@ def shared_scale(history: dict[int, np.ndarray]) -> tuple[float, float] | None:
 
 
 def sort_table(table: pd.DataFrame, key: str, descending: bool) -> pd.DataFrame:
-    """`table` sorted by column `key` (missing values last), ties by rank."""
+    """`table` sorted by column `key` (missing values last), ties by rank; by the straggler score:
+    grouped by node, the worst node first (`views.ranks.by_node`; reversed: the best first)."""
     if key not in table:
         return table
+    if key == "straggler_score":
+        from inspector.views.ranks import by_node
+        ordered = by_node(table)
+        return ordered if descending else ordered.iloc[::-1]
     return table.sort_values([key, "rank"], ascending=[not descending, True], na_position="last", kind="stable")
 
 

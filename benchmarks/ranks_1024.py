@@ -1,0 +1,85 @@
+"""A 1,024-rank job on local disk (issue 17, part 3): how the read side holds up, against baselines
+measured in the same run.
+
+The run: `tests/tui/many_ranks.write_many_ranks` (scalars, timing rows and system samples of every
+rank, the last rank 1.5x slower, 8 ranks per node: 128 hosts), `--steps` steps, finished. Figures:
+- `inspector summary RUN`: wall time of the real command (budget 5 s);
+- TUI first frame, headless 160x50, fresh process (`tui_bench.run_child`), against a bare Textual
+  App's (budget 2x), and its idle CPU per second on the finished run (budget 5 %);
+- the dashboard's System page drawn in Chromium (rank table present) against a bare Dash page with
+  one graph (budget 2x);
+- the rank table's first rows: grouped by node, worst node first, sorted by straggler score.
+Not measured here yet: following a live 1,024-rank run at 1 step/s per rank (`tui_bench.py --ranks
+1024 --rate 1` does, but writing 1,024 live Recorders from one process on 2 cores cannot keep 1 step/s).
+
+    .venv/bin/python benchmarks/ranks_1024.py [--run DIR | --steps 40] [--repeats 3] [--seconds 5]
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.dash_bench import page_vs_bare  # noqa: E402
+from benchmarks.tui_bench import run_child  # noqa: E402
+
+SYSTEM_DRAWN = ("() => document.querySelectorAll('#sys-ranks tbody tr').length >= 64 && "
+                "document.querySelector('#sys-ranks-more') !== null")
+
+
+def main() -> None:
+    """Write (or reuse) the run, measure, print the table."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--run", default=None, help="an existing 1,024-rank run directory (else one is written)")
+    ap.add_argument("--steps", type=int, default=40)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--seconds", type=float, default=5.0, help="idle CPU window")
+    a = ap.parse_args()
+    with tempfile.TemporaryDirectory(prefix="ranks-1024-") as tmp:
+        run = Path(a.run) if a.run else Path(tmp) / "job"
+        if not a.run:
+            from tests.tui.many_ranks import write_many_ranks
+            t0 = time.perf_counter()
+            write_many_ranks(run, 1024, a.steps, ranks_per_node=8)
+            print(f"wrote 1,024 ranks × {a.steps} steps in {time.perf_counter() - t0:.0f} s")
+        exe = Path(sys.executable).with_name("inspector")
+        summary = []
+        for _ in range(a.repeats):
+            t0 = time.perf_counter()
+            res = subprocess.run([str(exe), "summary", str(run), "--width", "160"], capture_output=True, text=True,
+                                 timeout=600)
+            summary.append(time.perf_counter() - t0)
+            assert res.returncode == 0, res.stderr[-2000:]
+        print(f"inspector summary: {statistics.median(summary):.2f} s (median of {a.repeats}; budget 5 s)")
+        bare = [run_child("bare")["startup_s"] for _ in range(a.repeats)]
+        app = [run_child("app", str(run))["startup_s"] for _ in range(a.repeats)]
+        idle = run_child("app", str(run), a.seconds)
+        ratio = statistics.median(app) / statistics.median(bare)
+        print(f"TUI first frame: {statistics.median(app):.2f} s against a bare App's {statistics.median(bare):.2f} s "
+              f"= {ratio:.2f}× (budget 2×); idle {idle.get('cpu_per_s', float('nan')) * 100:.1f} % of a core "
+              f"(budget 5 %)")
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)
+        from inspector.dash_app import create_app
+        dash = create_app(run, poll_s=60)
+        page_t, base_t = page_vs_bare(dash, "/system", SYSTEM_DRAWN, a.repeats)
+        dash.inspector_registry.close()
+        med, base = statistics.median(page_t), statistics.median(base_t)
+        print(f"System page drawn (the 64 worst ranks listed, 960 counted): {med:.2f} s against a bare Dash page's {base:.2f} s = "
+              f"{med / base:.2f}× (budget 2×)")
+        from inspector.views.live import LiveRun
+        from inspector.views.ranks import by_node, rank_table
+        shown = by_node(rank_table(LiveRun(run)))
+        print("rank table, first rows:", ", ".join(f"rank {r} ({n}, holds the step up {s:.0f} ms)" for r, n, s in
+                                                   shown[["rank", "node", "straggler_score"]].head(4).itertuples(index=False)))
+
+
+if __name__ == "__main__":
+    main()

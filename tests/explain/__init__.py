@@ -1,0 +1,1 @@
+"""Seeded loss spikes with a planted layer, and `inspector explain` ranking it first."""
