@@ -120,7 +120,12 @@ With three or more ranks a section or own-work lead must also be at least the ot
 spread (median over steps of slowest − fastest other, `Verdict.spread_ms`): a straggler stands out
 from the others by more than they differ among themselves. Beside 4 busy loops on 2 cores the 4-rank
 demo's healthy ranks' data section spread 10-27 ms, and one led by 4 ms at 1.69x in 13 of 19 steps;
-the slowed rank's 50 ms led by far more than that spread."""
+the slowed rank's 50 ms led by far more than that spread. A section the rank is the slowest in on
+`CONSISTENT` of the steps at `STRONG_RATIO` needs no spread: one noisy other rank both shortens the
+lead (own − slowest other) and widens the spread, so the two count the same noise twice (a CI run of
+the 4-rank demo beside 4 busy loops missed the slowed rank, 50 ms planted in its data section)."""
+CONSISTENT = 0.9
+"""Share of the window's steps a strong section must be the slowest in to be judged without the spread."""
 WAITED_FOR = 0.5
 """Own work only: the other ranks must also wait in the tracked collectives for at least this share of
 its lead (median over steps of the others' median communication wait minus its own). A rank whose
@@ -154,6 +159,10 @@ class Verdict:
         lead_ok = self.lead >= lead_share or (strong is not None and self.ratio >= strong[0] and self.lead >= strong[1])
         return (self.steps >= MIN_STEPS and self.ratio >= factor and lead_ok
                 and self.slowest >= slowest_share * self.steps)
+
+    def consistent(self) -> bool:
+        """At least `STRONG_RATIO` the others' median and the slowest on `CONSISTENT` of the steps."""
+        return self.ratio >= STRONG_RATIO and self.slowest >= CONSISTENT * self.steps
 
 
 def window_steps(run: LiveRun, *, window: int = 20, at: int | None = None) -> np.ndarray:
@@ -454,7 +463,8 @@ def flagging_verdicts(run: LiveRun, *, window: int = 20, at: int | None = None,
                     continue
                 if bar:
                     flagged = (v.flagged(bar[0], bar[1], SECTION_LEAD, (STRONG_RATIO, STRONG_LEAD))
-                               and not v.lead_ms < STEP_COST * step_ms and v.lead_ms >= v.spread_ms)
+                               and not v.lead_ms < STEP_COST * step_ms
+                               and (v.lead_ms >= v.spread_ms or v.consistent()))
                     if flagged and label == MEASURES["own"][0]:
                         flagged = _others_waited(run, steps, ranks, i) >= WAITED_FOR * v.lead_ms
                 else:

@@ -154,9 +154,20 @@ def test_healthy_four_ranks_have_no_straggler(straggler_runs, name: str) -> None
     from inspector.views.live import open_live
     from inspector.views.ranks import rank_table
 
-    table = rank_table(open_live(straggler_runs[name]))
+    run = open_live(straggler_runs[name])
+    table = rank_table(run)
     assert table["rank"].tolist() == [0, 1, 2, 3]
-    assert not table["straggler"].any(), table[["rank", "compute_ms", "straggler_reason"]].to_string()
+    assert not table["straggler"].any(), _verdicts(run)
+
+
+def _verdicts(run) -> str:
+    """Every straggler measure's statistics per rank (what a failure has to show to be diagnosed)."""
+    from inspector.views.ranks import measure_verdicts, straggler_reasons
+
+    lines = [f"reasons: {straggler_reasons(run)}"]
+    for label, bar, verdicts in measure_verdicts(run):
+        lines += [f"{label} {bar}"] + [f"  rank {r}: {v}" for r, v in zip(run.ranks(), verdicts)]
+    return "\n".join(lines)
 
 
 @pytest.mark.multiproc
@@ -164,7 +175,8 @@ def test_slowed_rank_is_the_only_straggler_on_a_busy_machine(straggler_runs) -> 
     from inspector.views.live import open_live
     from inspector.views.ranks import rank_table
 
-    table = rank_table(open_live(straggler_runs["busy-slow"])).set_index("rank")
-    assert table["straggler"].tolist() == [r == SLOW_RANK for r in range(4)], table["straggler_reason"].to_dict()
+    run = open_live(straggler_runs["busy-slow"])
+    table = rank_table(run).set_index("rank")
+    assert table["straggler"].tolist() == [r == SLOW_RANK for r in range(4)], _verdicts(run)
     reason = table.loc[SLOW_RANK, "straggler_reason"]
     assert reason.startswith("data ") and "; data (waits taken out) " in reason   # DDP's waits are recorded
