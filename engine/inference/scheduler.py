@@ -12,9 +12,10 @@ Each `BatchScheduler.step`:
 Listeners (`add_listener`) are plain callables ``fn(event, obj)`` told what the scheduler does, so
 tools can observe it without the engine knowing them: ``"submitted"`` (a `Request`, at `submit`),
 ``"prefill"`` (the `Request` about to be prefilled), ``"decode"`` (the list of running requests, in
-batch-row order, before the batched decode forward), ``"token"`` (a `Request` that just accepted a
-token; ``finished`` is set when it was its last), ``"iteration"`` (the scheduler, at the end of each
-`step`). A listener that raises propagates: it is the listener's job to guard itself.
+batch-row order, before the batched decode forward), ``"tokens"`` (the list of `Request`s that just
+accepted a token, at once: every running request after a decode, one request after its prefill;
+``finished`` is set on a request whose last token it was), ``"iteration"`` (the scheduler, at the
+end of each `step`). A listener that raises propagates: it is the listener's job to guard itself.
 """
 
 from __future__ import annotations
@@ -125,7 +126,7 @@ class BatchScheduler:
             logits_BV = self.model(tokens_B1, self.cache)[:, -1]
             for i, req in enumerate(self.running):
                 req._accept(int(sample(logits_BV[i:i + 1], req.params, req.generator)))
-                self._emit("token", req)
+            self._emit("tokens", self.running)
             done = [r for r in self.running if r.finished]
             if done:
                 keep = [i for i, r in enumerate(self.running) if not r.finished]
@@ -155,7 +156,7 @@ class BatchScheduler:
             self._emit("prefill", req)
             logits_1V = self.model(prompt_1T, single)[:, -1]
             req._accept(int(sample(logits_1V, req.params, req.generator)))
-            self._emit("token", req)
+            self._emit("tokens", [req])
             if req.finished:
                 finished.append(req)
                 continue

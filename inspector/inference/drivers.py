@@ -1,9 +1,12 @@
 """Drivers: what tells the `inference` probe which requests a serving loop runs.
 
 - `SchedulerDriver`: a listener on a scheduler with `add_listener(fn)` (the engine's
-  `BatchScheduler`; found by duck typing). Its events give request arrival, prefill start, each
-  accepted token, finish and reason, the batch row order of each decode, and the end of each
-  iteration with the queue lengths.
+  `BatchScheduler`; found by duck typing). Its events give request arrival, prefill start, the
+  tokens each forward produced, finish and reason, the batch row order of each decode, and the end
+  of each iteration with the queue lengths. From its first "prefill" or "decode" event on, the
+  forwards are timed from those events to the "tokens" event that follows (the forward and the
+  sampling of its tokens) and the model's forward hooks are off; the KV-cache size is read from the
+  scheduler's `cache` after each forward.
 - `GenerateStreamer`: a Hugging Face streamer (`put` / `end`, as `BaseStreamer`) for `generate()`.
   Its first `put` is the prompt batch [B, T] (leading pad tokens stripped per row), every later
   `put` the tokens [B] one decoding step produced; that iteration ends when the next forward starts
@@ -33,6 +36,8 @@ class SchedulerDriver:
         if not callable(getattr(scheduler, "add_listener", None)):
             raise TypeError(f"{type(scheduler).__name__} has no add_listener(fn): not a scheduler the Inspector can observe")
         self.probe = probe
+        self.scheduler = scheduler
+        self._driving = False
         self._finished_now = 0
         self._first_forward = True
         self.shown = RowChooser()
@@ -48,21 +53,38 @@ class SchedulerDriver:
             self._remove()
             self._remove = None
             self.probe.drivers -= 1
+            if self._driving:
+                self._driving = False
+                self.probe.event_drivers -= 1
+                if self.probe.meter is not None and self.probe.event_drivers == 0:
+                    self.probe.meter.driven(False)
+
+    def _drive(self, meter: Any) -> None:
+        """Time the forwards from this scheduler's events from now on (the meter's hooks go off)."""
+        if not self._driving:
+            self._driving = True
+            self.probe.event_drivers += 1
+            meter.driven(True)
 
     def _on_event(self, event: str, obj: Any) -> None:
         book, meter = self.probe.book, self.probe.meter
         if book is None or meter is None:
             return
-        if event == "token":                      # the most frequent: one per running request
-            book.token(obj.id, obj.output[-1])
-            if obj.finished:
-                book.finish(obj.id, obj.finish_reason)
-                self._finished_now += 1
+        if event == "tokens":                     # every running request's token of a forward, at once
+            if self._driving:
+                meter.end(getattr(self.scheduler, "cache", None))
+            now = book.clock()
+            for req in obj:
+                book.token(req.id, req.output[-1], now)
+                if req.finished:
+                    book.finish(req.id, req.finish_reason)
+                    self._finished_now += 1
         elif event == "submitted":
             book.arrive(obj.id, obj.prompt)
         elif event == "prefill":
             book.start(obj.id)
-            meter.expect(PREFILL, obj.id, 0)
+            self._drive(meter)
+            meter.begin(PREFILL, 1, len(obj.prompt), obj.id, 0)
             if self._first_forward and self.probe.attention_due():
                 self.shown.count(obj.id)
             self._first_forward = False
@@ -72,7 +94,8 @@ class SchedulerDriver:
             due = self._first_forward and self.probe.attention_due()
             row = self.shown.pick([r.id for r in obj]) if due else 0   # the row matters only when recorded
             req = obj[row]
-            meter.expect(DECODE, req.id, len(req.prompt) + len(req.output) - 1, row)
+            self._drive(meter)
+            meter.begin(DECODE, len(obj), 1, req.id, len(req.prompt) + len(req.output) - 1, row)
             if due:
                 self.shown.count(req.id)
             self._first_forward = False

@@ -2,8 +2,10 @@
 
 A forward pre-hook and a forward hook on the watched model time every forward and sort it into
 *prefill* (the cache it was given was empty, or it had no cache and more than one token) or
-*decode*, unless a driver (the engine scheduler's listener, the HF streamer) said beforehand which
-it is and which batch row (holding which request) the attention probe is to record. While the
+*decode*, unless a driver (the HF streamer) said beforehand which it is and which batch row
+(holding which request) the attention probe is to record. A driver that sees every forward begin
+and end (the engine scheduler's listener) calls `begin` and `end` itself and switches the hooks
+off (`driven`): a hooked module's every call takes torch's slow path. While the
 forward runs, `shared[STAGE_KEY]` holds its stage, so the experts probe splits its counts by stage,
 and `shared[BATCH_ROW_KEY]` that row. The meter adds up each iteration's
 forwards until `end_iteration` turns them into one `inference_iteration` row.
@@ -22,7 +24,9 @@ from torch import nn
 
 from inspector.inference.cache_stats import CacheStats, cache_stats, cached_length, find_cache
 from inspector.probes.attention.sink import BATCH_ROW_KEY
+from inspector.probes.base import Probe
 from inspector.probes.experts import DECODE, PREFILL, STAGE_KEY
+from inspector.probes.switchable import SwitchableHooks
 
 INPUT_KWARGS = ("input_ids", "tokens", "inputs_embeds")
 
@@ -83,21 +87,27 @@ class IterationMeter:
         self._open: _Forward | None = None
         self._done: list[_Forward] = []
         self._depth = 0
-        self._handles: list[Any] = []
+        self._hooks: list[SwitchableHooks] = []
         param = next(model.parameters(), None)
         self._cuda = param is not None and param.device.type == "cuda"
 
-    def attach(self) -> list[Any]:
-        """Hook the model's forward; returns the hook handles."""
-        self._handles = [self.model.register_forward_pre_hook(self._pre, with_kwargs=True),
-                         self.model.register_forward_hook(self._post, with_kwargs=True)]
-        return list(self._handles)
+    def attach(self, probe: Probe) -> list[SwitchableHooks]:
+        """Hook the model's forward (guarded by `probe`); returns the hooks, for `probe.track`."""
+        self._hooks = [SwitchableHooks(probe, [(self.model, self._pre)], pre=True, with_kwargs=True),
+                       SwitchableHooks(probe, [(self.model, self._post)], with_kwargs=True)]
+        self.driven(False)
+        return list(self._hooks)
+
+    def driven(self, by_driver: bool) -> None:
+        """`by_driver`: a driver calls `begin` / `end` for every forward; the hooks go off."""
+        for hooks in self._hooks:
+            hooks.switch(not by_driver)
 
     def detach(self) -> None:
         """Remove the hooks."""
-        for h in self._handles:
-            h.remove()
-        self._handles = []
+        for hooks in self._hooks:
+            hooks.remove()
+        self._hooks = []
         self.shared.pop(STAGE_KEY, None)
         self.shared.pop(BATCH_ROW_KEY, None)
 
@@ -120,6 +130,12 @@ class IterationMeter:
             cache = find_cache(args, kwargs)
             empty = cached_length(cache) == 0 if cache is not None else tokens > 1
             stage, request, query_start, row = (PREFILL if empty else DECODE), None, None, 0
+        self.begin(stage, batch, tokens, request, query_start, row)
+
+    def begin(self, stage: str, batch: int, tokens: int, request: int | None = None, query_start: int | None = None,
+              row: int = 0) -> None:
+        """A forward of `stage` over `batch` rows of `tokens` tokens starts now; the attention probe
+        records batch row `row` (request `request`, its first query at `query_start`)."""
         t = self.totals
         if t.forwards == 0:
             t.attn_request, t.attn_query_start, t.attn_query_tokens = request, query_start, tokens
@@ -135,6 +151,14 @@ class IterationMeter:
     def _post(self, module: nn.Module, args: tuple, kwargs: dict[str, Any], output: Any) -> None:
         self._depth = max(self._depth - 1, 0)
         if self._depth > 0 or self._open is None:
+            return
+        self.end(find_cache(args, kwargs))
+        if self.on_forward is not None:
+            self.on_forward()
+
+    def end(self, cache: Any = None) -> None:
+        """The forward `begin` opened is done; `cache`: the cache it wrote to (its size is recorded)."""
+        if self._open is None:
             return
         fwd, self._open = self._open, None
         self.shared.pop(STAGE_KEY, None)
@@ -152,11 +176,8 @@ class IterationMeter:
         else:
             t.generation_tokens += fwd.tokens
             t.batch_size = max(t.batch_size, fwd.batch)
-        cache = find_cache(args, kwargs)
         if cache is not None and (fwd.stage == DECODE or t.cache is None or t.batch_size == 0):
             t.cache = cache_stats(cache)
-        if self.on_forward is not None:
-            self.on_forward()
 
     def end_iteration(self) -> tuple[IterationTotals, float]:
         """The iteration's totals (forward ms filled in) and its wall ms; the next iteration starts now."""

@@ -36,6 +36,8 @@ class InferenceProbe(Probe):
         self.end_step: Callable[[], Any] | None = None
         """Set by the inference watch: ends the watch's step after each iteration's row."""
         self.drivers = 0
+        self.event_drivers = 0
+        """Drivers that time the forwards from their own events (the meter's hooks are off meanwhile)."""
         self.before_forward: Callable[[], Any] | None = None
         """Set by a driver that ends an iteration only when the next forward starts (the HF streamer)."""
         self.token_budget: int | None = None
@@ -49,8 +51,8 @@ class InferenceProbe(Probe):
         ctx.shared[INFERENCE_MODE_KEY] = True
         self.meter = IterationMeter(ctx.model, ctx.shared, on_forward=self._forward_done,
                                     on_forward_start=self._forward_starts)
-        for handle in self.meter.attach():
-            self.track(handle)
+        for hooks in self.meter.attach(self):
+            self.track(hooks)
         self.book = RequestBook(record_request(ctx.recorder, lambda: ctx.step),
                                 tokenizer=self.tokenizer, tokens_every=self.tokens_every)
         return None

@@ -256,17 +256,22 @@ class Probe:
             return fn
         probe = self
         label = where or _callable_name(fn)
+        disabled = getattr(fn, "_torchdynamo_disable", False)
+        call = fn
+        if disabled and getattr(fn, "_torchdynamo_disable_recursive", True):
+            # the guard below is a compiled region's boundary itself: one wrapper per call, not two
+            call = getattr(fn, "_torchdynamo_orig_callable", None) or fn
 
         def guarded(*args: Any) -> Any:
             if probe.switched_off is not None:
                 return None
             try:
-                return fn(*args)
+                return call(*args)
             except Exception as exc:  # noqa: BLE001 - nothing a probe raises reaches the training loop
                 probe.switch_off(exc, label)
                 return None
 
-        if getattr(fn, "_torchdynamo_disable", False):  # a compiled region's boundary stays one
+        if disabled:  # a compiled region's boundary stays one
             guarded = torch._dynamo.disable(guarded)
         guarded.__wrapped__ = fn  # type: ignore[attr-defined]
         guarded.__inspector_guard__ = probe  # type: ignore[attr-defined]

@@ -41,17 +41,17 @@ class Clock:
         self._decode_tokens = 0
 
     @staticmethod
-    def _key(event: str, obj: Any) -> tuple[str, int, int] | None:
+    def _keys(event: str, obj: Any) -> list[tuple[str, int, int]]:
         if event == "submitted":
-            return ("submitted", obj.id, 0)
-        if event == "token":
-            return ("token", obj.id, len(obj.output))
-        return None
+            return [("submitted", obj.id, 0)]
+        if event == "tokens":
+            return [("token", r.id, len(r.output)) for r in obj]
+        return []
 
     def first(self, event: str, obj: Any) -> None:
-        key = self._key(event, obj)
-        if key is not None:
-            self.before[key] = time.perf_counter()
+        now = time.perf_counter()
+        for key in self._keys(event, obj):
+            self.before[key] = now
         if event == "prefill":
             self.stage = "prefill"
         elif event == "decode":
@@ -59,9 +59,9 @@ class Clock:
             self._decode_tokens = sum(len(r.prompt) + len(r.output) for r in obj)
 
     def last(self, event: str, obj: Any) -> None:
-        key = self._key(event, obj)
-        if key is not None:
-            self.after[key] = time.perf_counter()
+        now = time.perf_counter()
+        for key in self._keys(event, obj):
+            self.after[key] = now
         if event == "iteration":
             self.iterations.append({"running": len(obj.running), "waiting": len(obj.waiting),
                                     "decode_cache_tokens": self._decode_tokens})
@@ -228,3 +228,28 @@ def test_a_failing_driver_switches_the_probe_off_and_generation_goes_on(tmp_path
     assert "inference probe switched off" in caplog.text
     anomalies = inspector.open_run(tmp_path / "run").to_pandas("anomaly")
     assert (anomalies["kind"] == "probe_error").sum() == 1
+
+
+def test_a_scheduler_driver_times_forwards_from_its_events_with_the_model_hooks_off(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = Transformer(get_config("debug")).eval()
+    sched = BatchScheduler(model, max_batch_size=2, max_batch_tokens=64)
+    w = inspector.watch(model, tmp_path / "run", mode="inference")
+    hooked = len(model._forward_pre_hooks) + len(model._forward_hooks)
+    driver = w.observe(sched)
+    seen: list[int] = []
+    sched.add_listener(lambda event, obj: seen.append(len(model._forward_pre_hooks) + len(model._forward_hooks))
+                       if event in ("prefill", "decode") else None)
+    for prompt, n in zip(PROMPTS[:3], MAX_NEW[:3]):
+        sched.submit(prompt, n)
+    done = sched.run()
+    driver.remove()
+    after = len(model._forward_pre_hooks) + len(model._forward_hooks)
+    with torch.no_grad():                                  # no driver: a top-level forward is an iteration
+        model(torch.tensor([[3, 4, 5]]))
+    w.close()
+    assert seen and set(seen) == {hooked - 2} and after == hooked    # the meter's pre- and post-hook only
+    it = inspector.open_run(tmp_path / "run").to_pandas("inference_iteration")
+    assert it["prompt_tokens"].iloc[:-1].sum() == sum(len(p) for p in PROMPTS[:3])
+    assert it["generation_tokens"].sum() == sum(len(r.output) - 1 for r in done)
+    assert (it["decode_ms"].iloc[:-1] > 0).all() and it["prompt_tokens"].iloc[-1] == 3

@@ -39,12 +39,13 @@ from inspector.probes.attention.hf import attach_hf, hf_model
 from inspector.probes.attention.stats import Visibility
 from inspector.probes.attention.tiled import summarise_attention
 from inspector.probes.attention.mha import attach_mha
-from inspector.probes.attention.qk import attach_qk
+from inspector.probes.attention.qk import qk_hooks
 from inspector.probes.attention.sink import BATCH_ROW_KEY, INFERENCE_MODE_KEY
 from inspector.probes.base import Probe, ProbeContext
 from inspector.probes.host import HostValue, to_host
 from inspector.probes.model_map import layer_index
 from inspector.probes.registry import register_probe
+from inspector.probes.switchable import SwitchableHooks
 from inspector.schema import ATTENTION_STATS
 
 log = logging.getLogger("inspector")
@@ -78,6 +79,7 @@ class AttentionProbe(Probe):
         self._pending: deque[_Pending] = deque()
         self._tracker = CollapseTracker()
         self._warned: set[str] = set()
+        self._taps: SwitchableHooks | None = None   # the engine's QKCapture taps
         self._traced = False      # an adapter's hook ran inside a torch.compile trace
         self._said_traced = False
 
@@ -86,7 +88,9 @@ class AttentionProbe(Probe):
     def attach(self, ctx: ProbeContext) -> str | None:
         """Hook every attention the adapters recognise; the reason when there is none."""
         super().attach(ctx)
-        handles: list[Any] = attach_qk(ctx.model, self) + attach_mha(ctx.model, self)
+        taps = SwitchableHooks(self, qk_hooks(ctx.model, self))
+        self._taps = taps if len(taps) else None
+        handles: list[Any] = ([taps] if len(taps) else []) + attach_mha(ctx.model, self)
         reason = None
         if hf_model(ctx.model) is not None:
             try:
@@ -101,7 +105,13 @@ class AttentionProbe(Probe):
             self.track(h)
         if not handles:
             return reason or NOT_FOUND
+        self._switch_taps(ctx.recorder.step)
         return None
+
+    def _switch_taps(self, step: int) -> None:
+        """The engine taps' hooks are registered only for steps this probe records (`SwitchableHooks`)."""
+        if self._taps is not None and self.ctx is not None:
+            self._taps.switch(self.ctx.sampling.due(self.name, step))
 
     def on_step_end(self, step: int) -> None:
         """Turn the statistics whose copies have landed into records."""
@@ -110,6 +120,7 @@ class AttentionProbe(Probe):
             log.warning("inspector: attention: the model runs under torch.compile; attention inside the compiled "
                         "region is not recorded (watch the eager model to record it)")
         self._drain(block=False)
+        self._switch_taps(step + 1)
 
     def detach(self) -> None:
         """Record what is still pending, then remove the hooks (and restore a HF model's attention)."""

@@ -12,7 +12,7 @@ head shared by every query head and records the same attention as the decompress
 from __future__ import annotations
 
 from functools import partial
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -29,9 +29,9 @@ def is_qk_capture(module: nn.Module) -> bool:
     return type(module).__name__ in TAP_CLASSES and hasattr(module, "softmax_scale")
 
 
-def attach_qk(model: nn.Module, sink: AttentionSink) -> list[Any]:
-    """Hook every QKCapture / LatentQKCapture tap of `model`; returns the hook handles."""
-    return [m.register_forward_hook(partial(_latent_hook if type(m).__name__ == "LatentQKCapture" else _hook, sink))
+def qk_hooks(model: nn.Module, sink: AttentionSink) -> list[tuple[nn.Module, Callable[..., Any]]]:
+    """(tap, forward hook) for every QKCapture / LatentQKCapture tap of `model`."""
+    return [(m, partial(_latent_hook if type(m).__name__ == "LatentQKCapture" else _hook, sink))
             for m in model.modules() if is_qk_capture(m)]
 
 
