@@ -98,36 +98,66 @@ expert): an absolute anchor, so a lasting overload never becomes its own baselin
 
 @dataclass
 class _Streak:
-    """Per expert of one router: the step its run of empty recorded steps began (-1: none), the
-    number of recorded steps in that run, and whether the run was reported."""
+    """Per expert (of one router, or one row per router): the step its run of empty recorded steps
+    began (-1: none), the number of recorded steps in that run, and whether the run was reported."""
 
     since: np.ndarray
     seen: np.ndarray
     told: np.ndarray
 
     @classmethod
-    def empty(cls, n: int) -> "_Streak":
-        return cls(np.full(n, -1, dtype=np.int64), np.zeros(n, dtype=np.int64), np.zeros(n, dtype=bool))
-
-    def update(self, step: int, counts: np.ndarray) -> np.ndarray:
-        """Add one recorded step's counts; the experts that became starved at it."""
-        return self.update_flags(step, counts == 0)
+    def empty(cls, shape: int | tuple[int, ...]) -> "_Streak":
+        return cls(np.full(shape, -1, dtype=np.int64), np.zeros(shape, dtype=np.int64), np.zeros(shape, dtype=bool))
 
     def update_flags(self, step: int, flagged: np.ndarray) -> np.ndarray:
-        """Add one recorded step's per-expert condition; the experts whose stretch of recorded steps
-        with the condition has just become long enough (`STARVED_STEPS` steps, `STARVED_MIN_SAMPLES` samples)."""
+        """Add one recorded step's per-expert condition; True for the experts whose stretch of recorded
+        steps with the condition has just become long enough (`STARVED_STEPS` steps, `STARVED_MIN_SAMPLES` samples)."""
         self.since = np.where(flagged, np.where(self.since < 0, step, self.since), -1)
         self.seen = np.where(flagged, self.seen + 1, 0)
         due = flagged & ~self.told & (step - self.since + 1 >= STARVED_STEPS) & (self.seen >= STARVED_MIN_SAMPLES)
         self.told = flagged & (self.told | due)
-        return np.flatnonzero(due)
+        return due
+
+
+@dataclass
+class _RouterStreaks:
+    """The `_Streak` rows of every router with the same number of experts, one row per router (added
+    as routers appear): a recorded step updates all of them at once."""
+
+    experts: int
+    streak: _Streak = None  # type: ignore[assignment]
+    rows: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.streak = _Streak.empty((0, self.experts))
+
+    def update(self, step: int, names: list[str], flagged_RE: np.ndarray) -> np.ndarray:
+        """`_Streak.update_flags` of the routers `names` (rows of `flagged_RE`); the due experts [R, E]."""
+        idx = [self.rows.setdefault(n, len(self.rows)) for n in names]
+        grow = len(self.rows) - self.streak.since.shape[0]
+        if grow > 0:
+            more = _Streak.empty((grow, self.experts))
+            self.streak = _Streak(*(np.concatenate([a, b]) for a, b in
+                                    zip((self.streak.since, self.streak.seen, self.streak.told),
+                                        (more.since, more.seen, more.told))))
+        if idx == list(range(len(self.rows))):           # every router, in order: no gather
+            return self.streak.update_flags(step, flagged_RE)
+        sub = _Streak(self.streak.since[idx], self.streak.seen[idx], self.streak.told[idx])
+        due = sub.update_flags(step, flagged_RE)
+        self.streak.since[idx], self.streak.seen[idx], self.streak.told[idx] = sub.since, sub.seen, sub.told
+        return due
+
+    def of(self, name: str) -> _Streak:
+        """The row of router `name` (views)."""
+        r = self.rows[name]
+        return _Streak(self.streak.since[r], self.streak.seen[r], self.streak.told[r])
 
 
 def hot_flags(counts: np.ndarray) -> np.ndarray:
-    """Per expert: at least `HOT_FACTOR` times the balanced share of this step's tokens."""
+    """Per expert (of each row): at least `HOT_FACTOR` times the balanced share of this step's tokens."""
     counts = np.asarray(counts, dtype=np.float64)
-    mean = counts.mean() if counts.size else 0.0
-    return counts >= HOT_FACTOR * mean if mean > 0 else np.zeros(counts.shape, dtype=bool)
+    mean = counts.mean(axis=-1, keepdims=True) if counts.size else np.zeros(counts.shape[:-1] + (1,))
+    return (counts >= HOT_FACTOR * mean) & (mean > 0)
 
 TRAIN, INFERENCE = "train", "inference"
 PREFILL, DECODE = "prefill", "decode"
@@ -375,7 +405,7 @@ class ExpertsProbe(Probe):
         self._acc: dict[str, dict[str, _Acc]] = _fresh_sums()
         self._undecided: list[_Undecided] = []
         self._pending: list[_StepLoad] = []
-        self._streak: dict[tuple[str, str], _Streak] = {}
+        self._streak: dict[tuple[str, str, int], _RouterStreaks] = {}
         self._trained = False          # a training row was recorded: inference is no longer judged
         self._eval_depth = 0           # inside `Watch.phase("eval")`
         self._warned = False
@@ -524,42 +554,55 @@ class ExpertsProbe(Probe):
             acc[phase].setdefault(fwd.info.name, _Acc()).merge(fwd.acc)
         return acc
 
-    def _streak_of(self, key: tuple[str, ...], experts: int) -> _Streak:
-        """The stretch state kept under `key` (made afresh when the number of experts changed)."""
-        streak = self._streak.get(key)
-        if streak is None or streak.since.shape != (experts,):
-            streak = self._streak[key] = _Streak.empty(experts)
-        return streak
+    def _streaks_of(self, key: tuple[str, str, int]) -> _RouterStreaks:
+        """The stretch state of (phase, condition, number of experts)."""
+        streaks = self._streak.get(key)
+        if streaks is None:
+            streaks = self._streak[key] = _RouterStreaks(key[2])
+        return streaks
 
     def _judge_loads(self) -> None:
-        """Recorded loads whose copies have landed, judged for starved and hot experts."""
+        """Recorded loads whose copies have landed, judged for starved and hot experts (every router
+        with the same number of experts at once)."""
         while self._pending and self._pending[0].ready():
             load = self._pending.pop(0)
             if load.phase != TRAIN and self._trained:
                 continue  # inference is judged only while the run has not trained
-            for i, info in enumerate(load.rows):
-                counts = load.values()["counts"][i]
-                streak = self._streak_of((load.phase, info.name), counts.shape[0])
-                starved = streak.update(load.step, counts)
-                where = "recorded step" if load.phase == TRAIN else "recorded inference step"
-                if starved.size:
-                    since = int(streak.since[starved].min())
-                    self.ctx.report(
-                        "expert_starved",
-                        f"{info.name}: expert(s) {starved.tolist()} received no token in any {where} "
-                        f"from step {since} to {load.step} ({int(streak.seen[starved].min())} recorded)",
-                        module=info.name, value=float(starved.size), step=load.step)
-                hot = self._streak_of((load.phase, info.name, "hot"), counts.shape[0])
-                overloaded = hot.update_flags(load.step, hot_flags(counts))
-                if overloaded.size:
-                    share = counts[overloaded] / max(float(np.asarray(counts).sum()), 1.0)
-                    self.ctx.report(
-                        "expert_hot",
-                        f"{info.name}: expert(s) {overloaded.tolist()} received ≥ {HOT_FACTOR:g}× the balanced "
-                        f"share ({1 / counts.shape[0]:.1%}) in every {where} from step "
-                        f"{int(hot.since[overloaded].min())} to {load.step} (now {', '.join(f'{x:.1%}' for x in share)})",
-                        module=info.name, value=float(overloaded.size), step=load.step)
+            counts = load.values()["counts"]
+            by_experts: dict[int, list[int]] = {}
+            for i, c in enumerate(counts):
+                by_experts.setdefault(c.shape[0], []).append(i)
+            for experts, rows in by_experts.items():
+                counts_RE = np.stack([counts[i] for i in rows])
+                names = [load.rows[i].name for i in rows]
+                starved = self._streaks_of((load.phase, "starved", experts))
+                hot = self._streaks_of((load.phase, "hot", experts))
+                starved_RE = starved.update(load.step, names, counts_RE == 0)
+                hot_RE = hot.update(load.step, names, hot_flags(counts_RE))
+                for j in np.flatnonzero(starved_RE.any(axis=1) | hot_RE.any(axis=1)):
+                    self._report(load, names[j], counts_RE[j], np.flatnonzero(starved_RE[j]), starved.of(names[j]),
+                                 np.flatnonzero(hot_RE[j]), hot.of(names[j]))
         del self._pending[:-64]  # copies that never land (a dead device) must not pile up
+
+    def _report(self, load: "_StepLoad", name: str, counts: np.ndarray, starved: np.ndarray, starved_streak: _Streak,
+                overloaded: np.ndarray, hot: _Streak) -> None:
+        """The anomalies of one router at a judged load: starved and hot experts."""
+        where = "recorded step" if load.phase == TRAIN else "recorded inference step"
+        if starved.size:
+            since = int(starved_streak.since[starved].min())
+            self.ctx.report(
+                "expert_starved",
+                f"{name}: expert(s) {starved.tolist()} received no token in any {where} "
+                f"from step {since} to {load.step} ({int(starved_streak.seen[starved].min())} recorded)",
+                module=name, value=float(starved.size), step=load.step)
+        if overloaded.size:
+            share = counts[overloaded] / max(float(np.asarray(counts).sum()), 1.0)
+            self.ctx.report(
+                "expert_hot",
+                f"{name}: expert(s) {overloaded.tolist()} received ≥ {HOT_FACTOR:g}× the balanced "
+                f"share ({1 / counts.shape[0]:.1%}) in every {where} from step "
+                f"{int(hot.since[overloaded].min())} to {load.step} (now {', '.join(f'{x:.1%}' for x in share)})",
+                module=name, value=float(overloaded.size), step=load.step)
 
     def _warn(self, message: str) -> None:
         if not self._warned:
@@ -634,6 +677,9 @@ class _StepLoad:
                                      ("counts", "imbalance", "cv", "router_entropy", "dropped", "aux_loss", "bias")}
         for hv, layouts in self.parts:
             flat = hv.resolve()
+            if _uniform(layouts):
+                self._decode_uniform(flat, layouts, out)
+                continue
             at = 0
             for row, e, has_bias in layouts:
                 counts = np.rint(flat[at:at + e]).astype(np.int64)
@@ -652,6 +698,27 @@ class _StepLoad:
                 out["dropped"][row] = invalid if self.dropped_known[row] else None
         return out
 
+    def _decode_uniform(self, flat: np.ndarray, layouts: list[tuple[int, int, bool]], out: dict[str, list[Any]]) -> None:
+        """`_decode` of routers with the same number of experts, all with a bias or none, all at once."""
+        e, has_bias = layouts[0][1], layouts[0][2]
+        block_RF = flat.reshape(len(layouts), e + 3 + (e if has_bias else 0))
+        counts_RE = np.rint(block_RF[:, :e]).astype(np.int64)
+        mean_R = counts_RE.mean(axis=1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            imbalance_R = np.where(mean_R > 0, counts_RE.max(axis=1) / mean_R, np.nan)
+            cv_R = np.where(mean_R > 0, counts_RE.std(axis=1) / mean_R, np.nan)
+        invalid_R = np.rint(block_RF[:, e]).astype(np.int64)
+        for j, (row, _, _) in enumerate(layouts):
+            entropy, aux = float(block_RF[j, e + 1]), float(block_RF[j, e + 2])
+            out["counts"][row] = counts_RE[j]
+            out["imbalance"][row] = float(imbalance_R[j])
+            out["cv"][row] = float(cv_R[j])
+            out["router_entropy"][row] = entropy if np.isfinite(entropy) else None
+            out["aux_loss"][row] = aux if np.isfinite(aux) else None
+            out["dropped"][row] = int(invalid_R[j]) if self.dropped_known[row] else None
+            if has_bias:
+                out["bias"][row] = block_RF[j, e + 3:].astype(np.float32)
+
     def columns(self) -> dict[str, Any]:
         """Columns for `Recorder.submit`: names and layers now, the numbers deferred."""
         cols: dict[str, Any] = {"name": [r.name for r in self.rows], "layer": [r.layer for r in self.rows]}
@@ -660,6 +727,11 @@ class _StepLoad:
         for key in ("counts", "imbalance", "cv", "router_entropy", "dropped", "aux_loss", "bias"):
             cols[key] = _Column(self, key)
         return cols
+
+
+def _uniform(layouts: list[tuple[int, int, bool]]) -> bool:
+    """Every router of one host copy has the same number of experts, and a bias if the first has one."""
+    return all(e == layouts[0][1] and has_bias == layouts[0][2] for _, e, has_bias in layouts)
 
 
 class _Column:

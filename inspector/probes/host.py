@@ -70,6 +70,10 @@ class HostSlice:
         self.index = index
         self.dtype = dtype
 
+    def ready(self) -> bool:
+        """True when the copy it slices has landed (never blocks)."""
+        return self.value.ready()
+
     def resolve(self) -> Any:
         """The slice as a numpy value."""
         out = self.value.resolve()[self.index]

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from inspector.probes.attention.batched import Deferred, batch_key, defer, own_visibility, summarise_together
 from inspector.probes.attention.collapse import CollapseTracker
 from inspector.probes.attention.hf import attach_hf, hf_model
 from inspector.probes.attention.stats import Visibility
@@ -42,7 +43,7 @@ from inspector.probes.attention.mha import attach_mha
 from inspector.probes.attention.qk import qk_hooks
 from inspector.probes.attention.sink import BATCH_ROW_KEY, INFERENCE_MODE_KEY
 from inspector.probes.base import Probe, ProbeContext
-from inspector.probes.host import HostValue, to_host
+from inspector.probes.host import HostSlice, HostValue, to_host
 from inspector.probes.model_map import layer_index
 from inspector.probes.registry import register_probe
 from inspector.probes.switchable import SwitchableHooks
@@ -59,7 +60,7 @@ class _Pending(NamedTuple):
     name: str
     layer: int
     heads: list[int]
-    stats: HostValue          # [h, 4 + len(EXTRA_FIELDS)]: STAT_FIELDS then EXTRA_FIELDS
+    stats: HostValue | HostSlice   # [h, 4 + len(EXTRA_FIELDS)]: STAT_FIELDS then EXTRA_FIELDS
     rows: int                 # query rows of the sequence
 
 
@@ -80,6 +81,7 @@ class AttentionProbe(Probe):
         self._tracker = CollapseTracker()
         self._warned: set[str] = set()
         self._taps: SwitchableHooks | None = None   # the engine's QKCapture taps
+        self._deferred: dict[tuple[Any, ...], tuple[float, Visibility, list[Deferred]]] = {}
         self._traced = False      # an adapter's hook ran inside a torch.compile trace
         self._said_traced = False
 
@@ -119,11 +121,13 @@ class AttentionProbe(Probe):
             self._said_traced = True
             log.warning("inspector: attention: the model runs under torch.compile; attention inside the compiled "
                         "region is not recorded (watch the eager model to record it)")
+        self._flush_deferred()
         self._drain(block=False)
         self._switch_taps(step + 1)
 
     def detach(self) -> None:
         """Record what is still pending, then remove the hooks (and restore a HF model's attention)."""
+        self._flush_deferred()
         self._drain(block=True)
         super().detach()
 
@@ -165,6 +169,13 @@ class AttentionProbe(Probe):
         if not heads:
             return
         T, S = q_HTD.shape[1], k_GSD.shape[1]
+        key = batch_key(q_HTD, k_GSD, scale, vis, heads, ctx.sampling.max_attention_rows)
+        if key is not None:                    # summarised with the step's other small captures
+            group = self._deferred.get(key)
+            if group is None:
+                group = self._deferred[key] = (scale, own_visibility(vis), [])
+            group[2].append(defer(self._step, name, layer, q_HTD.detach(), k_GSD.detach(), heads))
+            return
         with torch.no_grad(), torch.autocast(q_HTD.device.type, enabled=False):
             got = summarise_attention(q_HTD.detach(), k_GSD.detach(), scale, vis, heads,
                                       ctx.sampling.max_attention_rows, list(ctx.sampling.attention_positions))
@@ -202,6 +213,28 @@ class AttentionProbe(Probe):
             heads = self._heads[H] = list(range(H)) if wanted is None else sorted(
                 {h for h in wanted if 0 <= h < H})
         return heads
+
+    def _flush_deferred(self) -> None:
+        """Summarise the small captures kept since the step began, each group as one (`batched`)."""
+        groups, self._deferred = self._deferred, {}
+        ctx = self.ctx
+        if ctx is None:
+            return
+        for scale, vis, items in groups.values():
+            try:
+                with torch.no_grad(), torch.autocast(items[0].q_hTD.device.type, enabled=False):
+                    got, spans = summarise_together(items, scale, vis, ctx.sampling.max_attention_rows)
+                pooled, stats = to_host(got.pooled), to_host(torch.cat([got.stats, got.extra], -1))
+            except Exception as exc:  # never raise into the training loop
+                self.failed(items[0].name, exc)
+                continue
+            T, S = got.pooled.shape[1], got.pooled.shape[2]
+            for it, span in zip(items, spans):
+                ctx.recorder.attention_map(it.name, HostSlice(pooled, span), layer=it.layer, heads=it.heads,
+                                           row_pool=1, key_pool=1, query_len=T, key_len=S, step=it.step)
+                if len(self._pending) >= _MAX_PENDING:
+                    self._drain(block=True)
+                self._pending.append(_Pending(it.step, it.name, it.layer, it.heads, HostSlice(stats, span), T))
 
     def _drain(self, block: bool) -> None:
         """Score and record pending statistics (those already on the host unless `block`)."""

@@ -143,10 +143,10 @@ def heads_probs(q_HTD: torch.Tensor, k_GSD: torch.Tensor, scale: float, vis: Vis
     G, S, _ = k_GSD.shape
     group = max(H // max(G, 1), 1)
     device = q_HTD.device
-    sel = _index(heads, device)
+    sel = head_index(heads, device)
     allowed, bias = row_mask(vis, T, S, stride, sel, device)
     sinks = None if vis.sinks_H is None else vis.sinks_H.to(device)[sel]
-    probs_hRS = attention_probs(q_HTD[sel][:, ::stride], k_GSD[_index([h // group for h in heads], device)], scale,
+    probs_hRS = attention_probs(q_HTD[sel][:, ::stride], k_GSD[head_index([h // group for h in heads], device)], scale,
                                 allowed, bias, vis.softcap, sinks)
     return probs_hRS, visible_counts(allowed, bias, len(heads), probs_hRS.shape[1], S, device)
 
@@ -180,7 +180,7 @@ def layer_attention(q_HTD: torch.Tensor, k_GSD: torch.Tensor, scale: float, vis:
 _INDEX_CACHE: dict[tuple[str, tuple[int, ...]], torch.Tensor] = {}
 
 
-def _index(heads: list[int], device: torch.device) -> slice | torch.Tensor:
+def head_index(heads: list[int], device: torch.device) -> slice | torch.Tensor:
     """A slice for a run of consecutive heads, else an index tensor on `device`, made once per
     device and head list (a host-to-device copy of pageable memory waits for the device)."""
     if heads == list(range(heads[0], heads[-1] + 1)):

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 import torch
 
-from inspector.probes.attention.stats import SINK_MIN_VISIBLE, Visibility, _heads, _index, head_stats, heads_probs
+from inspector.probes.attention.stats import SINK_MIN_VISIBLE, Visibility, _heads, head_index, head_stats, heads_probs
 
 SINK_TOKENS = 4
 """Keys counted as the attention sink: the first real tokens of the sequence."""
@@ -173,8 +173,8 @@ def tiled_attention(q_HTD: torch.Tensor, k_GSD: torch.Tensor, scale: float, vis:
     device = q_HTD.device
     row_pool, key_pool = pool_sizes(T, S, max_rows)
     h = len(heads)
-    sel = _index(heads, device)                 # a slice for consecutive heads: masks are never copied whole
-    kv_idx = _index([x // group for x in heads], device)
+    sel = head_index(heads, device)                 # a slice for consecutive heads: masks are never copied whole
+    kv_idx = head_index([x // group for x in heads], device)
     tile_q = max(1, min(tile_q, T))
     tile_k = max(key_pool, (tile_budget // max(h * tile_q, 1)) // key_pool * key_pool)
     map_rows, map_keys = math.ceil(T / row_pool), math.ceil(S / key_pool)

@@ -1,0 +1,44 @@
+"""Small captures summarised together (`attention.batched`) give each capture exactly the numbers of
+its own `summarise_attention`: grouped-query keys, a key mask, causal offsets."""
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from inspector.probes.attention.batched import batch_key, defer, own_visibility, summarise_together
+from inspector.probes.attention.stats import Visibility
+from inspector.probes.attention.tiled import summarise_attention
+
+
+def test_captures_summarised_together_equal_each_alone() -> None:
+    g = torch.Generator().manual_seed(0)
+    H, G, T, S, D = 4, 2, 1, 37, 8
+    mask_S = torch.ones(S, dtype=torch.bool)
+    mask_S[:5] = False                                  # a left-padded row of a batch
+    vis = Visibility(causal=True, q_offset=S - T, key_mask_S=mask_S)
+    heads = [0, 2, 3]
+    layers = [(torch.randn(H, T, D, generator=g), torch.randn(G, S, D, generator=g)) for _ in range(3)]
+    keys = {batch_key(q, k, 0.3, vis, heads, 256) for q, k in layers}
+    assert len(keys) == 1 and None not in keys
+    items = [defer(7, f"layers.{i}.qk", i, q, k, heads) for i, (q, k) in enumerate(layers)]
+    for q, k in layers:
+        q.add_(100.0)                                   # the model reuses the memory: the copies hold
+        k.mul_(-1.0)
+    got, spans = summarise_together(items, 0.3, own_visibility(vis), 256)
+    for (q, k), span in zip(layers, spans):
+        alone = summarise_attention(q - 100.0, -k, 0.3, vis, heads, 256)
+        torch.testing.assert_close(got.stats[span], alone.stats, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(got.extra[span], alone.extra, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(got.pooled[span], alone.pooled, rtol=1e-3, atol=1e-4)
+        assert torch.all(got.pooled[span][..., :5] == 0)          # padding keys get no weight
+
+
+def test_large_pooled_or_biased_captures_are_computed_at_once() -> None:
+    vis = Visibility(causal=True)
+    q, k = torch.randn(4, 512, 8), torch.randn(4, 512, 8)
+    assert batch_key(q, k, 1.0, vis, [0, 1, 2, 3], 256) is None                    # 1M cells, pooled
+    small_q, small_k = torch.randn(4, 1, 8), torch.randn(4, 40, 8)
+    biased = dataclasses.replace(vis, bias_HTS=torch.zeros(4, 1, 40))
+    assert batch_key(small_q, small_k, 1.0, biased, [0, 1], 256) is None
+    assert batch_key(small_q, small_k, 1.0, vis, [0, 1], 256) is not None
