@@ -15,6 +15,10 @@
 - `straggler-4rank`: four ranks under torchrun (gloo), rank 2 sleeping in every forward.
 - `hf-llama-faults`, `hf-bert-faults`, `healthy-llama`: tiny random-init Hugging Face models, see
   `hf_samples.py`.
+- `inference`: the `debug_v3` model trained 150 steps, then serving 24 corpus prompts through the
+  engine's batching scheduler, 4 at a time (every sixth asks for 60 tokens, the rest 24), recorded
+  in inference mode: requests queue, latencies spread, expert load by stage, attention of every
+  4th iteration's chosen token with the tokens' text.
 - `long-context-32k`: the `debug` model trained 150 steps on 64-token windows, then one forward of
   32,768 tokens of the same text with the attention probe on: exact statistics over every query row,
   pooled 128×128 maps, the last query's full row, every head's distance profile.
@@ -196,7 +200,37 @@ def long_context(out: Path, tokens: int = 32_768, steps: int = 150) -> None:
         trainer.close()
 
 
+def inference(out: Path, steps: int = 150, requests: int = 24) -> None:
+    """A short-trained `debug_v3` model serving `requests` corpus prompts of 8-192 bytes through the
+    engine's batching scheduler (4 rows at a time, so requests queue) in inference mode."""
+    from inspector.generate_demo import corpus_prompts
+    from inspector_engine.inference import BatchScheduler, SamplingParams
+    from inspector_engine.tokenizer import ByteTokenizer
+
+    shutil.rmtree(out, ignore_errors=True)
+    torch.set_num_threads(1)
+    model_cfg = get_config("debug_v3")
+    train_cfg = TrainConfig(steps=steps, seed=0, batch_size=8, seq_len=64, eval_every=0, progress=True)
+    trainer = Trainer(model_cfg, train_cfg)
+    try:
+        trainer.run()
+        model = trainer.model.eval()
+        tok = ByteTokenizer()
+        sched = BatchScheduler(model, max_batch_size=4, max_batch_tokens=4096)
+        watch = inspector.watch(model, out, mode="inference", tokenizer=tok, every={"attention": 4}, name="inference",
+                                hang_after_s=None, config={"model": model_cfg.to_dict(), "train": train_cfg.to_dict(),
+                                                           "command": "generate", "max_batch_size": 4})
+        watch.observe(sched)
+        for i, prompt in enumerate(corpus_prompts(requests, 0)):
+            sched.submit(tok.encode(prompt), 24 if i % 6 else 60, SamplingParams(0.8, 0, 1.0, i))
+        sched.run()
+        watch.close()
+    finally:
+        trainer.close()
+
+
 SAMPLES = {
+    "inference": inference,
     "long-context-32k": long_context,
     "healthy-moe": lambda out: train("healthy-moe", "debug_v3", 200, out, n_layers=3),
     "faults": lambda out: train("faults", "debug", 120, out, faults=True),

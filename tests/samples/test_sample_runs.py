@@ -14,7 +14,7 @@ from inspector.views.summary import run_summary
 from tests.conftest import ROOT, inspector_cli
 
 SAMPLES = ROOT / "sample_runs"
-NAMES = ["healthy-moe", "faults", "straggler-4rank"]
+NAMES = ["healthy-moe", "faults", "straggler-4rank", "inference"]
 
 
 def _size(path: Path) -> int:
@@ -100,3 +100,22 @@ def test_long_context_sample_holds_pooled_32k_attention() -> None:
     stats = run.frame("attention_stats")
     assert (stats["rows"] == 32768).all() and (stats["keys"] == 32768).all()
     assert all(abs(sum(d) - 1.0) < 1e-3 for d in stats["distance"])
+
+
+def test_inference_sample_holds_queued_requests_their_tokens_and_attention() -> None:
+    """`inference`: 24 requests served 4 at a time, so most queue; every request's tokens with text,
+    attention of chosen tokens over the cache, expert load split by stage."""
+    from inspector.views import inference as views
+
+    run = LiveRun(SAMPLES / "inference")
+    assert views.is_inference_run(run)
+    requests = views.requests_frame(run)
+    assert len(requests) == 24 and (requests["finished_reason"] == "length").all()
+    assert requests["generation_tokens"].tolist() == [24 if i % 6 else 60 for i in range(24)]
+    assert (requests["queue_time_s"] > 0).sum() >= 20                  # 4 rows at a time: the rest wait
+    labels, prompt_len = views.request_tokens(views.request_row(requests, 18))
+    assert prompt_len == requests["prompt_tokens"].iloc[18] and len(labels) == prompt_len + 60
+    shown = views.requests_with_attention(run)
+    assert len(shown) >= 12
+    stages = set(views.expert_stage_frame(run)["stage"])
+    assert stages == {"prefill", "decode"}

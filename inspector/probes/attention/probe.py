@@ -81,7 +81,7 @@ class AttentionProbe(Probe):
         self._tracker = CollapseTracker()
         self._warned: set[str] = set()
         self._taps: SwitchableHooks | None = None   # the engine's QKCapture taps
-        self._deferred: dict[tuple[Any, ...], tuple[float, Visibility, list[Deferred]]] = {}
+        self._deferred: dict[tuple[Any, ...], tuple[float, Visibility, list[Deferred], Any]] = {}
         self._traced = False      # an adapter's hook ran inside a torch.compile trace
         self._said_traced = False
 
@@ -172,8 +172,8 @@ class AttentionProbe(Probe):
         key = batch_key(q_HTD, k_GSD, scale, vis, heads, ctx.sampling.max_attention_rows)
         if key is not None:                    # summarised with the step's other small captures
             group = self._deferred.get(key)
-            if group is None:
-                group = self._deferred[key] = (scale, own_visibility(vis), [])
+            if group is None:   # the original mask is held too: its address, in the key, is not reused this step
+                group = self._deferred[key] = (scale, own_visibility(vis), [], vis.key_mask_S)
             group[2].append(defer(self._step, name, layer, q_HTD.detach(), k_GSD.detach(), heads))
             return
         with torch.no_grad(), torch.autocast(q_HTD.device.type, enabled=False):
@@ -220,7 +220,7 @@ class AttentionProbe(Probe):
         ctx = self.ctx
         if ctx is None:
             return
-        for scale, vis, items in groups.values():
+        for scale, vis, items, _ in groups.values():
             try:
                 with torch.no_grad(), torch.autocast(items[0].q_hTD.device.type, enabled=False):
                     got, spans = summarise_together(items, scale, vis, ctx.sampling.max_attention_rows)
