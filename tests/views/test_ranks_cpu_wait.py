@@ -11,7 +11,7 @@ import pytest
 from inspector.store.recorder import Recorder
 from inspector.views import ranks
 from inspector.views.live import open_live
-from tests.views.timing_rows import submit_step
+from tests.views.timing_rows import flagged, submit_step
 
 STEPS, EXTRA_MS = 24, 20.0
 
@@ -37,10 +37,6 @@ def write_run(path: Path, *, slow_by: str | None, cpu_wait_rows: bool = True) ->
         for rec in recs:
             rec.close()
     return path
-
-
-def flagged(path: Path) -> dict[int, str]:
-    return {r: why for r, why in ranks.straggler_reasons(open_live(path)).items() if why}
 
 
 def test_a_backward_longer_by_its_own_work_is_flagged(tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ import numpy as np
 from inspector.store.recorder import Recorder
 from inspector.views import ranks
 from inspector.views.live import open_live
-from tests.views.timing_rows import submit_step
+from tests.views.timing_rows import flagged, submit_step
 
 STEPS, RANKS, EXTRA_MS = 24, 4, 20.0
 
@@ -35,10 +35,6 @@ def write_run(path: Path, *, culprit: bool, data_ms: tuple[float, ...] = (5.0,) 
         for rec in recs:
             rec.close()
     return path
-
-
-def flagged(path: Path) -> dict[int, str]:
-    return {r: why for r, why in ranks.straggler_reasons(open_live(path)).items() if why}
 
 
 def test_a_rank_slow_in_its_own_code_between_phases_is_flagged_with_other_as_cause(tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 straggler tests that build runs through the real Recorder."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Mapping
 
 from inspector.store.recorder import Recorder
@@ -21,3 +22,11 @@ def submit_step(rec: Recorder, step: int, *, fwd: float, bwd: float, opt: float,
         phases.append(f"cpu_wait_{section}" if section else "cpu_wait")
         ms.append(waited)
     rec.submit("timing", {"name": names, "phase": phases, "ms": ms}, len(names), step=step)
+
+
+def flagged(path: Path) -> dict[int, str]:
+    """The straggler reason of every flagged rank of the run at `path`."""
+    from inspector.views import ranks
+    from inspector.views.live import open_live
+
+    return {r: why for r, why in ranks.straggler_reasons(open_live(path)).items() if why}
