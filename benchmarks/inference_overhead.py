@@ -12,6 +12,9 @@ on its own, so a slow spell of a shared machine hits every variant alike. After 
 recorders are flushed and the harness sleeps `--settle` s, untimed. Reported: median decode
 tokens/s per variant, the ratio of the medians and the median of per-round ratios ("paired"),
 and whether greedy outputs agree (they must: recording never changes what the model computes).
+Attribute costs pairwise (`--variants none,probe-experts`, then the next): with three or more
+variants the middle ones always run between two others, and that position alone moved a
+variant's figure by a few percent on this 2-core machine.
 
     python benchmarks/inference_overhead.py --config tiny --rounds 12
 """

@@ -283,3 +283,61 @@ def test_summary_reports_balance_per_phase(mixed: Generated) -> None:
         imbalance = [c.max() / c.mean() for c in per_step]
         np.testing.assert_allclose(e.mean_imbalance, np.mean(imbalance), rtol=1e-5)
         np.testing.assert_allclose(e.last_imbalance, imbalance[-1], rtol=1e-5)
+
+
+class ToyRouter(nn.Module):
+    """A router whose expert ids the test dictates per call, some out of range (-1: a dropped
+    token; `n_experts` and above: invalid), as capacity-limited routers return them."""
+
+    n_experts = 4
+    top_k = 2
+
+    def __init__(self, ids: list[torch.Tensor]) -> None:
+        super().__init__()
+        self.proj = nn.Linear(8, self.n_experts)
+        self.ids = ids
+
+    def forward(self, x_NC: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        self.last = self.ids.pop(0)
+        return self.proj(x_NC).softmax(-1), self.last
+
+
+class ToyMoE(nn.Module):
+    def __init__(self, ids: list[torch.Tensor]) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(16, 8)
+        self.router = ToyRouter(ids)
+
+    def forward(self, tokens_BT: torch.Tensor) -> torch.Tensor:
+        x_NC = self.embed(tokens_BT).reshape(-1, 8)
+        scores_NE, _ = self.router(x_NC)
+        return scores_NE
+
+
+def test_window_sums_count_every_id_once_and_out_of_range_ids_as_dropped(tmp_path: Path) -> None:
+    """Expert load recorded every 4th iteration holds the sum of the 4 iterations' ids per stage
+    (the hooks of the iterations between records only keep the ids), ids outside [0, E) are
+    counted as dropped, not in any expert, and ids the model changes after the call are counted
+    as they were."""
+    g = torch.Generator().manual_seed(0)
+    shapes = [(6, 2)] + [(2, 2)] * 7                       # one prefill of 2 x 3 tokens, then decodes of 2 rows
+    ids = [torch.randint(-1, 6, s, generator=g) for s in shapes]
+    kept = [t.clone() for t in ids]
+    model = ToyMoE(ids).eval()
+    w = inspector.watch(model, tmp_path / "run", mode="inference", probes=["experts"], every={"experts": 4},
+                        hang_after_s=None)
+    with torch.no_grad():
+        model(torch.randint(0, 16, (2, 3)))
+        model.router.last.fill_(3)                          # changed after the call: counted as it was
+        for _ in range(7):
+            model(torch.randint(0, 16, (2, 1)))
+            model.router.last.fill_(3)
+    w.close()
+    df = inspector.open_run(tmp_path / "run").to_pandas("expert_load_inference")
+    for stage, calls in (("prefill", [0]), ("decode", list(range(1, 8)))):
+        flat = torch.cat([kept[i].reshape(-1) for i in calls]).numpy()
+        valid = flat[(flat >= 0) & (flat < 4)]
+        rows = df[df["stage"] == stage]
+        got = np.sum(np.stack(rows["counts"].to_list()), axis=0)
+        np.testing.assert_array_equal(got, np.bincount(valid, minlength=4))
+        assert int(rows["dropped"].sum()) == int(((flat < 0) | (flat >= 4)).sum()) > 0

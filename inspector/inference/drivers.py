@@ -5,8 +5,9 @@
   tokens each forward produced, finish and reason, the batch row order of each decode, and the end
   of each iteration with the queue lengths. From its first "prefill" or "decode" event on, the
   forwards are timed from those events to the "tokens" event that follows (the forward and the
-  sampling of its tokens) and the model's forward hooks are off; the KV-cache size is read from the
-  scheduler's `cache` after each forward.
+  sampling of its tokens) and the model's forward hooks are off (the iteration meter's and the
+  watchdog's: it reads a stalled forward's block from the stack instead); the KV-cache size is read
+  from the scheduler's `cache` after each forward.
 - `GenerateStreamer`: a Hugging Face streamer (`put` / `end`, as `BaseStreamer`) for `generate()`.
   Its first `put` is the prompt batch [B, T] (leading pad tokens stripped per row), every later
   `put` the tokens [B] one decoding step produced; that iteration ends when the next forward starts
@@ -56,15 +57,15 @@ class SchedulerDriver:
             if self._driving:
                 self._driving = False
                 self.probe.event_drivers -= 1
-                if self.probe.meter is not None and self.probe.event_drivers == 0:
-                    self.probe.meter.driven(False)
+                if self.probe.event_drivers == 0:
+                    self.probe.drive(False)
 
-    def _drive(self, meter: Any) -> None:
-        """Time the forwards from this scheduler's events from now on (the meter's hooks go off)."""
+    def _drive(self) -> None:
+        """Time the forwards from this scheduler's events from now on (the forward hooks go off)."""
         if not self._driving:
             self._driving = True
             self.probe.event_drivers += 1
-            meter.driven(True)
+            self.probe.drive(True)
 
     def _on_event(self, event: str, obj: Any) -> None:
         book, meter = self.probe.book, self.probe.meter
@@ -72,7 +73,7 @@ class SchedulerDriver:
             return
         if event == "tokens":                     # every running request's token of a forward, at once
             if self._driving:
-                meter.end(getattr(self.scheduler, "cache", None))
+                self.probe.forward_ends(getattr(self.scheduler, "cache", None))
             now = book.clock()
             for req in obj:
                 book.token(req.id, req.output[-1], now)
@@ -83,8 +84,8 @@ class SchedulerDriver:
             book.arrive(obj.id, obj.prompt)
         elif event == "prefill":
             book.start(obj.id)
-            self._drive(meter)
-            meter.begin(PREFILL, 1, len(obj.prompt), obj.id, 0)
+            self._drive()
+            self.probe.forward_begins(PREFILL, 1, len(obj.prompt), obj.id, 0)
             if self._first_forward and self.probe.attention_due():
                 self.shown.count(obj.id)
             self._first_forward = False
@@ -94,8 +95,8 @@ class SchedulerDriver:
             due = self._first_forward and self.probe.attention_due()
             row = self.shown.pick([r.id for r in obj]) if due else 0   # the row matters only when recorded
             req = obj[row]
-            self._drive(meter)
-            meter.begin(DECODE, len(obj), 1, req.id, len(req.prompt) + len(req.output) - 1, row)
+            self._drive()
+            self.probe.forward_begins(DECODE, len(obj), 1, req.id, len(req.prompt) + len(req.output) - 1, row)
             if due:
                 self.shown.count(req.id)
             self._first_forward = False

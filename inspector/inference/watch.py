@@ -61,6 +61,7 @@ class InferenceWatch(Watch):
         probe.tokenizer, probe.tokens_every = tokenizer, tokens_every
         self._attach_probe(InferenceProbe.name, probe)
         self.inference = probe
+        probe.phases = self.phase_hooks
         probe.end_step = self.step
 
     def observe(self, scheduler: Any) -> SchedulerDriver:

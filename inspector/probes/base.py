@@ -126,6 +126,11 @@ class ProbeRecorder:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._recorder, name)
 
+    @property
+    def step(self) -> int:
+        """The Recorder's current step (read by every hook's `due_now`: no `__getattr__` detour)."""
+        return self._recorder.step
+
     def submit(self, kind: Any, columns: Any, rows: int = 1, step: int | None = None) -> bool:
         """`Recorder.submit`, deferred column values guarded."""
         return self._recorder.submit(kind, {k: self._wrap(v) for k, v in columns.items()}, rows, step)

@@ -189,6 +189,7 @@ class RouterInfo:
     engine: bool           # our engine's Router (scores first, `aux_loss`, `bias` in sigmoid mode)
     capacity: bool         # a capacity limit applies (dropped tokens unknown)
     indices_at: int | None = None  # where in the router's output tuple the expert ids were found
+    indices_dtype: torch.dtype | None = None  # their dtype there (the hook's one-look check)
 
     @property
     def layer(self) -> int | None:
@@ -324,9 +325,14 @@ def _count_ids(info: RouterInfo, acc: _Acc) -> None:
     if not acc.ids:
         return
     e = info.n_experts
-    flat = torch.cat([t.reshape(-1) for t in acc.ids]).long()
+    ids = acc.ids
     acc.ids, acc.ids_numel = [], 0
-    flat = torch.where((flat >= 0) & (flat < e), flat, e)
+    try:
+        flat = torch.cat(ids).reshape(-1)            # alike shapes (a router's [N, k]): one op
+    except RuntimeError:
+        flat = torch.cat([t.reshape(-1) for t in ids])
+    # ids out of [0, E) go to bin E: clamped into [-1, E], then -1 (mod E + 1) is E too
+    flat = flat.long().clamp(-1, e).remainder_(e + 1)
     counts = torch.bincount(flat, minlength=e + 1)
     acc.counts = counts if acc.counts is None else acc.counts + counts
 
@@ -343,6 +349,7 @@ def router_indices(out: Any, info: RouterInfo) -> torch.Tensor | None:
         info.indices_at = next((i for i, t in enumerate(out) if t is indices_NK or (
             isinstance(t, torch.Tensor) and indices_NK is not None and t.data_ptr() == indices_NK.data_ptr()
             and not t.is_floating_point())), None)
+        info.indices_dtype = indices_NK.dtype if info.indices_at is not None and indices_NK is not None else None
     return indices_NK
 
 
@@ -386,6 +393,9 @@ def _grad_tracked(out: Any) -> torch.Tensor | None:
                 None)
 
 
+_is_compiling = torch.compiler.is_compiling
+
+
 def _in_backward() -> bool:
     """True inside an autograd backward pass (an activation-checkpoint recompute)."""
     task = getattr(torch._C, "_current_graph_task_id", None)
@@ -411,6 +421,8 @@ class ExpertsProbe(Probe):
         self._warned = False
         self._traced = False           # a router hook ran inside a torch.compile trace
         self._said_traced = False
+        self._counting = False         # the current step is not recorded: hooks only add to window sums
+        self._shared: dict[str, Any] = {}
 
     def attach(self, ctx: ProbeContext) -> str | None:
         """Hook every router; a reason when the model has none."""
@@ -418,6 +430,8 @@ class ExpertsProbe(Probe):
         self.routers = find_routers(ctx.model)
         if not self.routers:
             return "no MoE routers found (engine Router, *Router classes or gate/router next to experts)"
+        self._shared = ctx.shared
+        self._count_next(ctx.step)
         for info in self.routers:
             self.track(info.module.register_forward_hook(self._hook(info)))
         return None
@@ -432,26 +446,30 @@ class ExpertsProbe(Probe):
 
     def _hook(self, info: RouterInfo) -> Callable[[nn.Module, Any, Any], None]:
         def hook(module: nn.Module, args: Any, out: Any) -> None:
-            if torch.compiler.is_compiling():  # inside a compiled graph: record nothing, add nothing
+            if _is_compiling():  # inside a compiled graph: record nothing, add nothing
                 self._traced = True
                 return
-            ctx = self.ctx
-            if ctx is None:
+            if self._counting or not self.due_now():
+                # a step this probe does not record: stage window sums count every token (the
+                # rest is sampled). Every call of every router of a decode iteration comes here:
+                # the fewest Python steps that keep the ids as of the call.
+                sums = self._acc.get(self._shared.get(STAGE_KEY))      # PREFILL / DECODE only
+                if sums is None:
+                    return
+                try:                                                 # integer ids: no autograd to switch off
+                    at = info.indices_at
+                    t = out[at] if at is not None and type(out) is tuple else None
+                    if type(t) is not torch.Tensor or t.dtype is not info.indices_dtype:
+                        t = router_indices(out, info)
+                    acc = sums.get(info.name)
+                    if acc is None:
+                        acc = sums[info.name] = _Acc()
+                    _add_counts(info, t, acc)
+                except Exception as exc:  # noqa: BLE001
+                    self._warn(f"inspector: experts probe skipped a forward of {info.name}: "
+                               f"{type(exc).__name__}: {exc}")
                 return
-            if not self.due_now():
-                stage = ctx.shared.get(STAGE_KEY)
-                if stage in (PREFILL, DECODE):   # window sums count every token; the rest is sampled
-                    try:                         # integer ids: no autograd to switch off
-                        sums = self._acc[stage]
-                        acc = sums.get(info.name)
-                        if acc is None:
-                            acc = sums[info.name] = _Acc()
-                        _add_counts(info, router_indices(out, info), acc)
-                    except Exception as exc:  # noqa: BLE001
-                        self._warn(f"inspector: experts probe skipped a forward of {info.name}: "
-                                   f"{type(exc).__name__}: {exc}")
-                return
-            if _in_backward():
+            if self.ctx is None or _in_backward():
                 return
             try:
                 grad_on = torch.is_grad_enabled() and not torch.is_inference_mode_enabled()
@@ -461,6 +479,11 @@ class ExpertsProbe(Probe):
                 self._warn(f"inspector: experts probe skipped a forward of {info.name}: "
                            f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
         return hook
+
+    def _count_next(self, step: int) -> None:
+        """Decide how the hooks treat step `step`: `_counting` while it is not a recorded one."""
+        ctx = self.ctx
+        self._counting = ctx is not None and not ctx.sampling.due(self.name, step)
 
     def _record_forward(self, info: RouterInfo, module: nn.Module, out: Any, grad_on: bool) -> None:
         """Add one forward to its phase's sums (an eval-mode forward with autograd on: decided later)."""
@@ -517,15 +540,17 @@ class ExpertsProbe(Probe):
                 self._judge_loads()
         except Exception as exc:
             self._warn(f"inspector: experts probe could not record step {step}: {type(exc).__name__}: {exc}")
+        self._count_next(step + 1)
 
     def _record(self, step: int, *, last: bool = False) -> bool:
         """Submit the sums gathered since the last step end at `step` (`last`: the probe is being
         detached, carried window sums are recorded whatever the step); True if the probe is live."""
         if self.ctx is None:
             return False
-        if not self.ctx.sampling.due(self.name, step) and not last:
+        if self._counting and not last:
             # stage rows are window sums: they stay until the next record; nothing else is kept
-            if self._undecided or any(self._acc[phase] for phase in self._acc if phase not in (PREFILL, DECODE)):
+            acc = self._acc
+            if self._undecided or acc[TRAIN] or acc[INFERENCE]:
                 stages = {phase: self._acc[phase] for phase in (PREFILL, DECODE)}
                 self._take()
                 self._acc.update(stages)

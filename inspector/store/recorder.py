@@ -83,6 +83,7 @@ class Recorder:
         self._warned: set[str] = set()
         self._blobs: deque[tuple] = deque()   # blob items not written yet (see _write)
         self._urgent = threading.Event()      # a flush or close is waiting: stop coalescing
+        self._buffers: list[Any] = []         # producers' `hand_over`s (`add_buffer`)
 
         self._writer: RankWriter | None = None
         self._thread = threading.Thread(target=self._run, name=f"inspector-writer-{self.rank}", daemon=True)
@@ -174,8 +175,27 @@ class Recorder:
         return self.submit(ANOMALY, {"kind": kind, "module": module, "severity": severity,
                                      "value": value, "message": message}, 1, step)
 
+    def add_buffer(self, hand_over: Any) -> None:
+        """A producer that keeps rows before submitting them (`RowBuffer`): `hand_over()` submits
+        them, called at every `flush()` and at `close()`."""
+        self._buffers.append(hand_over)
+
+    def remove_buffer(self, hand_over: Any) -> None:
+        """Undo `add_buffer`."""
+        if hand_over in self._buffers:
+            self._buffers.remove(hand_over)
+
+    def _hand_over_buffers(self) -> None:
+        for hand_over in list(self._buffers):
+            try:
+                hand_over()
+            except Exception as exc:  # noqa: BLE001 - a producer's rows must not stop the flush
+                self._warn_once(f"buffer:{hand_over!r}", f"inspector: rows kept by a producer were lost: "
+                                f"{type(exc).__name__}: {exc}")
+
     def flush(self, timeout: float = 10.0) -> bool:
         """Block until everything queued so far is on disk; False on timeout or after a failure."""
+        self._hand_over_buffers()
         if self._closed or not self._thread.is_alive():
             return False
         done = threading.Event()
@@ -188,6 +208,8 @@ class Recorder:
 
     def close(self, timeout: float = 30.0) -> None:
         """Write what is queued, mark the rank finished (closed.json) and stop the thread."""
+        if not self._closed:
+            self._hand_over_buffers()
         with self._lock:
             if self._closed:
                 return

@@ -16,6 +16,10 @@ Always on with `watch()`, whatever probes are chosen; each hook is a few attribu
   (reference-counted; restored when the last closes): a `next()` is phase "data".
 - `Watch.phase("eval")` / `("checkpoint")` (`begin`/`end`): that phase; forwards inside it keep it and
   set only the module. `Watch.close()`: "closed" (the watchdog's final heartbeat).
+- Driven (`driven(True)`, an inference watch whose scheduler reports every forward's start and end):
+  the root and block hooks are off (a hooked module takes torch's slow call path on every call) and
+  the driver calls `forward_begins` / `forward_ends`; the block a stalled forward is in is then read
+  from that thread's stack by the watchdog when it writes a heartbeat (`Progress.locate`).
 Under `torch.compiler.is_compiling()` every hook returns at once (nothing traced, no graph break).
 Every hook is guarded (`Probe.guard`): an error switches the tracking off, said once, never raised.
 """
@@ -31,7 +35,9 @@ from torch.utils.data import dataloader as _dataloader
 
 from inspector.probes.base import Probe, ProbeContext
 from inspector.probes.model_map import find_blocks, first_tensor
+from inspector.probes.switchable import SwitchableHooks
 from inspector.watchdog.progress import Progress
+from inspector.watchdog.stack_module import module_on_stack
 
 _queue_callback = torch.autograd.Variable._execution_engine.queue_callback
 
@@ -55,6 +61,7 @@ class PhaseHooks(Probe):
         self._task = -1                 # graph task of the backward pass being tracked
         self._end_backward: Callable[[], None] = lambda: None
         self._root_grad: Callable[[Any], None] = lambda g: None
+        self._forward_hooks: list[SwitchableHooks] = []
 
     def attach(self, ctx: ProbeContext) -> str | None:
         """Hook the root, the blocks, the optimizer and the data loader."""
@@ -63,11 +70,21 @@ class PhaseHooks(Probe):
         self._end_backward = self.guard(self._requeue_end, "end-of-backward callback (watchdog)")
         self._root_grad = self.guard(self._on_root_grad, "gradient hook on the model output (watchdog)")
         pre, post = torch._dynamo.disable(self._root_pre), torch._dynamo.disable(self._root_post)
-        self.track(root.register_forward_pre_hook(pre))
-        self.track(root.register_forward_hook(post))
+        pres: list[tuple[nn.Module, Callable[..., Any]]] = [(root, pre)]
+        posts: list[tuple[nn.Module, Callable[..., Any]]] = [(root, post)]
+        blocks = {}
         for name, block in find_blocks(root):
             if block is not root:
-                self._hook_block(name, block)
+                blocks[id(block)] = name
+                block_pre, block_post = self._block_hooks(name)
+                pres.append((block, block_pre))
+                if self.backward:
+                    posts.append((block, block_post))
+        self._forward_hooks = [SwitchableHooks(self, pres, pre=True), SwitchableHooks(self, posts)]
+        for hooks in self._forward_hooks:
+            self.track(hooks)
+            hooks.switch(True)
+        self.progress.locate = lambda thread: module_on_stack(blocks, thread) if blocks else ""
         if ctx.optimizer is not None:
             # the end of the step is the Watch's own post-hook (`step_end`): it must stay the last
             # one, since a probe it detaches there removes hooks from the dict torch is iterating
@@ -94,6 +111,30 @@ class PhaseHooks(Probe):
         p = self.progress
         p.step = step
         p.set_phase(self.explicit[-1] if self.explicit else "user")
+
+    def driven(self, on: bool) -> None:
+        """`on`: a driver reports every forward (`forward_begins` / `forward_ends`); the root and
+        block hooks go off. Off: the hooks are back."""
+        for hooks in self._forward_hooks:
+            hooks.switch(not on)
+
+    def forward_begins(self) -> None:
+        """A driven forward starts (on this thread)."""
+        p = self.progress
+        p.thread = threading.get_ident()
+        if self.explicit:
+            p.module = ""
+            p.tick()
+        else:
+            p.set_phase("forward")
+
+    def forward_ends(self) -> None:
+        """The driven forward is done."""
+        p = self.progress
+        if self.explicit:
+            p.tick()
+        else:
+            p.set_phase("user")
 
     # ---- hooks -------------------------------------------------------------------------------
 
@@ -149,7 +190,9 @@ class PhaseHooks(Probe):
         if not self.explicit and self.progress.phase == "backward":
             self.progress.set_phase("user")
 
-    def _hook_block(self, name: str, block: nn.Module) -> None:
+    def _block_hooks(self, name: str) -> tuple[Callable[..., Any], Callable[..., Any]]:
+        """A block's forward pre-hook (the module now running) and forward hook (the block's
+        gradient, when it comes, marks the backward pass in it)."""
         p = self.progress
 
         def on_grad(grad: Any) -> None:
@@ -172,9 +215,7 @@ class PhaseHooks(Probe):
             if t is not None and t.requires_grad:
                 t.register_hook(on_grad_guarded)
 
-        self.track(block.register_forward_pre_hook(pre))
-        if self.backward:
-            self.track(block.register_forward_hook(post))
+        return pre, post
 
     def _optimizer_pre(self, *_: Any) -> None:
         self.progress.set_phase("optimizer")

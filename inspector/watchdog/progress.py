@@ -8,7 +8,7 @@ a module from the next, which a heartbeat written every second or two can live w
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 if TYPE_CHECKING:
     from inspector.store.heartbeat_format import CollectiveRef
@@ -17,7 +17,8 @@ if TYPE_CHECKING:
 class Progress:
     """Step, phase and module of a rank, when the phase began and when the rank last made progress."""
 
-    __slots__ = ("step", "phase", "module", "phase_since", "last_progress", "collective", "_outer_module")
+    __slots__ = ("step", "phase", "module", "phase_since", "last_progress", "collective", "_outer_module",
+                 "thread", "locate")
 
     def __init__(self, phase: str = "user") -> None:
         now = time.time()
@@ -28,6 +29,21 @@ class Progress:
         self.last_progress = now
         self.collective: CollectiveRef | None = None
         self._outer_module = ""
+        self.thread: int | None = None
+        """The thread a driven forward runs on (`PhaseHooks.forward_begins`)."""
+        self.locate: Callable[[int | None], str] | None = None
+        """The watched module whose forward runs on a thread's stack ("" if none; the watchdog's
+        fallback when no hook said which module the rank is in)."""
+
+    def where(self) -> str:
+        """The module the rank is in: the hooks' word, else during a forward the one on its stack."""
+        module = self.module
+        if module or self.phase != "forward" or self.locate is None:
+            return module
+        try:
+            return self.locate(self.thread)
+        except Exception:  # noqa: BLE001 - reading another thread's stack must never stop a heartbeat
+            return ""
 
     def enter(self, phase: str, module: str = "") -> str:
         """Enter `phase` (in `module`); returns the phase it replaces, for `leave`."""

@@ -125,7 +125,7 @@ class Watchdog:
         groups, recent, current = self._collectives()
         return Heartbeat(rank=self.rank, world_size=self.world_size, pid=self.pid, host=self.host,
                          time=time.time(), started=self.started, heartbeat_s=self.heartbeat_s,
-                         hang_after_s=self.hang_after_s, step=p.step, phase=p.phase, module=p.module,
+                         hang_after_s=self.hang_after_s, step=p.step, phase=p.phase, module=p.where(),
                          phase_since=p.phase_since, last_progress=p.last_progress, collective=current,
                          groups=groups, recent=recent, dumps=list(self.dumps), closed=closed)
 
@@ -145,7 +145,7 @@ class Watchdog:
         _, _, current = self._collectives()
         name = write_stack_dump(self.rank_dir, self._next_dump, {
             "rank": self.rank, "world_size": self.world_size, "pid": self.pid, "host": self.host, "time": now,
-            "step": p.step, "phase": p.phase, "module": p.module, "stalled_s": round(now - p.last_progress, 3),
+            "step": p.step, "phase": p.phase, "module": p.where(), "stalled_s": round(now - p.last_progress, 3),
             "collective": None if current is None else current.to_json()})
         self._next_dump += 1
         self.dumps.append(name)

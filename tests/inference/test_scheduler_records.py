@@ -235,21 +235,65 @@ def test_a_scheduler_driver_times_forwards_from_its_events_with_the_model_hooks_
     model = Transformer(get_config("debug")).eval()
     sched = BatchScheduler(model, max_batch_size=2, max_batch_tokens=64)
     w = inspector.watch(model, tmp_path / "run", mode="inference")
-    hooked = len(model._forward_pre_hooks) + len(model._forward_hooks)
+    modules = [model, *model.layers]
+
+    def hooks() -> list[int]:
+        return [len(m._forward_pre_hooks) + len(m._forward_hooks) for m in modules]
+
+    hooked = hooks()
     driver = w.observe(sched)
-    seen: list[int] = []
-    sched.add_listener(lambda event, obj: seen.append(len(model._forward_pre_hooks) + len(model._forward_hooks))
-                       if event in ("prefill", "decode") else None)
+    seen: list[list[int]] = []
+    sched.add_listener(lambda event, obj: seen.append(hooks()) if event in ("prefill", "decode") else None)
     for prompt, n in zip(PROMPTS[:3], MAX_NEW[:3]):
         sched.submit(prompt, n)
     done = sched.run()
     driver.remove()
-    after = len(model._forward_pre_hooks) + len(model._forward_hooks)
+    after = hooks()
     with torch.no_grad():                                  # no driver: a top-level forward is an iteration
         model(torch.tensor([[3, 4, 5]]))
     w.close()
-    assert seen and set(seen) == {hooked - 2} and after == hooked    # the meter's pre- and post-hook only
+    # driven: neither the meter's hooks on the root nor the watchdog's on the root and the blocks
+    assert hooked[0] == 4 and all(n == 1 for n in hooked[1:])
+    assert seen and all(s == [0] * len(modules) for s in seen) and after == hooked
     it = inspector.open_run(tmp_path / "run").to_pandas("inference_iteration")
     assert it["prompt_tokens"].iloc[:-1].sum() == sum(len(p) for p in PROMPTS[:3])
     assert it["generation_tokens"].sum() == sum(len(r.output) - 1 for r in done)
     assert (it["decode_ms"].iloc[:-1] > 0).all() and it["prompt_tokens"].iloc[-1] == 3
+
+
+def test_a_stalled_driven_forward_names_its_block_from_the_stack(tmp_path: Path) -> None:
+    """With the watchdog's block hooks off (driven), a heartbeat written while a decode forward is
+    stuck in a block still names that block (read from the serving thread's stack) and says
+    "forward"; between forwards the rank is back in user code."""
+    import threading
+
+    torch.manual_seed(0)
+    model = Transformer(get_config("debug")).eval()
+    sched = BatchScheduler(model, max_batch_size=2, max_batch_tokens=64)
+    w = inspector.watch(model, tmp_path / "run", mode="inference", hang_after_s=600, heartbeat_s=600)
+    driver = w.observe(sched)
+    stuck = model.layers[1]
+    seen: list[tuple[str, str]] = []
+    stage: list[str] = []
+    sched.add_listener(lambda event, obj: stage.append(event) if event in ("prefill", "decode") else None)
+    original = stuck.forward
+
+    def stalls(*args: Any, **kwargs: Any) -> Any:
+        if stage and stage[-1] == "decode" and not seen:   # the first decode: another thread beats meanwhile
+            hooks = len(stuck._forward_pre_hooks)
+            beat = threading.Thread(target=lambda: seen.append((w.watchdog.heartbeat().phase,
+                                                               w.watchdog.heartbeat().module, hooks)))
+            beat.start()
+            beat.join()
+        return original(*args, **kwargs)
+
+    stuck.forward = stalls
+    try:
+        sched.submit(PROMPTS[0], 3)
+        sched.run()
+        after = w.watchdog.heartbeat()
+    finally:
+        driver.remove()
+        w.close()
+    assert seen == [("forward", "layers.1", 0)]       # no hook on the block: its stack said it
+    assert after.phase == "user" and after.module == ""

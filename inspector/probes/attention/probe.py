@@ -121,8 +121,10 @@ class AttentionProbe(Probe):
             self._said_traced = True
             log.warning("inspector: attention: the model runs under torch.compile; attention inside the compiled "
                         "region is not recorded (watch the eager model to record it)")
-        self._flush_deferred()
-        self._drain(block=False)
+        if self._deferred:
+            self._flush_deferred()
+        if self._pending:
+            self._drain(block=False)
         self._switch_taps(step + 1)
 
     def detach(self) -> None:
