@@ -8,7 +8,9 @@ and end (the engine scheduler's listener) calls `begin` and `end` itself and swi
 off (`driven`): a hooked module's every call takes torch's slow path. While the
 forward runs, `shared[STAGE_KEY]` holds its stage, so the experts probe splits its counts by stage,
 and `shared[BATCH_ROW_KEY]` that row. The meter adds up each iteration's
-forwards until `end_iteration` turns them into one `inference_iteration` row.
+forwards until `end_iteration` turns them into one `inference_iteration` row; its wall time (`ms`)
+runs from the first forward's start to the iteration's end, so a server's idle spell between
+bursts is in no iteration.
 
 Forward time: on the host clock on CPU; on CUDA two events per forward, read at the end of the
 iteration, by which time the driver has already waited for the sampled tokens.
@@ -137,12 +139,13 @@ class IterationMeter:
         """A forward of `stage` over `batch` rows of `tokens` tokens starts now; the attention probe
         records batch row `row` (request `request`, its first query at `query_start`)."""
         t = self.totals
+        start = time.perf_counter()
         if t.forwards == 0:
             t.attn_request, t.attn_query_start, t.attn_query_tokens = request, query_start, tokens
+            t.started = start     # an idle spell before the iteration's first forward is not its time
         t.forwards += 1
         self.shared[STAGE_KEY] = stage
         self.shared[BATCH_ROW_KEY] = row
-        start = time.perf_counter()
         if self._cuda:
             start = torch.cuda.Event(enable_timing=True)
             start.record()
@@ -180,7 +183,8 @@ class IterationMeter:
             t.cache = cache_stats(cache)
 
     def end_iteration(self) -> tuple[IterationTotals, float]:
-        """The iteration's totals (forward ms filled in) and its wall ms; the next iteration starts now."""
+        """The iteration's totals (forward ms filled in) and its wall ms: from its first forward's
+        start to now (0 without a forward)."""
         t, self.totals = self.totals, IterationTotals()
         done, self._done = self._done, []
         for fwd in done:

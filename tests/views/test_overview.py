@@ -38,3 +38,39 @@ def test_crashed_run_and_missing_tokens(tmp_path):
 
 def test_format_duration():
     assert [format_duration(s) for s in (5, 65, 3725)] == ["5s", "1m 05s", "1h 02m"]
+
+
+def test_inference_run_header_gives_generated_tokens_per_second(tmp_path):
+    """A run recorded in inference mode has no tokens_per_s scalar: the header says generated
+    tokens/s, counting every output token the scheduler produced (first tokens included) over the
+    iterations' wall time, which the test's own clock bounds from above."""
+    import time
+
+    import torch
+
+    import inspector
+    from inspector_engine.config import get_config
+    from inspector_engine.inference import BatchScheduler
+    from inspector_engine.model import Transformer
+
+    torch.manual_seed(0)
+    model = Transformer(get_config("debug")).eval()
+    sched = BatchScheduler(model, max_batch_size=2, max_batch_tokens=64)
+    w = inspector.watch(model, tmp_path / "gen", mode="inference", probes=[], hang_after_s=None)
+    driver = w.observe(sched)
+    for prompt, n in (([5, 6, 7], 6), ([1, 2, 3, 4], 4), ([9, 9], 5)):
+        sched.submit(prompt, n)
+    t0 = time.perf_counter()
+    done = sched.run()
+    wall = time.perf_counter() - t0
+    driver.remove()
+    w.close()
+    run = open_live(tmp_path / "gen")
+    h = run_header(run)
+    produced = sum(len(r.output) for r in done)
+    iteration_s = run.frame("inference_iteration")["ms"].sum() / 1e3
+    assert h.tokens_label == "gen tok/s" and f"{h.tokens_per_s:,.0f} gen tok/s" in h.line()
+    assert h.tokens_per_s * iteration_s == pytest.approx(produced)
+    assert h.tokens_per_s >= produced / wall
+    assert h.elapsed_s > 0
+    run.close()
