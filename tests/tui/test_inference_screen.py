@@ -99,3 +99,33 @@ async def test_a_training_run_says_it_has_no_inference_records(synthetic4) -> No
     async with app.run_test(size=(150, 40)) as pilot:
         await wait_until(pilot, lambda: app.settled)
         assert "no inference records in this run" in str(app.screen.query_one("#message", Static).render())
+
+
+def _drawn(app: InspectorApp, pane: str) -> str:
+    """A pane's rich content as the text it draws at the pane's width."""
+    import io
+
+    from rich.console import Console
+
+    static = app.screen.query_one(pane, Static)
+    console = Console(width=static.content_region.width, file=io.StringIO(), record=True)
+    console.print(static.content)
+    return console.export_text()
+
+
+async def test_narrow_terminal_stacks_the_panes_and_keeps_the_tables_whole(synthetic_inference) -> None:
+    """At 80 columns the run-wide panes and the request viewer are stacked (side by side each
+    clipped its tables to "m…" columns); widening the terminal puts them side by side again."""
+    app = InspectorApp(synthetic_inference, screen="inference", frozen_now=FROZEN_NOW)
+    async with app.run_test(size=(80, 40)) as pilot:
+        await wait_until(pilot, lambda: app.settled)
+        await pilot.pause()
+        left, right = (app.screen.query_one(p).region for p in ("#inf-left", "#inf-right"))
+        assert app.screen.has_class("narrow")
+        assert right.y >= left.y + left.height and left.width >= 76 and right.width >= 76
+        latency = _drawn(app, "#inf-latency")
+        assert "p50" in latency and "TTFT" in latency and "…" not in latency
+        await pilot.resize_terminal(160, 40)
+        await pilot.pause()
+        left, right = (app.screen.query_one(p).region for p in ("#inf-left", "#inf-right"))
+        assert not app.screen.has_class("narrow") and right.x >= left.x + left.width and right.y == left.y

@@ -24,6 +24,8 @@ from inspector.tui.widgets.ramp import DIVERGING, VIRIDIS, hex_colour, ramp_rgb,
 from inspector.views.inference import printable_token
 from inspector.views.scales import load_ratio, load_scale, weight_scale
 
+NARROW_COLS = 120
+"""Terminal width below which the run-wide panes and the request viewer are stacked."""
 NO_RUN = "no inference records in this run: record generation with inspector.watch(model, run, mode=\"inference\")"
 
 
@@ -140,15 +142,22 @@ class InferenceScreen(InspectorScreen):
     def compose_body(self) -> ComposeResult:
         """Headline; run-wide panes on the left, the request viewer on the right."""
         yield Static("", id="inf-headline")
-        with Horizontal():
-            with VerticalScroll(id="inf-left"):
-                yield Static("", id="inf-latency")
-                yield Static("", id="inf-series")
-                yield Static("", id="inf-experts")
-            with VerticalScroll(id="inf-right"):
-                yield DataTable(id="inf-requests", cursor_type="row", zebra_stripes=True)
-                yield Static("", id="inf-tokens")
-                yield Static("", id="inf-attention")
+        # scrolls only when narrow (the panes stacked); never takes the focus (the request table has it)
+        with VerticalScroll(id="inf-body", can_focus=False):
+            with Horizontal(id="inf-columns"):
+                with VerticalScroll(id="inf-left"):
+                    yield Static("", id="inf-latency")
+                    yield Static("", id="inf-series")
+                    yield Static("", id="inf-experts")
+                with VerticalScroll(id="inf-right"):
+                    yield DataTable(id="inf-requests", cursor_type="row", zebra_stripes=True)
+                    yield Static("", id="inf-tokens")
+                    yield Static("", id="inf-attention")
+
+    def on_resize(self) -> None:
+        """Below `NARROW_COLS` columns the two panes are stacked (side by side each would clip its
+        tables), and the screen scrolls as one."""
+        self.set_class(self.size.width < NARROW_COLS, "narrow")
 
     def on_mount(self) -> None:
         """Request table columns."""
@@ -164,7 +173,7 @@ class InferenceScreen(InspectorScreen):
                          "#inf-attention"):
                 self.query_one(pane, Static).update("")
             return NO_RUN
-        half = max(20, self.size.width // 2 - 32)
+        half = max(20, (self.size.width if self.has_class("narrow") else self.size.width // 2) - 32)
         self.query_one("#inf-headline", Static).update(headline(payload))
         self.query_one("#inf-latency", Static).update(latency_table(payload))
         self.query_one("#inf-series", Static).update(series_lines(payload, half))
@@ -183,24 +192,29 @@ class InferenceScreen(InspectorScreen):
         return None
 
     def _fill_requests(self, p: InferenceData) -> None:
+        """The request table. Only when its rows change is the cursor put on the payload's request:
+        otherwise the cursor is the user's (a key may have moved it while this snapshot was built)."""
         table = self.query_one("#inf-requests", DataTable)
         keys = [str(int(r)) for r in p.requests["request_id"]]
-        if [str(k.value) for k in table.rows] != keys:
-            table.clear()
-            for r in p.requests.itertuples():
-                table.add_row(f"#{int(r.request_id)}", num(r.e2e_request_latency_s * 1e3, "{:,.0f}"),
-                              num(r.time_to_first_token_s * 1e3, "{:,.0f}"),
-                              num(r.time_per_output_token_s * 1e3, "{:,.1f}"),
-                              num(r.queue_time_s * 1e3, "{:,.0f}"), f"{int(r.prompt_tokens)}→{int(r.generation_tokens)}",
-                              str(r.finished_reason), key=str(int(r.request_id)))
+        if [str(k.value) for k in table.rows] == keys:
+            return
+        table.clear()
+        for r in p.requests.itertuples():
+            table.add_row(f"#{int(r.request_id)}", num(r.e2e_request_latency_s * 1e3, "{:,.0f}"),
+                          num(r.time_to_first_token_s * 1e3, "{:,.0f}"),
+                          num(r.time_per_output_token_s * 1e3, "{:,.1f}"),
+                          num(r.queue_time_s * 1e3, "{:,.0f}"), f"{int(r.prompt_tokens)}→{int(r.generation_tokens)}",
+                          str(r.finished_reason), key=str(int(r.request_id)))
         if p.request_id is not None and str(p.request_id) in keys:
             index = keys.index(str(p.request_id))
             if table.cursor_row != index:
                 table.move_cursor(row=index)
 
     def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
-        """Show the highlighted request."""
-        if event.data_table.id == "inf-requests" and event.row_key.value is not None:
+        """Show the highlighted request (an event the cursor has already moved on from is stale: the
+        table's own highlight after a redraw must not undo a key the user pressed meanwhile)."""
+        if event.data_table.id == "inf-requests" and event.row_key.value is not None \
+                and event.cursor_row == event.data_table.cursor_row:
             rid = int(event.row_key.value)
             if rid != self.inspector.request.request_id:
                 self.inspector.update_request(request_id=rid, query=None)
