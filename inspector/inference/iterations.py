@@ -8,9 +8,10 @@ and end (the engine scheduler's listener) calls `begin` and `end` itself and swi
 off (`driven`): a hooked module's every call takes torch's slow path. While the
 forward runs, `shared[STAGE_KEY]` holds its stage, so the experts probe splits its counts by stage,
 and `shared[BATCH_ROW_KEY]` that row. The meter adds up each iteration's
-forwards until `end_iteration` turns them into one `inference_iteration` row; its wall time (`ms`)
-runs from the first forward's start to the iteration's end, so a server's idle spell between
-bursts is in no iteration.
+forwards until `end_iteration` turns them into one `inference_iteration` row. Its wall time (`ms`)
+runs from the previous iteration's end (the serving loop's own work between forwards, the
+Inspector's included, is some iteration's time) or, after an idle spell of more than `IDLE_GAP_S`
+with no forward (a server between bursts; before the first iteration), from its first forward.
 
 Forward time: on the host clock on CPU; on CUDA two events per forward, read at the end of the
 iteration, by which time the driver has already waited for the sampled tokens.
@@ -18,7 +19,7 @@ iteration, by which time the driver has already waited for the sampled tokens.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
@@ -31,6 +32,8 @@ from inspector.probes.experts import DECODE, PREFILL, STAGE_KEY
 from inspector.probes.switchable import SwitchableHooks
 
 INPUT_KWARGS = ("input_ids", "tokens", "inputs_embeds")
+IDLE_GAP_S = 0.25
+"""A gap without forwards longer than this before an iteration is idle time, not the iteration's."""
 
 
 @dataclass
@@ -48,7 +51,7 @@ class _Forward:
 class IterationTotals:
     """What the forwards of one iteration added up to."""
 
-    started: float = field(default_factory=time.perf_counter)
+    started: float | None = None   # the previous iteration's end (None: none yet), or its first forward
     prompt_tokens: int = 0
     generation_tokens: int = 0
     prefill_ms: float = 0.0
@@ -142,7 +145,8 @@ class IterationMeter:
         start = time.perf_counter()
         if t.forwards == 0:
             t.attn_request, t.attn_query_start, t.attn_query_tokens = request, query_start, tokens
-            t.started = start     # an idle spell before the iteration's first forward is not its time
+            if t.started is None or start - t.started > IDLE_GAP_S:
+                t.started = start     # an idle spell before the first forward is no iteration's time
         t.forwards += 1
         self.shared[STAGE_KEY] = stage
         self.shared[BATCH_ROW_KEY] = row
@@ -198,6 +202,6 @@ class IterationMeter:
             else:
                 t.decode_ms += ms
         now = time.perf_counter()
-        wall_ms = (now - t.started) * 1000.0
+        wall_ms = (now - t.started) * 1000.0 if t.started is not None else 0.0
         self.totals.started = now
         return t, wall_ms

@@ -297,3 +297,26 @@ def test_a_stalled_driven_forward_names_its_block_from_the_stack(tmp_path: Path)
         w.close()
     assert seen == [("forward", "layers.1", 0)]       # no hook on the block: its stack said it
     assert after.phase == "user" and after.module == ""
+
+
+def test_an_idle_spell_between_bursts_is_no_iterations_time(tmp_path: Path) -> None:
+    """Iterations of continuous serving are back to back (the loop's own work between forwards is
+    some iteration's time); a server idle between two bursts adds that spell to no iteration."""
+    torch.manual_seed(0)
+    model = Transformer(get_config("debug")).eval()
+    sched = BatchScheduler(model, max_batch_size=2, max_batch_tokens=64)
+    w = inspector.watch(model, tmp_path / "run", mode="inference", probes=[], hang_after_s=None)
+    driver = w.observe(sched)
+    idle_s = 0.6
+    t0 = time.perf_counter()
+    sched.submit(PROMPTS[0], 5)
+    sched.run()
+    time.sleep(idle_s)                                   # nothing to serve
+    sched.submit(PROMPTS[1], 5)
+    sched.run()
+    wall = time.perf_counter() - t0
+    driver.remove()
+    w.close()
+    ms = inspector.open_run(tmp_path / "run").to_pandas("inference_iteration")["ms"]
+    assert len(ms) >= 8 and (ms < idle_s * 1e3).all()
+    assert ms.sum() / 1e3 <= wall - idle_s
