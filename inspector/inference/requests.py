@@ -108,15 +108,51 @@ class RequestBook:
         }
         return row
 
-    def _texts(self, ids: list[int]) -> list[str] | None:
-        """Each token's own text (None without a tokenizer, or once decoding failed)."""
+    def _texts(self, ids: list[int]) -> "TokenTexts | None":
+        """Each token's own text, decoded later on the writer thread (None without a tokenizer, or
+        once decoding failed)."""
         if self.tokenizer is None or self._decode_failed:
             return None
-        try:
-            return [str(self.tokenizer.decode([t])) for t in ids]
-        except Exception:  # noqa: BLE001 - labels are a nicety; ids are kept
-            self._decode_failed = True
+        return TokenTexts(self, ids)
+
+
+class TokenTexts:
+    """A request's per-token texts, decoded when the record is written (`resolve`, on the writer
+    thread: decoding a long output twice per token stays off the serving loop)."""
+
+    __slots__ = ("book", "ids")
+
+    def __init__(self, book: RequestBook, ids: list[int]) -> None:
+        self.book = book
+        self.ids = ids
+
+    def resolve(self) -> list[str] | None:
+        """The texts; None (and no more decoding for this book) when the tokenizer fails."""
+        if self.book._decode_failed:
             return None
+        try:
+            return token_texts(self.book.tokenizer, self.ids)
+        except Exception:  # noqa: BLE001 - labels are a nicety; ids are kept
+            self.book._decode_failed = True
+            return None
+
+
+def token_texts(tokenizer: Any, ids: Sequence[int], *, context: int = 8) -> list[str]:
+    """Each token's own text: what it adds to the decoded text of the (up to `context`) tokens before
+    it, as a streaming detokenizer prints it. So a SentencePiece token keeps its leading space, and
+    the byte that completes a multi-byte character carries the character; a token that leaves a
+    character unfinished gets its own decode (usually "\ufffd")."""
+    out: list[str] = []
+    ids = [int(t) for t in ids]
+    for i, token in enumerate(ids):
+        lo = max(0, i - context)
+        before = str(tokenizer.decode(ids[lo:i])).rstrip("\ufffd") if i > lo else ""
+        upto = str(tokenizer.decode(ids[lo:i + 1]))
+        if upto.startswith(before) and not upto.endswith("\ufffd") and len(upto) > len(before):
+            out.append(upto[len(before):])
+        else:
+            out.append(str(tokenizer.decode([token])))
+    return out
 
 
 def percentile(sorted_values: Sequence[float], q: float) -> float:
