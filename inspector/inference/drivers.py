@@ -11,8 +11,10 @@
 - `GenerateStreamer`: a Hugging Face streamer (`put` / `end`, as `BaseStreamer`) for `generate()`.
   Its first `put` is the prompt batch [B, T] (leading pad tokens stripped per row), every later
   `put` the tokens [B] one decoding step produced; that iteration ends when the next forward starts
-  or at `end()`. A row that emits an end-of-sequence token is finished ("stop"); rows still open
-  at `end()` stopped at the length limit (and count as finished in the last iteration).
+  or at `end()`. A row that emits an end-of-sequence token is finished ("stop"), and so is one that
+  gets the pad token (what `generate()` feeds a row its stopping criteria ended, as a stop string
+  does: the pad is not counted); rows still open at `end()` stopped at the length limit (and count
+  as finished in the last iteration).
 
 Both pick, for each forward, the batch row whose attention is recorded (`RowChooser`: the request
 shown least so far), so the attention views cover every request, not only batch row 0's.
@@ -177,6 +179,13 @@ class GenerateStreamer:
         finished = 0
         for row, token in enumerate(ids.reshape(-1).tolist()):
             if row >= len(self.rows) or not self.open[row]:
+                continue
+            if token == self.pad and token not in self.eos:
+                # generate() pads a row its stopping criteria ended (a stop string): it stopped at
+                # its last real token, and the pads are not its output
+                self.open[row] = False
+                book.finish(self.rows[row], "stop")
+                finished += 1
                 continue
             book.token(self.rows[row], token)
             self.lengths[row] += 1

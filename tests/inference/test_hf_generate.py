@@ -85,3 +85,38 @@ def test_a_forward_without_a_driver_is_one_iteration(tmp_path: Path) -> None:
     iters = views.iterations_frame(LiveRun(tmp_path / "run"))
     assert iters["prompt_tokens"].tolist() == [5, 12] and iters["prefill_requests"].tolist() == [1, 3]
     assert iters["step"].tolist() == [0, 1]
+
+
+class StopRowZeroAfter(transformers.StoppingCriteria if transformers else object):  # type: ignore[misc]
+    """Ends row 0 once it has `n` new tokens (a stop string would do the same): `generate()` then
+    feeds that row pad tokens until the batch is done."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs) -> torch.Tensor:
+        done = torch.zeros(input_ids.shape[0], dtype=torch.bool)
+        done[0] = input_ids.shape[1] >= PROMPT_LEN + self.n
+        return done
+
+
+def test_a_row_a_stopping_criterion_ends_is_stopped_not_padded(tmp_path: Path) -> None:
+    """A row ended by a stopping criterion (a stop string) gets pad tokens from `generate()`: the
+    request stops at its last real token ("stop"), the pads are not its output."""
+    ids = torch.randint(1, 60, (2, PROMPT_LEN), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        free = _model(None).generate(ids, max_new_tokens=NEW, do_sample=False)
+    eos = next(t for t in range(1, 64) if t not in free[:, PROMPT_LEN:].tolist()[0] + free[:, PROMPT_LEN:].tolist()[1])
+    assert 0 not in free[:, PROMPT_LEN:].tolist()[0]      # the pad id is no real output here
+    model = _model(eos)
+    w = inspector.watch(model, tmp_path / "run", mode="inference")
+    criteria = transformers.StoppingCriteriaList([StopRowZeroAfter(2)])
+    with torch.no_grad():
+        out = model.generate(ids, max_new_tokens=NEW, do_sample=False, stopping_criteria=criteria,
+                             streamer=w.streamer())
+    w.close()
+    new = out[:, PROMPT_LEN:].tolist()
+    assert new[0][2:] == [0] * (len(new[0]) - 2)          # generate() padded row 0 after its stop
+    reqs = views.requests_frame(LiveRun(tmp_path / "run"))
+    assert list(zip(reqs["generation_tokens"], reqs["finished_reason"])) == [(2, "stop"), (NEW, "length")]
+    assert list(reqs["output_ids"].iloc[0]) == new[0][:2]
