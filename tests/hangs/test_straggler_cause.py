@@ -1,4 +1,4 @@
-"""Seeded fault 6 (a rank slowed 1.3× in its backward only: flagged with "backward" as the cause
+"""Seeded fault 6 (a rank whose backward takes 1.3× its time: flagged with "backward" as the cause
 within 20 steps) and fault 7 (a healthy run: nothing flagged), each quiet and beside a competing
 busy loop per core, on real 2-rank torchrun jobs (gloo, CPU, `tests/hangs/worker.py`, run
 through this module with a wider MLP)."""
