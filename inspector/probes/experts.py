@@ -421,8 +421,6 @@ class ExpertsProbe(Probe):
         self._warned = False
         self._traced = False           # a router hook ran inside a torch.compile trace
         self._said_traced = False
-        self._counting = False         # the current step is not recorded: hooks only add to window sums
-        self._shared: dict[str, Any] = {}
 
     def attach(self, ctx: ProbeContext) -> str | None:
         """Hook every router; a reason when the model has none."""
@@ -430,8 +428,6 @@ class ExpertsProbe(Probe):
         self.routers = find_routers(ctx.model)
         if not self.routers:
             return "no MoE routers found (engine Router, *Router classes or gate/router next to experts)"
-        self._shared = ctx.shared
-        self._count_next(ctx.step)
         for info in self.routers:
             self.track(info.module.register_forward_hook(self._hook(info)))
         return None
@@ -449,11 +445,12 @@ class ExpertsProbe(Probe):
             if _is_compiling():  # inside a compiled graph: record nothing, add nothing
                 self._traced = True
                 return
-            if self._counting or not self.due_now():
+            ctx = self.ctx
+            if not self.due_now():
                 # a step this probe does not record: stage window sums count every token (the
                 # rest is sampled). Every call of every router of a decode iteration comes here:
                 # the fewest Python steps that keep the ids as of the call.
-                sums = self._acc.get(self._shared.get(STAGE_KEY))      # PREFILL / DECODE only
+                sums = self._acc.get(ctx.shared.get(STAGE_KEY)) if ctx is not None else None  # PREFILL / DECODE
                 if sums is None:
                     return
                 try:                                                 # integer ids: no autograd to switch off
@@ -469,7 +466,7 @@ class ExpertsProbe(Probe):
                     self._warn(f"inspector: experts probe skipped a forward of {info.name}: "
                                f"{type(exc).__name__}: {exc}")
                 return
-            if self.ctx is None or _in_backward():
+            if _in_backward():
                 return
             try:
                 grad_on = torch.is_grad_enabled() and not torch.is_inference_mode_enabled()
@@ -479,11 +476,6 @@ class ExpertsProbe(Probe):
                 self._warn(f"inspector: experts probe skipped a forward of {info.name}: "
                            f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
         return hook
-
-    def _count_next(self, step: int) -> None:
-        """Decide how the hooks treat step `step`: `_counting` while it is not a recorded one."""
-        ctx = self.ctx
-        self._counting = ctx is not None and not ctx.sampling.due(self.name, step)
 
     def _record_forward(self, info: RouterInfo, module: nn.Module, out: Any, grad_on: bool) -> None:
         """Add one forward to its phase's sums (an eval-mode forward with autograd on: decided later)."""
@@ -540,14 +532,13 @@ class ExpertsProbe(Probe):
                 self._judge_loads()
         except Exception as exc:
             self._warn(f"inspector: experts probe could not record step {step}: {type(exc).__name__}: {exc}")
-        self._count_next(step + 1)
 
     def _record(self, step: int, *, last: bool = False) -> bool:
         """Submit the sums gathered since the last step end at `step` (`last`: the probe is being
         detached, carried window sums are recorded whatever the step); True if the probe is live."""
         if self.ctx is None:
             return False
-        if self._counting and not last:
+        if not self.ctx.sampling.due(self.name, step) and not last:
             # stage rows are window sums: they stay until the next record; nothing else is kept
             acc = self._acc
             if self._undecided or acc[TRAIN] or acc[INFERENCE]:

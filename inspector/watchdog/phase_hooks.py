@@ -119,7 +119,7 @@ class PhaseHooks(Probe):
             hooks.switch(not on)
 
     def forward_begins(self) -> None:
-        """A driven forward starts (on this thread)."""
+        """A forward of the model starts (on this thread): the root's pre-hook, or a driver."""
         p = self.progress
         p.thread = threading.get_ident()
         if self.explicit:
@@ -129,9 +129,10 @@ class PhaseHooks(Probe):
             p.set_phase("forward")
 
     def forward_ends(self) -> None:
-        """The driven forward is done."""
+        """The forward is done (the root's hook after its backward bookkeeping, or a driver)."""
         p = self.progress
         if self.explicit:
+            p.module = ""
             p.tick()
         else:
             p.set_phase("user")
@@ -141,28 +142,18 @@ class PhaseHooks(Probe):
     def _root_pre(self, module: nn.Module, args: Any) -> None:
         if torch.compiler.is_compiling() or _in_backward():
             return
-        p = self.progress
-        if self.explicit:
-            p.module = ""
-            p.tick()
-        else:
-            p.set_phase("forward")
+        self.forward_begins()
 
     def _root_post(self, module: nn.Module, args: Any, out: Any) -> None:
         if torch.compiler.is_compiling() or _in_backward():
             return
-        p = self.progress
-        if self.explicit:
-            p.module = ""
-            p.tick()
-            return
-        if torch.is_grad_enabled():
+        if not self.explicit and torch.is_grad_enabled():
             t = first_tensor(out)
             if t is None or not t.requires_grad:
-                p.set_phase("backward")
+                self.progress.set_phase("backward")
                 return
             t.register_hook(self._root_grad)
-        p.set_phase("user")
+        self.forward_ends()
 
     def _on_root_grad(self, grad: Any) -> None:
         if torch.compiler.is_compiling():
