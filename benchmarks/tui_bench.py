@@ -120,10 +120,19 @@ def child(mode: str, target: str, seconds: float) -> None:
         first["t"] = time.time()
         first["cpu"] = time.process_time()
         if seconds <= 0:
-            app.exit()
+            if mode == "bare":
+                app.exit()
+            else:
+                app.set_interval(0.02, lambda: _full(app))   # then the first frame drawn from the records
+                app.set_timer(90.0, app.exit)
             return
         app.set_timer(1.0, lambda: first.update(cpu1=time.process_time(), t1=time.monotonic()))
         app.set_timer(1.0 + seconds, app.exit)
+
+    def _full(app) -> None:
+        if "full" not in first and app.settled:
+            first["full"] = time.time()
+            app.exit()
 
     if mode == "bare":
         from textual.app import App
@@ -147,7 +156,7 @@ def child(mode: str, target: str, seconds: float) -> None:
         app = InspectorApp(target, on_first_frame=lambda: measure(holder[0]))
         holder.append(app)
     app.run(headless=True, size=SIZE)
-    out = {"first_frame_at": first.get("t")}
+    out = {"first_frame_at": first.get("t"), "full_frame_at": first.get("full")}
     if "cpu1" in first:
         out["cpu_per_s"] = (time.process_time() - first["cpu1"]) / (time.monotonic() - first["t1"])
     if mode != "bare":
@@ -156,14 +165,21 @@ def child(mode: str, target: str, seconds: float) -> None:
 
 
 def run_child(mode: str, target: str = "", seconds: float = 0.0) -> dict:
-    """Start a child process, return its measurements plus the start-up time seen from here."""
+    """Start a child process, return its measurements plus the start-up time seen from here.
+
+    The child may cache compiled bytecode (`PYTHONDONTWRITEBYTECODE` is dropped from its
+    environment), as any user's Python does: with it set, as on some CI images, every start would
+    compile the Inspector's modules from source while Textual's came precompiled from pip."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
     t0 = time.time()
     proc = subprocess.run([sys.executable, __file__, "--child", mode, "--target", target, "--seconds", str(seconds)],
-                          capture_output=True, text=True, timeout=120 + seconds, cwd=ROOT)
+                          capture_output=True, text=True, timeout=120 + seconds, cwd=ROOT, env=env)
     if proc.returncode != 0:
         raise SystemExit(f"child {mode} failed:\n{proc.stderr[-3000:]}")
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     result["startup_s"] = result["first_frame_at"] - t0
+    if result.get("full_frame_at"):
+        result["full_s"] = result["full_frame_at"] - t0
     return result
 
 

@@ -12,7 +12,7 @@ Attributes are imported lazily, so `import inspector.views` (the UIs) never impo
 """
 from __future__ import annotations
 
-from typing import Any
+from inspector.lazy_exports import lazy_getattr
 
 __version__ = "0.1.0"
 
@@ -32,12 +32,4 @@ _LAZY = {
 __all__ = ["__version__", *_LAZY]
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
-
-        module, attr = _LAZY[name]
-        value = getattr(importlib.import_module(module), attr)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'inspector' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY, globals())

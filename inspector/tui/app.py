@@ -2,10 +2,14 @@
 
 The worker (`_poll_loop`) owns all disk access: it tails the run and builds a Snapshot of what the
 current screen draws, handing it over with `call_from_thread`. The UI applies at most 4 snapshots a
-second (`set_interval`), so rendering never waits on disk and never floods the terminal.
+second (`set_interval`), so rendering never waits on disk and never floods the terminal. The first
+snapshot is the run's roll call (`first_frame`): drawn before the worker imports pandas and the
+reader, so a 1,024-rank job shows its ranks as fast as a bare Textual app starts.
 """
 from __future__ import annotations
 
+import functools
+import importlib
 import threading
 import time
 from dataclasses import replace
@@ -18,20 +22,30 @@ from textual.binding import Binding
 from textual.worker import get_current_worker
 
 from inspector.tui.screens.base import InspectorScreen
-from inspector.tui.screens.attention import AttentionScreen
-from inspector.tui.screens.experts import ExpertsScreen
-from inspector.tui.screens.inference import InferenceScreen
-from inspector.tui.screens.hang import HangScreen
-from inspector.tui.screens.help import HelpScreen
-from inspector.tui.screens.plugin import PluginScreen, plugin_mode
 from inspector.tui.screens.ranks import RanksScreen
-from inspector.tui.screens.run import RunScreen
+from inspector.tui.first_frame import first_snapshot, start_roll_call
 from inspector.tui.state import SCREENS, Request, Snapshot
 
 REFRESH_S = 0.25
 """Minimum time between two redraws (4 Hz)."""
 EXTRA_SCREENS = ("hang",)
 """Screens without a number key (the hang view opens with `h` from the Ranks screen)."""
+SCREEN_CLASSES = {"run": ("inspector.tui.screens.run", "RunScreen"),
+                  "attention": ("inspector.tui.screens.attention", "AttentionScreen"),
+                  "experts": ("inspector.tui.screens.experts", "ExpertsScreen"),
+                  "inference": ("inspector.tui.screens.inference", "InferenceScreen"),
+                  "hang": ("inspector.tui.screens.hang", "HangScreen")}
+"""Screens other than Ranks (the first one shown), imported when first opened: numpy and their
+widgets stay off the path to the first frame."""
+FIRST_FRAME_WAIT_S = 2.0
+"""How long the worker waits for the roll call to be on screen before it loads the reader (its
+imports hold the interpreter lock for a good part of a second, and would slow that first frame)."""
+
+
+def _new_screen(name: str) -> InspectorScreen:
+    """A new screen `name` of `SCREEN_CLASSES` (its module imported on first use)."""
+    module, cls = SCREEN_CLASSES[name]
+    return getattr(importlib.import_module(module), cls)()
 
 
 class InspectorApp(App):
@@ -44,8 +58,7 @@ class InspectorApp(App):
 
     CSS_PATH = "app.tcss"
     TITLE = "DeepSeek Inspector"
-    MODES = {"ranks": RanksScreen, "run": RunScreen, "attention": AttentionScreen, "experts": ExpertsScreen,
-             "inference": InferenceScreen, "hang": HangScreen}
+    MODES = {"ranks": RanksScreen, **{name: functools.partial(_new_screen, name) for name in SCREEN_CLASSES}}
     DEFAULT_MODE = "ranks"
     BINDINGS = [
         Binding("1", "screen('ranks')", "Ranks"), Binding("2", "screen('run')", "Run"),
@@ -73,6 +86,8 @@ class InspectorApp(App):
         self._pending: Snapshot | None = None
         self._last_draw = 0.0
         self._wake = threading.Event()
+        self._first_drawn = threading.Event()
+        self._roll_call = start_roll_call(str(self.path))
         self._on_first_frame = on_first_frame
         self._idle_wait = min(interval, 0.5)
         self.draws = 0
@@ -88,13 +103,21 @@ class InspectorApp(App):
 
     @work(thread=True, exclusive=True, name="poller", exit_on_error=False)
     def _poll_loop(self) -> None:
-        from inspector.plugins import load_plugins
-        from inspector.tui.poller import Poller   # pandas and the reader load here, while Textual starts
-
         worker = get_current_worker()
+        first = first_snapshot(self._roll_call.result(), self.request, frozen_now=self._frozen_now)
+        if first is not None and not worker.is_cancelled:
+            try:
+                self.call_from_thread(self._receive, first)
+            except RuntimeError:  # the app has shut down
+                return
+            self._first_drawn.wait(FIRST_FRAME_WAIT_S)
+        from inspector.plugins import load_plugins
+        from inspector.tui.poller import Poller   # pandas and the reader load here, after the first frame
+        from inspector.tui.screens.plugin import PluginScreen, plugin_mode
+
         screens = [(s.name, s.title, s.key) for s in load_plugins().tui_screens]
         if screens:
-            self.call_from_thread(self._add_plugin_screens, screens)
+            self.call_from_thread(self._add_plugin_screens, screens, PluginScreen, plugin_mode)
         poller = Poller(self.path, interval=self._interval, frozen_now=self._frozen_now)
         while not worker.is_cancelled:
             try:
@@ -113,12 +136,13 @@ class InspectorApp(App):
             self._wake.clear()
         poller.close()
 
-    def _add_plugin_screens(self, screens: list[tuple[str, str, str]]) -> None:
+    def _add_plugin_screens(self, screens: list[tuple[str, str, str]], screen_class: type[InspectorScreen],
+                            mode_of: Callable[[str], str]) -> None:
         """Give each plugin screen a mode and a key (keys the app already uses are not taken)."""
         taken = {b.key for b in self.BINDINGS if isinstance(b, Binding)}
         for name, title, key in screens:
-            mode = plugin_mode(name)
-            self.add_mode(mode, lambda name=name, title=title: PluginScreen(name, title))
+            mode = mode_of(name)
+            self.add_mode(mode, lambda name=name, title=title: screen_class(name, title))
             self.plugin_modes.add(mode)
             if key not in taken:
                 self.bind(key, f"screen('{mode}')", description=title)
@@ -145,6 +169,8 @@ class InspectorApp(App):
         self._last_draw = time.monotonic()
         self.draws += 1
         self._show(snap)
+        if not self._first_drawn.is_set():
+            self.call_after_refresh(self._first_drawn.set)
         if self._on_first_frame is not None and (snap.payload is not None or snap.error or snap.problem):
             callback, self._on_first_frame = self._on_first_frame, None
             self.call_after_refresh(callback)
@@ -158,7 +184,7 @@ class InspectorApp(App):
     def settled(self) -> bool:
         """True when the screen shows a snapshot built for the current request (tests, benchmarks)."""
         snap, screen = self.snapshot, self.screen
-        return (snap is not None and self._pending is None and snap.request == self.request
+        return (snap is not None and not snap.partial and self._pending is None and snap.request == self.request
                 and isinstance(screen, InspectorScreen) and screen.shown_serial == snap.serial)
 
     def update_request(self, **changes: Any) -> None:
@@ -225,11 +251,14 @@ class InspectorApp(App):
 
     def action_help(self) -> None:
         """Show the key reference."""
+        from inspector.tui.screens.help import HelpScreen
+
         self.push_screen(HelpScreen(self.plugin_keys))
 
     def on_unmount(self) -> None:
         """Stop the poller thread."""
         self._wake.set()
+        self._first_drawn.set()
         for worker in self.workers:
             worker.cancel()
 

@@ -13,6 +13,8 @@ if TYPE_CHECKING:
     import numpy as np
     import pandas as pd
 
+    from inspector.views.roll_call import RollCall
+
 SCREENS = ("ranks", "run", "attention", "experts", "inference")
 """Screen names, in the order of their number keys."""
 
@@ -44,6 +46,15 @@ class RanksData:
     summary: pd.DataFrame
     history: dict[int, np.ndarray]
     at: int | None = None
+
+
+@dataclass
+class RollCallData:
+    """Ranks screen before the records are read: the run's roll call (ranks, hosts, closed files,
+    heartbeats) as of `now` (epoch seconds), drawn while the scored rank table is computed."""
+
+    roll: RollCall
+    now: float
 
 
 @dataclass
@@ -130,10 +141,12 @@ class Snapshot:
     last_step: int = -1
     ranks: list[int] = field(default_factory=list)
     error: str | None = None
-    payload: RanksData | RunData | AttentionData | ExpertsData | InferenceData | PluginData | None = None
+    payload: RanksData | RollCallData | RunData | AttentionData | ExpertsData | InferenceData | PluginData | None = None
     problem: str | None = None
     data_problems: list[str] = field(default_factory=list)   # damage and loss the reader found
     serial: int = 0
+    partial: bool = False
+    """A first look drawn from the roll call alone; the snapshot built from the records follows."""
 
     @property
     def cursor_step(self) -> int:

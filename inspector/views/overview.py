@@ -31,7 +31,7 @@ class RunHeader:
         "· ⚠ 2 problems" when the reader found damage or loss)."""
         tps = f"{self.tokens_per_s:,.0f} {self.tokens_label}" if self.tokens_per_s is not None else "tok/s N/A"
         warn = f" · ⚠ {self.problems} problem{'s' if self.problems != 1 else ''}" if self.problems else ""
-        return (f"{self.name} · {self.status} · step {max(self.step, 0):,} · {self.ranks}/{self.world_size} ranks"
+        return (f"{self.name} · {self.status} · step {max(self.step, 0):,} · {self.ranks:,}/{self.world_size:,} ranks"
                 f" · {format_duration(self.elapsed_s)} · {tps}{warn}")
 
 

@@ -2,11 +2,12 @@
 (0 … ln keys, dark red = low) and a per-head entropy table with collapsed heads."""
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
-import pandas as pd
 from textual.containers import Horizontal, Vertical
 from textual.widgets import DataTable, Static
 
@@ -14,8 +15,10 @@ from inspector.tui.screens.base import InspectorScreen
 from inspector.tui.state import AttentionData, Snapshot
 from inspector.tui.widgets.heatmap import HeatMap
 from inspector.tui.widgets.ramp import hex_colour, ramp_rgb, stops_for
-from inspector.views.attention import head_entropy_scale
 from inspector.views.scales import Scale, weight_scale
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 def legend(scale: Scale, width: int = 16) -> Text:
@@ -97,6 +100,8 @@ class AttentionScreen(InspectorScreen):
 
     def draw(self, payload: AttentionData, snap: Snapshot) -> str | None:
         """Map, legend and table; a one-line message when nothing was recorded."""
+        from inspector.views.attention import head_entropy_scale  # loaded on the poller's thread first: cheap here
+
         heat = self.query_one(HeatMap)
         table = self.query_one("#head-stats", DataTable)
         self.query_one("#entropy-grid", Static).update(

@@ -5,9 +5,10 @@ from typing import TYPE_CHECKING, Any
 
 from textual.app import ComposeResult
 from textual.screen import Screen
-from textual.widgets import Footer, Static
+from textual.widgets import Static
 
 from inspector.tui.state import Snapshot
+from inspector.tui.widgets.keybar import KeyBar
 from inspector.tui.widgets.runbar import RunBar, runbar_text
 
 if TYPE_CHECKING:
@@ -18,7 +19,7 @@ class InspectorScreen(Screen):
     """A screen that draws one payload type from the app's snapshots (see `draw`)."""
 
     NAME = ""
-    PAYLOAD: type | None = None
+    PAYLOAD: type | tuple[type, ...] | None = None
     _drawn = False
     ready = False
     shown_serial = -1
@@ -29,7 +30,7 @@ class InspectorScreen(Screen):
         yield RunBar(id="runbar")
         yield Static("", id="message")
         yield from self.compose_body()
-        yield Footer()
+        yield KeyBar()
 
     def compose_body(self) -> ComposeResult:
         """The screen's own widgets."""

@@ -21,7 +21,6 @@ from inspector.tui.screens.base import InspectorScreen
 from inspector.tui.state import InferenceData, Snapshot
 from inspector.tui.widgets.format import num
 from inspector.tui.widgets.ramp import DIVERGING, VIRIDIS, hex_colour, ramp_rgb, text_sparkline
-from inspector.views.inference import printable_token
 from inspector.views.scales import load_ratio, load_scale, weight_scale
 
 NARROW_COLS = 120
@@ -106,6 +105,8 @@ def expert_rows(p: InferenceData) -> Text:
 
 def attention_text(p: InferenceData, width: int) -> Text:
     """The request's tokens up to the query, each on a background as bright as its attention weight."""
+    from inspector.views.inference import printable_token  # loaded on the poller's thread first: cheap here
+
     a = p.attention
     text = Text()
     if a is None:

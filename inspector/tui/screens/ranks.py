@@ -11,7 +11,8 @@ from textual.binding import Binding
 from textual.widgets import DataTable, Static
 
 from inspector.tui.screens.base import InspectorScreen
-from inspector.tui.state import RanksData, Snapshot
+from inspector.tui.first_frame import READING, ROLL_CALL_ROWS, missing_ranks, roll_rows
+from inspector.tui.state import RanksData, RollCallData, Snapshot
 from inspector.tui.widgets.rank_table import COLUMNS, SORTABLE, WIDTHS, RankTable, cells
 
 if TYPE_CHECKING:
@@ -43,7 +44,7 @@ class RanksScreen(InspectorScreen):
     """Every rank of the job: progress, speed, loss, GPU state, status and straggler flag."""
 
     NAME = "ranks"
-    PAYLOAD = RanksData
+    PAYLOAD = (RanksData, RollCallData)
     BINDINGS = [Binding("s", "sort", "Sort column"), Binding("r", "reverse", "Reverse"),
                 Binding("enter", "open_rank", "Show rank"), Binding("h", "hang", "Hang view")]
 
@@ -67,8 +68,10 @@ class RanksScreen(InspectorScreen):
             summary.add_column("" if key in ("rank", "node", "straggler_score", "status", "history") else label, key=key, width=WIDTHS[key])
         self.query_one(RankTable).focus()
 
-    def draw(self, payload: RanksData, snap: Snapshot) -> str | None:
+    def draw(self, payload: RanksData | RollCallData, snap: Snapshot) -> str | None:
         """Fill both tables and the hang banner; the message names the stragglers."""
+        if isinstance(payload, RollCallData):
+            return self._draw_roll_call(payload)
         verdict = getattr(payload, "hang", None)
         banner = self.query_one("#hang-banner", Static)
         banner.display = verdict is not None
@@ -95,6 +98,23 @@ class RanksScreen(InspectorScreen):
             reasons = "; ".join(f"rank {int(r.rank)}: {r.straggler_reason}" for r in flagged.head(3).itertuples())
             return f"⚠ straggler: rank {', '.join(map(str, stragglers))} — {reasons}"
         return None
+
+    def _draw_roll_call(self, payload: RollCallData) -> str:
+        """The roll call while the records are read: the ranks likeliest to be in trouble first."""
+        roll = payload.roll
+        visible = max(4, self.size.height - 14)
+        rows = roll_rows(roll, payload.now, limit=min(visible, ROLL_CALL_ROWS))   # a table's first draw costs per row
+        rank_table = self.query_one(RankTable)
+        rank_table.styles.max_height = visible
+        rank_table.show_rows(rows)
+        hosts = len(roll.hosts)
+        listed = f"{len(rows):,} listed: " if len(rows) < len(roll.ranks) else ""
+        self.query_one("#ranks-title", Static).update(
+            f"{len(roll.ranks):,} ranks on {hosts:,} node{'s' if hosts != 1 else ''} · {listed}open files and the "
+            f"oldest heartbeats first, then by node (from their rank, closed and heartbeat files)")
+        missing = missing_ranks(roll)
+        gone = f"{missing:,} of {roll.world_size:,} ranks have no directory · " if missing else ""
+        return f"{gone}{READING} (every rank, the straggler score, step times and GPU state follow)"
 
     def action_hang(self) -> None:
         """Open the hang view."""

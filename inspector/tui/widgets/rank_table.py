@@ -3,14 +3,15 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-import numpy as np
+import math
+
 from rich.text import Text
 from textual.widgets import DataTable
 
 from inspector.tui.widgets.format import gib, num
-from inspector.tui.widgets.ramp import text_sparkline
 
 if TYPE_CHECKING:
+    import numpy as np
     import pandas as pd
 
 COLUMNS = [("rank", "rank"), ("node", "node"), ("straggler_score", "holds up"), ("step", "step"), ("step_ms", "step ms"), ("compute_ms", "compute ms"), ("tokens_per_s", "tok/s"),
@@ -58,19 +59,25 @@ def cells(row: pd.Series | dict, history: np.ndarray | None = None,
     else:
         values.append(Text(""))
     lo, hi = scale if scale is not None else (None, None)
-    spark = text_sparkline(history, SPARK_WIDTH, lo, hi) if history is not None else ""
+    spark = ""
+    if history is not None:
+        from inspector.tui.widgets.ramp import text_sparkline  # numpy: off the roll call's path (first frame)
+
+        spark = text_sparkline(history, SPARK_WIDTH, lo, hi)
     values.append(Text(spark, style="red" if straggler else "cyan"))
     return [v if v.plain else Text("") for v in values]
 
 
 def _score(value) -> str:
-    if value is None or (isinstance(value, float) and np.isnan(value)):
+    if value is None:
         return ""
-    return f"{value:.0f} ms" if np.isfinite(value) else ""
+    return f"{value:.0f} ms" if math.isfinite(value) else ""
 
 
 def shared_scale(history: dict[int, np.ndarray]) -> tuple[float, float] | None:
     """(0, the largest recent step time of any rank): one scale for every rank's sparkline."""
+    import numpy as np
+
     tops = [float(np.nanmax(h)) for h in history.values() if len(h) and np.isfinite(h).any()]
     return (0.0, max(tops)) if tops else None
 
@@ -88,7 +95,10 @@ def sort_table(table: pd.DataFrame, key: str, descending: bool) -> pd.DataFrame:
 
 
 class RankTable(DataTable):
-    """A DataTable of ranks that keeps its cursor on the same rank across refreshes."""
+    """A DataTable of ranks that keeps its cursor on the same rank across refreshes (not across the
+    roll call's first rows: the scored table starts at its top, the worst rank)."""
+
+    _roll_call = False
 
     def on_mount(self) -> None:
         """Create the columns."""
@@ -98,18 +108,28 @@ class RankTable(DataTable):
     def show(self, table: pd.DataFrame, history: dict[int, np.ndarray], sort_key: str, descending: bool) -> None:
         """Replace the rows with `table` sorted by `sort_key`."""
         keep = None
-        if self.row_count:
+        if self.row_count and not self._roll_call:
             try:
                 keep = self.coordinate_to_cell_key(self.cursor_coordinate).row_key.value
             except Exception:
                 keep = None
         self.clear()
+        self._roll_call = False
         scale = shared_scale(history)
         for _, row in sort_table(table, sort_key, descending).iterrows():
             r = int(row["rank"])
             self.add_row(*cells(row, history.get(r), scale), key=str(r))
         if keep is not None and keep in self.rows:
             self.move_cursor(row=self.get_row_index(keep), animate=False)
+
+    def show_rows(self, rows: list[dict]) -> None:
+        """Replace the rows with plain `rows` (the roll call's: rank, node, step, status), in order;
+        the columns a row does not have stay blank (not read yet, which is not "N/A")."""
+        self.clear()
+        self._roll_call = True
+        keys = [key for key, _ in COLUMNS]
+        for row in rows:
+            self.add_row(*(c if k in row else Text("") for k, c in zip(keys, cells(row))), key=str(row["rank"]))
 
     def rank_order(self) -> list[int]:
         """The ranks in displayed order."""
