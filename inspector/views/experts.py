@@ -127,6 +127,12 @@ def load_table(run: LiveRun, rank: int | None, phase: str | None = None) -> pa.T
     return run.cached(("expert_rank_table", kind, rank), (kind,), compute)
 
 
+def grows_in_place(run: LiveRun, rank: int | None, phase: str | None = None) -> bool:
+    """True when `rank`'s load (one rank, not summed; a training-kind table) only ever gains rows in
+    step order, so what is derived from it can be extended instead of rebuilt (`_GrowingLoads`)."""
+    return rank is not ALL_RANKS and not _staged(run, PHASE_KINDS[resolve_phase(run, phase)])
+
+
 def _filter(table: pa.Table, expr: pc.Expression) -> pa.Table:
     return table.filter(expr) if table.num_rows else table
 
@@ -168,16 +174,25 @@ def layer_loads(run: LiveRun, rank: int | None = 0, phase: str | None = None) ->
 
     def compute() -> LayerLoads:
         table = load_table(run, rank, resolved)
-        if rank is ALL_RANKS or _staged(run, PHASE_KINDS[resolved]):
-            return _dense_loads(table, summed=rank is ALL_RANKS)
+        if not grows_in_place(run, rank, resolved):
+            return dense_loads(table, summed=rank is ALL_RANKS)
         growing = run.cached(("layer_loads_growing", rank, resolved), (), _GrowingLoads)
         return growing.fold(table)
 
     return run.cached(("layer_loads", rank, resolved), _KINDS, compute)
 
 
-def _dense_loads(table: pa.Table, *, summed: bool) -> LayerLoads:
-    """`layer_loads` of a whole table (see there); `summed`: rows of one (layer, step) added up."""
+def loads_where(run: LiveRun, rank: int | None, phase: str | None, where: pc.Expression | None) -> LayerLoads:
+    """`layer_loads` of the rows matching `where` only (a step, a window of steps, one layer; None:
+    every row, not kept): what a panel needs of a 10,000-step × 58-layer × 256-expert run without
+    keeping the whole 600 MB matrix (`rank` None: summed over the ranks)."""
+    rank = resolve_rank(run, rank, phase)
+    table = load_table(run, rank, resolve_phase(run, phase))
+    return dense_loads(table if where is None else _filter(table, where), summed=rank is ALL_RANKS)
+
+
+def dense_loads(table: pa.Table, *, summed: bool) -> LayerLoads:
+    """`layer_loads` of the rows of `table` (see there); `summed`: rows of one (layer, step) added up."""
     out = LayerLoads()
     if not table.num_rows:
         return out
@@ -238,7 +253,7 @@ class _GrowingLoads:
         """Append `new` rows to the layers' buffers; False (nothing changed) when they do not extend them."""
         if not new.num_rows:
             return True
-        loads = _dense_loads(new, summed=False)
+        loads = dense_loads(new, summed=False)
         width = max(c.shape[1] for _, c in loads.values())
         if self.used and width != self.width:
             return False
@@ -291,12 +306,9 @@ def expert_counts(run: LiveRun, *, step: int, rank: int | None = 0,
         at = nearest_at_or_before(expert_steps(run, None, phase=phase), step)
         if at is None:
             return [], np.zeros((0, 0), dtype=np.int64)
-        layers, rows = [], []
-        for layer, (steps_S, counts_SE) in sorted(layer_loads(run, None, phase).items()):
-            i = int(np.searchsorted(steps_S, at))
-            if i < len(steps_S) and steps_S[i] == at:
-                layers.append(layer)
-                rows.append(counts_SE[i].astype(np.int64))
+        loads = sorted(loads_where(run, None, phase, pc.field("step") == at).items())
+        layers = [layer for layer, _ in loads]
+        rows = [counts_SE[-1].astype(np.int64) for _, (_, counts_SE) in loads]
         return layers, (np.stack(rows) if rows else np.zeros((0, 0), dtype=np.int64))
     rows = _at(run, step, rank, phase)
     if rows.empty:
@@ -364,7 +376,7 @@ def expert_share_over_time(run: LiveRun, *, layer: int, rank: int | None = 0, ma
     resolved = resolve_phase(run, phase)
 
     def compute() -> tuple[np.ndarray, np.ndarray]:
-        found = layer_loads(run, rank, resolved).get(int(layer))
+        found = loads_where(run, rank, resolved, pc.field("layer") == int(layer)).get(int(layer))
         if found is None:
             return np.empty(0, np.int64), np.zeros((0, 0))
         steps, counts_SE = found

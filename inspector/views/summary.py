@@ -14,16 +14,19 @@ short last batch, is not starvation).
 """
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass, field
 from typing import Callable, NamedTuple
 
 import numpy as np
 import pandas as pd
+import pyarrow.compute as pc
 
 from inspector.views.anomalies import anomaly_list
 from inspector.views.inference import InferenceSummary, inference_summary
-from inspector.views.experts import (EXPERT_KINDS, expert_phases, expert_steps, imbalance_series, layer_loads,
-                                     load_table, resolve_phase, resolve_rank)
+from inspector.views.flag_stretches import FlagChanges, GrowingFlagChanges, stretch_due
+from inspector.views.experts import (EXPERT_KINDS, dense_loads, expert_phases, expert_steps, grows_in_place,
+                                     imbalance_series, load_table, loads_where, resolve_phase, resolve_rank)
 from inspector.views.hang import HangVerdict, hang_verdict
 from inspector.views.live import LiveRun
 from inspector.views.steps import nearest_at_or_before
@@ -165,10 +168,7 @@ def stretch_at_end(steps: np.ndarray, flags_SE: np.ndarray) -> dict[int, int]:
     if S == 0 or off_SE.size == 0:
         return {}
     last_E = np.where(off_SE.any(0), S - 1 - np.argmax(off_SE[::-1], axis=0), -1)   # last index without the flag
-    start_E = last_E + 1                                                          # first index of the stretch
-    since_E = steps[np.minimum(start_E, S - 1)]
-    due_E = (start_E <= S - 1) & (S - start_E >= STARVED_MIN_SAMPLES) & (steps[-1] - since_E + 1 >= STARVED_STEPS)
-    return {int(e): int(since_E[e]) for e in np.flatnonzero(due_E)}
+    return stretch_due(steps, last_E + 1, S - 1, STARVED_STEPS, STARVED_MIN_SAMPLES)
 
 
 TAIL_ROWS = 64
@@ -213,6 +213,10 @@ def hot_at_end(steps: np.ndarray, counts_SE: np.ndarray) -> dict[int, int]:
     return tail_stretch_at_end(steps, counts_SE, _hot_rows)
 
 
+_FLAG_ROWS = {starved_at_end: _empty_rows, hot_at_end: _hot_rows}
+"""The per-row flags each rule of `_experts_at_end` judges a window by."""
+
+
 def starved_experts(run: LiveRun, *, step: int | None = None, rank: int | None = 0,
                     phase: str | None = None) -> dict[int, dict[int, int]]:
     """{layer: {expert: first step of its empty stretch}} for the experts starved (the experts probe's
@@ -232,24 +236,59 @@ def hot_experts(run: LiveRun, *, step: int | None = None, rank: int | None = 0,
 def _experts_at_end(run: LiveRun, rule, *, step: int | None, rank: int | None,
                     phase: str | None) -> dict[int, dict[int, int]]:
     """`rule(steps, counts [steps, experts])` per layer over the load up to the recorded step at or before
-    `step`. Read from Arrow one layer at a time and cached per step: 58 layers × 256 experts × 10,000
-    recorded steps stay a fraction of a second."""
+    `step`, cached per step. Only the last `TAIL_ROWS` recorded steps are read; a layer where some
+    expert's stretch starts before them is answered from `FlagChanges` of the whole load (one pass,
+    kept until new rows arrive: an expert hot for a whole 10,000-step run costs one pass, not one per
+    step the user looks at; the 600 MB count matrix of 58 layers × 256 experts is never kept)."""
     rank = resolve_rank(run, rank, phase)
     steps = expert_steps(run, rank, phase=phase)
     at = (steps[-1] if step is None else nearest_at_or_before(steps, step)) if steps else None
     if at is None:
         return {}
+    end = bisect.bisect_right(steps, at)
+    flag_rows = _FLAG_ROWS[rule]
 
     def compute() -> dict[int, dict[int, int]]:
-        out = {}
-        for layer, (steps_S, counts_SE) in layer_loads(run, rank, phase).items():
-            upto = int(np.searchsorted(steps_S, at, side="right"))
-            found = rule(steps_S[:upto], counts_SE[:upto]) if upto else {}
+        out: dict[int, dict[int, int]] = {}
+        first = steps[max(end - TAIL_ROWS, 0)]
+        where = None if first == steps[0] and at == steps[-1] else \
+            (pc.field("step") >= first) & (pc.field("step") <= at)
+        unsettled = []
+        for layer, (steps_S, counts_SE) in loads_where(run, rank, phase, where).items():
+            flags_KE = np.asarray(flag_rows(counts_SE), dtype=bool)
+            if first != steps[0] and not (~flags_KE).any(0).all():
+                unsettled.append(int(layer))        # some expert's stretch starts before the tail
+                continue
+            found = stretch_at_end(steps_S, flags_KE)
             if found:
                 out[int(layer)] = found
+        if unsettled:
+            changes = _flag_changes(run, flag_rows, rank, phase)
+            for layer in unsettled:
+                found = changes[layer].due_at(at, STARVED_STEPS, STARVED_MIN_SAMPLES) if layer in changes else {}
+                if found:
+                    out[layer] = found
         return out
 
     return run.cached(("experts_at_end", rule.__name__, rank, resolve_phase(run, phase), at), EXPERT_KINDS, compute)
+
+
+def _flag_changes(run: LiveRun, flag_rows: Callable[[np.ndarray], np.ndarray], rank: int | None,
+                  phase: str | None) -> dict[int, FlagChanges]:
+    """{layer: FlagChanges} of `flag_rows` over the whole load (cached until new rows; one rank's
+    extended by its new rows, the ranks' sum rebuilt: a step's rows of several ranks arrive apart)."""
+    rank = resolve_rank(run, rank, phase)
+    resolved = resolve_phase(run, phase)
+    key = (flag_rows.__name__, rank, resolved)
+
+    def compute() -> dict[int, FlagChanges]:
+        if grows_in_place(run, rank, resolved):
+            growing = run.cached(("expert_flag_changes_growing", *key), (), lambda: GrowingFlagChanges(flag_rows))
+            return growing.fold(load_table(run, rank, resolved), lambda rows: dense_loads(rows, summed=False))
+        return {int(layer): FlagChanges.of(steps_S, flag_rows(counts_SE))
+                for layer, (steps_S, counts_SE) in loads_where(run, rank, resolved, None).items()}
+
+    return run.cached(("expert_flag_changes", *key), EXPERT_KINDS, compute)
 
 
 def _collapsed_heads(run: LiveRun, rank: int = 0) -> list[CollapsedHead]:

@@ -45,8 +45,8 @@ def test_live_loads_grow_with_the_run_and_equal_a_fresh_build(tmp_path: Path, mo
     from inspector.views import experts
 
     built: list[int] = []                      # rows each dense build went through
-    dense = experts._dense_loads
-    monkeypatch.setattr(experts, "_dense_loads", lambda table, **kw: built.append(table.num_rows) or dense(table, **kw))
+    dense = experts.dense_loads
+    monkeypatch.setattr(experts, "dense_loads", lambda table, **kw: built.append(table.num_rows) or dense(table, **kw))
     rng = np.random.default_rng(0)
     written: dict = {}
     rec = Recorder(tmp_path / "run", name="moe-live", flush_interval=0.1)
@@ -84,7 +84,7 @@ def test_loads_folded_from_several_threads_at_once_stay_right(tmp_path: Path) ->
     raised KeyError before the builder had a lock): every result equals a dense build of its table."""
     import threading
 
-    from inspector.views.experts import _dense_loads, _GrowingLoads, load_table
+    from inspector.views.experts import dense_loads, _GrowingLoads, load_table
 
     rng = np.random.default_rng(1)
     written: dict = {}
@@ -99,7 +99,7 @@ def test_loads_folded_from_several_threads_at_once_stay_right(tmp_path: Path) ->
         try:
             for _ in range(40):
                 part = table.slice(0, int(r.integers(1, table.num_rows + 1)))
-                got, want = growing.fold(part), _dense_loads(part, summed=False)
+                got, want = growing.fold(part), dense_loads(part, summed=False)
                 same(got, want)
         except Exception as exc:  # noqa: BLE001 - reported below
             errors.append(exc)
