@@ -115,24 +115,28 @@ def hang_bench(a: argparse.Namespace) -> None:
 def child(mode: str, target: str, seconds: float) -> None:
     """Run one app in this process and print a JSON line of what was measured."""
     first: dict[str, float] = {}
+    timers: list = []
 
     def measure(app) -> None:
         first["t"] = time.time()
         first["cpu"] = time.process_time()
-        if seconds <= 0:
-            if mode == "bare":
-                app.exit()
-            else:
-                app.set_interval(0.02, lambda: _full(app))   # then the first frame drawn from the records
-                app.set_timer(90.0, app.exit)
+        if mode == "bare":
+            idle_window(app) if seconds > 0 else app.exit()
             return
+        timers.append(app.set_interval(0.02, lambda: _full(app)))   # then the frame drawn from the records
+        app.set_timer(90.0 + seconds, app.exit)
+
+    def idle_window(app) -> None:
+        """CPU over `seconds`, from 1 s after the frame (the full one for the app: the roll call's
+        frame is followed by the work of scoring the ranks, which is not idling)."""
         app.set_timer(1.0, lambda: first.update(cpu1=time.process_time(), t1=time.monotonic()))
         app.set_timer(1.0 + seconds, app.exit)
 
     def _full(app) -> None:
         if "full" not in first and app.settled:
             first["full"] = time.time()
-            app.exit()
+            timers.pop().stop()
+            idle_window(app) if seconds > 0 else app.exit()
 
     if mode == "bare":
         from textual.app import App
