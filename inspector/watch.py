@@ -18,7 +18,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import sys
 import threading
+import types
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
@@ -383,3 +385,15 @@ def log_scalar(name: str, value: Any, step: int | None = None) -> None:
     if current is None:
         raise RuntimeError("inspector.log_scalar: no active run; call inspector.watch(model, run_dir) first")
     current.log(name, value, step)
+
+
+class _CallableModule(types.ModuleType):
+    """This module, callable as its `watch` function. `inspector.watch(model, run)` is the package's
+    lazily imported function, but importing this module (`from inspector.watch import Watch`) makes
+    Python bind the package's `watch` attribute to the module: calling it must still watch."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> "Watch":
+        return watch(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

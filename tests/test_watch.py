@@ -142,3 +142,20 @@ def test_scalars_are_recorded_as_of_the_call_not_after_the_loop_changes_them(tmp
     df = inspector.open_run(tmp_path / "run").to_pandas("scalar")
     assert df[df["name"] == "loss"].sort_values("step")["value"].tolist() == [1.5, 2.5, 3.5]
     assert df[df["name"] == "after_reset"]["value"].tolist() == [0.0, 0.0, 0.0]
+
+
+def test_inspector_watch_still_watches_after_its_module_is_imported(tmp_path: Path) -> None:
+    """`from inspector.watch import Watch` binds `inspector.watch` to the module (Python sets a
+    package's attribute to an imported submodule); calling it must still start a watch."""
+    import subprocess
+    import sys
+
+    code = ("import torch, inspector\n"
+            "from inspector.watch import Watch\n"
+            f"w = inspector.watch(torch.nn.Linear(2, 2), {str(tmp_path / 'run')!r}, hang_after_s=None)\n"
+            "assert isinstance(w, Watch), type(w)\n"
+            "w.close()\n"
+            "print('ok')\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                         cwd=Path(__file__).resolve().parents[1])
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]

@@ -29,6 +29,9 @@ DEFAULT_PERIODS = {"attention": 16, "experts": 16}
 """Inference sampling defaults, in iterations: expert load recorded every 16th iteration as the sum
 of the 16 (no token is dropped: the experts probe carries stage sums to the next record), attention
 maps every 16th iteration (each a full row over the whole cache)."""
+DEFAULT_OFFSETS = {"experts": 8}
+"""The expert record falls halfway between two attention maps: the Inspector's sampled work is
+spread over two iterations, so no one iteration (and no request's inter-token latency) carries both."""
 
 
 def inference_probes(probes: str | Sequence[str]) -> list[str]:
@@ -41,6 +44,7 @@ def inference_probes(probes: str | Sequence[str]) -> list[str]:
 def inference_sampling(every: int | Mapping[str, int] | None, **options: Any) -> Sampling:
     """`Sampling` with the inference defaults, changed by `every` as in training."""
     periods: dict[str, int] = dict(DEFAULT_PERIODS)
+    options.setdefault("offsets", dict(DEFAULT_OFFSETS))
     if isinstance(every, int):
         return Sampling.build(every, **options)
     periods.update(every or {})

@@ -1,7 +1,7 @@
 """How often each probe records: heavy probes are sampled, scalars are recorded every step."""
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Mapping, Sequence
 
 
@@ -24,11 +24,14 @@ class Sampling:
     max_attention_rows: int = 128
     attention_positions: tuple[int, ...] = (-1,)
     system_interval_s: float = 1.0
+    offsets: Mapping[str, int] = field(default_factory=dict)
+    """Steps by which a probe's sampled steps are shifted (`due` at `offset`, `offset + period`, …):
+    two heavy probes with one period, offset by half of it, never add their cost to the same step."""
 
     def due(self, probe: str, step: int) -> bool:
         """True when `probe` records at `step`."""
         period = getattr(self, probe, 1)
-        return period > 0 and step % period == 0
+        return period > 0 and (step - self.offsets.get(probe, 0)) % period == 0
 
     def wants_layer(self, layer: int | None) -> bool:
         """True when attention of `layer` is to be kept."""

@@ -172,9 +172,12 @@ def test_counts_latencies_cache_and_experts_equal_the_schedulers(tmp_path: Path)
     # inference mode records attention but never judges collapse (a decode row is no training pathology)
     anomalies = inspector.open_run(path).to_pandas("anomaly")
     assert anomalies.empty or not (anomalies["kind"] == "attention_collapse").any()
-    # a window of steps sums only those steps
-    first_half = views.stage_counts(run, stage="decode", last=len(iters) // 2)[2]
-    second_half = views.stage_counts(run, stage="decode", first=len(iters) // 2 + 1)[2]
+    # a window of steps sums only those steps (split after the first decode record: each half holds one)
+    frame = views.expert_stage_frame(run)
+    recorded = sorted(frame[frame["stage"] == "decode"]["step"].unique())
+    assert len(recorded) >= 2
+    first_half = views.stage_counts(run, stage="decode", last=int(recorded[0]))[2]
+    second_half = views.stage_counts(run, stage="decode", first=int(recorded[0]) + 1)[2]
     np.testing.assert_array_equal(first_half + second_half, views.stage_counts(run, stage="decode")[2])
 
 
@@ -320,3 +323,21 @@ def test_an_idle_spell_between_bursts_is_no_iterations_time(tmp_path: Path) -> N
     ms = inspector.open_run(tmp_path / "run").to_pandas("inference_iteration")["ms"]
     assert len(ms) >= 8 and (ms < idle_s * 1e3).all()
     assert ms.sum() / 1e3 <= wall - idle_s
+
+
+def test_attention_and_expert_records_fall_on_different_iterations(tmp_path: Path) -> None:
+    """The inference defaults offset the expert record by half a period from the attention maps, so
+    no iteration carries both (a request's inter-token latency is inflated by one at a time)."""
+    from inspector.inference.watch import inference_sampling
+
+    *_, path = _serve(tmp_path)
+    reader = inspector.open_run(path)
+    last = int(reader.to_pandas("inference_iteration")["step"].max())
+    attention = set(reader.to_pandas("attention_map")["step"].astype(int))
+    experts = set(reader.to_pandas("expert_load_inference")["step"].astype(int)) - {last + 1}   # the closing record
+    assert attention and experts, (attention, experts, last)
+    assert all(s % 16 == 0 for s in attention) and all(s % 16 == 8 for s in experts)
+    assert not attention & experts
+    sampling = inference_sampling({"experts": 4}, offsets={})
+    assert [s for s in range(10) if sampling.due("experts", s)] == [0, 4, 8]     # offsets are the user's to set
+    assert [s for s in range(20) if inference_sampling(None).due("experts", s)] == [8]
