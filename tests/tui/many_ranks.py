@@ -22,11 +22,13 @@ def base_ms(rank: int, ranks: int) -> float:
 
 
 def write_many_ranks(path: str | Path, ranks: int, steps: int, *, rate: float = 0.0, hold: float = 0.0,
-                     ranks_per_node: int = 0) -> None:
+                     ranks_per_node: int = 0, flush_interval: float = 0.2) -> None:
     """Write `steps` steps on `ranks` ranks at `rate` steps/s (0: flat out).
 
     With `hold`, the recorders then stay open that many seconds without writing (a live, quiet run).
     With `ranks_per_node`, rank r is recorded as running on host "node-NNNN" (r // ranks_per_node).
+    `flush_interval`: each Recorder's (1,024 live writer threads waking 5 times a second take most of
+    2 cores; real ranks each have their own machine).
     """
     def host(r: int) -> str | None:
         return f"node-{r // ranks_per_node:04d}" if ranks_per_node else None
@@ -38,7 +40,8 @@ def write_many_ranks(path: str | Path, ranks: int, steps: int, *, rate: float = 
                 for s in range(steps):
                     _write_step(rec, r, s, ranks, rng)
         return
-    recs = [Recorder(path, rank=r, world_size=ranks, name="many", flush_interval=0.2, host=host(r)) for r in range(ranks)]
+    recs = [Recorder(path, rank=r, world_size=ranks, name="many", flush_interval=flush_interval, host=host(r))
+            for r in range(ranks)]
     t0 = time.monotonic()
     try:
         for s in range(steps):
