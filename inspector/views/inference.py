@@ -14,6 +14,7 @@ import pandas as pd
 
 from inspector.schema import ATTENTION_MAP
 from inspector.views.downsample import DEFAULT_POINTS, downsample_indices
+from inspector.views.inference_cost import SampledCost, sampled_cost
 from inspector.views.live import LiveRun
 
 REQUEST_KIND, ITERATION_KIND, EXPERT_KIND = "inference_request", "inference_iteration", "expert_load_inference"
@@ -363,6 +364,7 @@ class InferenceSummary:
     imbalance: pd.DataFrame       # `imbalance_by_stage`
     slowest: pd.DataFrame         # `slowest_requests`, top 5
     finished: dict[str, int]      # finish reason -> requests
+    sampled: list[SampledCost]    # what the Inspector's own sampled iterations cost (`inference_cost`)
 
 
 def inference_summary(run: LiveRun, *, rank: int = 0) -> InferenceSummary | None:
@@ -373,4 +375,5 @@ def inference_summary(run: LiveRun, *, rank: int = 0) -> InferenceSummary | None
     finished = reqs["finished_reason"].fillna("?").value_counts().to_dict() if not reqs.empty else {}
     return InferenceSummary(latency=latency_percentiles(reqs), totals=phase_totals(iters, reqs),
                             imbalance=imbalance_by_stage(run, rank=rank), slowest=slowest_requests(reqs, n=5),
-                            finished={str(k): int(v) for k, v in finished.items()})
+                            finished={str(k): int(v) for k, v in finished.items()},
+                            sampled=sampled_cost(run, iters, rank=rank))

@@ -91,3 +91,16 @@ def test_a_training_run_says_it_has_no_inference_records(page, tmp_path):
         page.goto(f"{srv.url}/inference?run=train")
         expect(page.locator("#inf-headline")).to_contain_text("no inference records in this run")
         assert not page.errors
+
+
+def test_headline_says_what_the_inspectors_own_sampled_iterations_cost(page, tmp_path) -> None:
+    """Planted costs (attention +1.0 ms over two iterations, expert load +0.9 ms) read in the browser."""
+    from tests.views.test_inference_cost import _write
+
+    _write(tmp_path / "cost")
+    with dash_server(tmp_path) as srv:
+        page.goto(f"{srv.url}/inference?run=cost")
+        headline = page.locator("#inf-headline")
+        expect(headline).to_contain_text("Inspector's sampled work: attention maps +1.00 ms (1 in 16), "
+                                         "expert load +0.90 ms (1 in 16)")
+        expect(headline).to_contain_text("% of decode time, included above")
