@@ -9,6 +9,7 @@ from rich.table import Table
 from inspector.cli_format import human_bytes, safe
 from inspector.views.hang import HangVerdict, rank_list, stuck_table
 from inspector.views.inference import InferenceSummary
+from inspector.views.inference_cost import cost_text
 from inspector.views.summary import CollapsedHead, RunSummary
 
 
@@ -87,11 +88,7 @@ def print_inference(s: InferenceSummary, con: Console) -> None:
         table.add_row(str(row[0]), str(row[1]), *(_fmt(v, ",.1f") for v in row[2:]))
     con.print(table)
     if s.sampled:
-        parts = ", ".join(f"{c.what} +{c.extra_ms:.2f} ms on {c.iterations} iterations (1 in {c.every:.0f})"
-                          for c in s.sampled)
-        share = sum(c.share for c in s.sampled)
-        con.print(f"  the Inspector's own sampled work: {parts} ≈ {share * 100:.1f} % of decode time; "
-                  f"included in the latencies above")
+        con.print(f"  the Inspector's own sampled work: {cost_text(s.sampled)}; included in the latencies above")
     if not s.slowest.empty:
         slow = ", ".join(f"#{int(r.request_id)} ({_fmt(r.e2e_request_latency_s * 1e3, ',.0f')} ms, "
                          f"queued {_fmt(r.queue_time_s * 1e3 if r.queue_time_s == r.queue_time_s else None, ',.0f')} ms)"

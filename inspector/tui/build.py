@@ -13,6 +13,7 @@ from inspector.tui.screens.hang import HangData
 from inspector.tui.screens.ranks import RanksPayload
 from inspector.views import anomalies, attention, experts, inference, ranks, series, summary, timing
 from inspector.views.hang import HangVerdict, stuck_table
+from inspector.views.inference_cost import cost_text, sampled_cost
 from inspector.views.live import LiveRun
 from inspector.views.steps import nearest_at_or_before
 
@@ -127,7 +128,8 @@ def build_inference(run: LiveRun, req: Request, cursor: int) -> InferenceData:
     slowest = inference.slowest_requests(reqs, n=10_000)
     data = InferenceData(totals=inference.phase_totals(iters, reqs), latency=inference.latency_percentiles(reqs),
                          series=inference.throughput_series(iters, max_points=240), stages=stages,
-                         imbalance=inference.imbalance_by_stage(run, rank=req.rank), requests=slowest)
+                         imbalance=inference.imbalance_by_stage(run, rank=req.rank), requests=slowest,
+                         sampled=cost_text(costs) if (costs := sampled_cost(run, iters, rank=req.rank)) else "")
     ids = slowest["request_id"].astype(int).tolist()
     if not ids:
         return data

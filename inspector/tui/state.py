@@ -121,6 +121,7 @@ class InferenceData:
     heads: list[int] = field(default_factory=list)
     head: int | None = None
     attention: Any = None
+    sampled: str = ""      # what the Inspector's own sampled iterations cost (`views.inference_cost.cost_text`)
 
 
 @dataclass

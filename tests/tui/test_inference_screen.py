@@ -129,3 +129,17 @@ async def test_narrow_terminal_stacks_the_panes_and_keeps_the_tables_whole(synth
         await pilot.pause()
         left, right = (app.screen.query_one(p).region for p in ("#inf-left", "#inf-right"))
         assert not app.screen.has_class("narrow") and right.x >= left.x + left.width and right.y == left.y
+
+
+async def test_headline_says_what_the_inspectors_own_sampled_iterations_cost(tmp_path: Path) -> None:
+    """Planted costs (attention +1.0 ms over two iterations, expert load +0.9 ms) in the TUI headline."""
+    from tests.views.test_inference_cost import _write
+
+    _write(tmp_path / "cost")
+    app = InspectorApp(tmp_path / "cost", screen="inference", frozen_now=FROZEN_NOW)
+    async with app.run_test(size=(160, 46)) as pilot:
+        await wait_until(pilot, lambda: app.settled)
+        text = str(app.screen.query_one("#inf-headline", Static).render())
+        assert ("the Inspector's own sampled work: attention maps +1.00 ms (1 in 16), expert load +0.90 ms "
+                "(1 in 16)") in text
+        assert text.rstrip().endswith("decode time (in these latencies)")

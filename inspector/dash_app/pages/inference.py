@@ -17,7 +17,7 @@ from inspector.dash_app.components import graph, panel
 from inspector.dash_app.context import AppContext
 from inspector.dash_app.figures import COLORWAY, TEMPLATE, empty_figure, heatmap_figure
 from inspector.views import inference as views
-from inspector.views.inference_cost import sampled_cost
+from inspector.views.inference_cost import cost_text, sampled_cost
 from inspector.views.live import LiveRun
 from inspector.views.scales import load_ratio, load_scale, weight_scale
 
@@ -68,9 +68,7 @@ def headline(run: LiveRun) -> list:
              ("peak batch", f"{t.peak_batch}"), ("KV cache peak", kv)]
     costs = sampled_cost(run, iters)
     if costs:   # the Inspector's own sampled iterations are in the latencies: say how much
-        items.append(("Inspector's sampled work", ", ".join(f"{c.what} +{c.extra_ms:.2f} ms (1 in {c.every:.0f})"
-                                                            for c in costs)
-                      + f" ≈ {sum(c.share for c in costs) * 100:.1f} % of decode time, included above"))
+        items.append(("Inspector's sampled work", f"{cost_text(costs)}, included above"))
     return [html.Span([html.B(f"{k}: "), v], className="stat") for k, v in items]
 
 

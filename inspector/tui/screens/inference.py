@@ -37,7 +37,8 @@ def binned(values: np.ndarray, width: int) -> np.ndarray:
 
 
 def headline(p: InferenceData) -> Text:
-    """Requests, iterations, tokens/s by stage, TTFT and TPOT percentiles, peak batch and KV cache."""
+    """Requests, iterations, tokens/s by stage, TTFT and TPOT percentiles, peak batch and KV cache;
+    what the Inspector's own sampled iterations add to those latencies, when measurable."""
     t = p.totals
     lat = p.latency.set_index("metric")
     kv = "N/A" if t.peak_kv_cache_bytes != t.peak_kv_cache_bytes else \
@@ -48,7 +49,8 @@ def headline(p: InferenceData) -> Text:
         f" (prefill {num(t.prefill_tokens_per_s, '{:,.0f}')}, decode {num(t.decode_tokens_per_s, '{:,.1f}')}) · "
         f"TTFT p50/p95 {num(lat.loc['TTFT', 'p50'], '{:,.1f}')}/{num(lat.loc['TTFT', 'p95'], '{:,.1f}')} ms · "
         f"TPOT p50/p95 {num(lat.loc['TPOT', 'p50'], '{:,.1f}')}/{num(lat.loc['TPOT', 'p95'], '{:,.1f}')} ms · "
-        f"peak batch {t.peak_batch} · KV peak {kv}")
+        f"peak batch {t.peak_batch} · KV peak {kv}",
+        *([(f"\nthe Inspector's own sampled work: {p.sampled} (in these latencies)", "dim")] if p.sampled else []))
 
 
 def latency_table(p: InferenceData) -> Table:
