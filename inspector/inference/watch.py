@@ -12,6 +12,9 @@ Without a driver every top-level forward of the model is one iteration (no reque
 """
 from __future__ import annotations
 
+import dataclasses
+import math
+
 from typing import Any, Mapping, Sequence
 
 from torch import nn
@@ -29,9 +32,6 @@ DEFAULT_PERIODS = {"attention": 16, "experts": 16}
 """Inference sampling defaults, in iterations: expert load recorded every 16th iteration as the sum
 of the 16 (no token is dropped: the experts probe carries stage sums to the next record), attention
 maps every 16th iteration (each a full row over the whole cache)."""
-DEFAULT_OFFSETS = {"experts": 8}
-"""The expert record falls halfway between two attention maps: the Inspector's sampled work is
-spread over two iterations, so no one iteration (and no request's inter-token latency) carries both."""
 
 
 def inference_probes(probes: str | Sequence[str]) -> list[str]:
@@ -44,11 +44,21 @@ def inference_probes(probes: str | Sequence[str]) -> list[str]:
 def inference_sampling(every: int | Mapping[str, int] | None, **options: Any) -> Sampling:
     """`Sampling` with the inference defaults, changed by `every` as in training."""
     periods: dict[str, int] = dict(DEFAULT_PERIODS)
-    options.setdefault("offsets", dict(DEFAULT_OFFSETS))
     if isinstance(every, int):
-        return Sampling.build(every, **options)
-    periods.update(every or {})
-    return Sampling.build(periods, **options)
+        sampling = Sampling.build(every, **options)
+    else:
+        periods.update(every or {})
+        sampling = Sampling.build(periods, **options)
+    if "offsets" in options:
+        return sampling
+    return dataclasses.replace(sampling, offsets={"experts": apart(sampling.attention, sampling.experts)})
+
+
+def apart(attention: int, experts: int) -> int:
+    """The expert record's offset that never lands on an attention iteration: half the periods'
+    greatest common divisor (16 and 16: 8). The Inspector's sampled work is then spread over two
+    iterations, so no one iteration (and no request's inter-token latency) carries both."""
+    return math.gcd(max(attention, 0), max(experts, 0)) // 2
 
 
 class InferenceWatch(Watch):

@@ -341,3 +341,6 @@ def test_attention_and_expert_records_fall_on_different_iterations(tmp_path: Pat
     sampling = inference_sampling({"experts": 4}, offsets={})
     assert [s for s in range(10) if sampling.due("experts", s)] == [0, 4, 8]     # offsets are the user's to set
     assert [s for s in range(20) if inference_sampling(None).due("experts", s)] == [8]
+    four = inference_sampling({"experts": 4})            # attention every 16, experts every 4: never together
+    assert [s for s in range(16) if four.due("experts", s)] == [2, 6, 10, 14] and four.due("attention", 0)
+    assert not any(four.due("experts", s) and four.due("attention", s) for s in range(200))
