@@ -90,3 +90,19 @@ async def test_other_screens_start_with_the_header_only(job: Path, monkeypatch: 
         assert partial and payload == "NoneType"
         assert header == f"many · open · step 7 · {RANKS}/{RANKS} ranks on 10 nodes · reading records…"
         assert app.snapshot.payload is not None and not app.snapshot.partial
+
+
+@pytest.mark.filterwarnings("ignore:.*never wrote anything")   # the reader's own word on the missing rank
+async def test_roll_call_says_which_ranks_have_no_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import shutil
+
+    write_many_ranks(tmp_path / "job", 6, 3, ranks_per_node=2)
+    shutil.rmtree(tmp_path / "job" / "rank-00005")
+    messages: list[str] = []
+    draw_roll_call = RanksScreen._draw_roll_call
+    monkeypatch.setattr(RanksScreen, "_draw_roll_call",
+                        lambda self, payload: messages.append(draw_roll_call(self, payload)) or messages[-1])
+    app = InspectorApp(tmp_path / "job", frozen_now=FROZEN_NOW)
+    async with app.run_test(size=(160, 40)) as pilot:
+        await wait_until(pilot, lambda: app.settled)
+        assert messages and messages[0].startswith("1 of 6 ranks have no directory · reading records…")
