@@ -3,8 +3,9 @@
 Opening a 1,024-rank job means reading every rank's segment tails and scoring the ranks, which takes
 seconds; the roll call (`inspector.views.roll_call`: run.json, and per rank rank.json, closed.json,
 heartbeat.json) takes tens of milliseconds and needs neither pandas nor pyarrow. So the app draws it
-first: the header and, on the Ranks screen, every rank with its host, its closed step or its last
-heartbeat; the snapshot built from the records replaces it (`Snapshot.partial` marks the first).
+first: the header and, on the Ranks screen, the ranks likeliest to be in trouble with their hosts,
+closed steps or last heartbeats; the snapshot built from the records replaces it (`Snapshot.partial`
+marks the first). A roll call that fails for any reason is skipped: the poller says what is wrong.
 """
 from __future__ import annotations
 
@@ -22,11 +23,19 @@ a row; the full table that follows lists every rank)."""
 
 def start_roll_call(path: str) -> Future:
     """Read the roll call of `path` on a thread of its own, started now (while Textual starts up);
-    the future's result is the `RollCall`, or None when there is no readable run.json yet."""
+    the future's result is the `RollCall`, or None when there is none to draw (no readable run.json
+    yet, or any failure: the first frame is an extra, never a reason for the UI to fail)."""
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="roll-call")
-    future = pool.submit(roll_call_or_none, path)
+    future = pool.submit(_roll_call_or_nothing, path)
     pool.shutdown(wait=False)
     return future
+
+
+def _roll_call_or_nothing(path: str) -> RollCall | None:
+    try:
+        return roll_call_or_none(path)
+    except Exception:  # noqa: BLE001 - an unforeseen file state must not stop the UI from opening
+        return None
 
 
 def first_snapshot(roll: RollCall | None, req: Request, *, frozen_now: float | None = None) -> Snapshot | None:

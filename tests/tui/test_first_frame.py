@@ -106,3 +106,16 @@ async def test_roll_call_says_which_ranks_have_no_directory(tmp_path: Path, monk
     async with app.run_test(size=(160, 40)) as pilot:
         await wait_until(pilot, lambda: app.settled)
         assert messages and messages[0].startswith("1 of 6 ranks have no directory · reading records…")
+
+
+async def test_a_failing_roll_call_is_skipped_and_the_table_still_comes(job: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import inspector.tui.first_frame as first_frame
+
+    def broken(path: str):
+        raise ValueError("an unforeseen file state")
+
+    monkeypatch.setattr(first_frame, "roll_call_or_none", broken)
+    app = InspectorApp(job, frozen_now=FROZEN_NOW)
+    async with app.run_test(size=(160, 40)) as pilot:
+        await wait_until(pilot, lambda: app.settled and isinstance(app.snapshot.payload, RanksData))
+        assert sorted(app.screen.query_one(RankTable).rank_order()) == list(range(RANKS))
