@@ -79,9 +79,11 @@ class _LayerChanges:
         self._snapshot: FlagChanges | None = None
 
     def last_step(self) -> int | None:
+        """The newest step folded in (None before the first)."""
         return int(self.steps[-1][-1]) if self.steps else None
 
     def extend(self, steps_S: np.ndarray, flags_SE: np.ndarray) -> None:
+        """Append rows `steps_S` [S] with their flags [S, E] (steps after every row folded before)."""
         before_SE = np.empty_like(flags_SE)
         before_SE[0] = self.last_E
         before_SE[1:] = flags_SE[:-1]
@@ -93,6 +95,7 @@ class _LayerChanges:
         self._snapshot = None
 
     def snapshot(self) -> FlagChanges:
+        """The `FlagChanges` of every row so far (kept until the next `extend`)."""
         if self._snapshot is None:
             expert_C, row_C, on_C = (np.concatenate(p) for p in zip(*self.parts))
             order = np.argsort(expert_C, kind="stable")         # rows are appended in order: stays sorted within
