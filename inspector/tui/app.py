@@ -113,11 +113,10 @@ class InspectorApp(App):
             self._first_drawn.wait(FIRST_FRAME_WAIT_S)
         from inspector.plugins import load_plugins
         from inspector.tui.poller import Poller   # pandas and the reader load here, after the first frame
-        from inspector.tui.screens.plugin import PluginScreen, plugin_mode
 
         screens = [(s.name, s.title, s.key) for s in load_plugins().tui_screens]
         if screens:
-            self.call_from_thread(self._add_plugin_screens, screens, PluginScreen, plugin_mode)
+            self.call_from_thread(self._add_plugin_screens, screens)
         poller = Poller(self.path, interval=self._interval, frozen_now=self._frozen_now)
         while not worker.is_cancelled:
             try:
@@ -136,13 +135,13 @@ class InspectorApp(App):
             self._wake.clear()
         poller.close()
 
-    def _add_plugin_screens(self, screens: list[tuple[str, str, str]], screen_class: type[InspectorScreen],
-                            mode_of: Callable[[str], str]) -> None:
+    def _add_plugin_screens(self, screens: list[tuple[str, str, str]]) -> None:
         """Give each plugin screen a mode and a key (keys the app already uses are not taken)."""
+        from inspector.tui.screens.plugin import PluginScreen, plugin_mode
         taken = {b.key for b in self.BINDINGS if isinstance(b, Binding)}
         for name, title, key in screens:
-            mode = mode_of(name)
-            self.add_mode(mode, lambda name=name, title=title: screen_class(name, title))
+            mode = plugin_mode(name)
+            self.add_mode(mode, lambda name=name, title=title: PluginScreen(name, title))
             self.plugin_modes.add(mode)
             if key not in taken:
                 self.bind(key, f"screen('{mode}')", description=title)

@@ -8,13 +8,13 @@ as before.
 """
 from __future__ import annotations
 
-import threading
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from inspector.views.append_fold import AppendOnlyFold
 from inspector.views.downsample import bin_columns
 from inspector.views.live import LiveRun
 from inspector.views.steps import nearest_at_or_before
@@ -221,33 +221,20 @@ def dense_loads(table: pa.Table, *, summed: bool) -> LayerLoads:
     return out
 
 
-class _GrowingLoads:
+class _GrowingLoads(AppendOnlyFold):
     """One rank's `layer_loads`, kept between builds: per layer, steps and counts buffers with room
     to grow (doubled when full), filled from the rows of the (append-only) table not seen yet.
     Rows that do not extend every layer in step order (a step recorded again, a wider expert count)
     make it start over from the whole table. Returned arrays are views that later rows never change."""
 
-    def __init__(self) -> None:
-        self._lock = threading.Lock()     # the dashboard's callbacks run on several threads at once
-        self._reset()
-
     def _reset(self) -> None:
-        self.rows = 0
         self.width = 0
         self.steps: dict[int, np.ndarray] = {}
         self.counts: dict[int, np.ndarray] = {}
         self.used: dict[int, int] = {}
 
-    def fold(self, table: pa.Table) -> LayerLoads:
-        """The loads of `table`, whose first `self.rows` rows are those folded in before (or more
-        than `table` has: another thread folded a newer table in; then start over)."""
-        with self._lock:
-            if table.num_rows < self.rows or not self._append(table.slice(self.rows)):
-                self._reset()
-                self._append(table)
-            self.rows = table.num_rows
-            return LayerLoads({layer: (self.steps[layer][:n], self.counts[layer][:n])
-                               for layer, n in self.used.items()})
+    def _result(self) -> LayerLoads:
+        return LayerLoads({layer: (self.steps[layer][:n], self.counts[layer][:n]) for layer, n in self.used.items()})
 
     def _append(self, new: pa.Table) -> bool:
         """Append `new` rows to the layers' buffers; False (nothing changed) when they do not extend them."""

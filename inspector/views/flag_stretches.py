@@ -9,11 +9,12 @@ expert, not a pass over the counts; `GrowingFlagChanges` extends them as a live 
 """
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
+
+from inspector.views.append_fold import AppendOnlyFold
 
 
 def stretch_due(steps: np.ndarray, start_E: np.ndarray, last: int, min_steps: int, min_samples: int) -> dict[int, int]:
@@ -104,26 +105,26 @@ class _LayerChanges:
         return self._snapshot
 
 
-class GrowingFlagChanges:
+class GrowingFlagChanges(AppendOnlyFold):
     """`FlagChanges` of one rank's load (an append-only table, each layer's steps ascending), extended
     by the rows that arrived since the last fold: following a live run costs its new rows. Rows that
-    do not extend a layer in step order, or another number of experts, make it start over."""
+    do not extend a layer in step order, or another number of experts, make it start over.
+    `loads_of(rows)`: {layer: (steps [S], counts [S, E])} of some rows of the table."""
 
-    def __init__(self, flag_rows: Callable[[np.ndarray], np.ndarray]) -> None:
+    def __init__(self, flag_rows: Callable[[np.ndarray], np.ndarray],
+                 loads_of: Callable[[Any], dict[int, tuple[np.ndarray, np.ndarray]]]) -> None:
         self.flag_rows = flag_rows
-        self._lock = threading.Lock()       # the dashboard's callbacks run on several threads at once
-        self._rows = 0
+        self.loads_of = loads_of
+        super().__init__()
+
+    def _reset(self) -> None:
         self._layers: dict[int, _LayerChanges] = {}
 
-    def fold(self, table: Any, loads_of: Callable[[Any], dict[int, tuple[np.ndarray, np.ndarray]]]) -> dict[int, FlagChanges]:
-        """{layer: FlagChanges} of `table`, whose first rows were folded in before; `loads_of(rows)`:
-        {layer: (steps [S], counts [S, E])} of some rows (sorted by step)."""
-        with self._lock:
-            if table.num_rows < self._rows or not self._extend(loads_of(table.slice(self._rows))):
-                self._layers = {}
-                self._extend(loads_of(table))
-            self._rows = table.num_rows
-            return {layer: changes.snapshot() for layer, changes in self._layers.items() if changes.rows}
+    def _result(self) -> dict[int, FlagChanges]:
+        return {layer: changes.snapshot() for layer, changes in self._layers.items() if changes.rows}
+
+    def _append(self, rows: Any) -> bool:
+        return self._extend(self.loads_of(rows))
 
     def _extend(self, loads: dict[int, tuple[np.ndarray, np.ndarray]]) -> bool:
         for layer, (steps_S, counts_SE) in loads.items():

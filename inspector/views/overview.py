@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from inspector.views.inference import ITERATION_KIND as ITERATIONS
 from inspector.views.live import LiveRun
 from inspector.views.series import scalar_names
 
@@ -76,7 +77,6 @@ def run_header(run: LiveRun, *, window: int = 10, now: float | None = None) -> R
                      problems=len(run.problems()), tokens_label=label)
 
 
-ITERATIONS = "inference_iteration"
 ITERATION_WINDOW = 64
 """Iterations per rank the live header's generated tokens/s is taken over."""
 

@@ -213,16 +213,12 @@ def hot_at_end(steps: np.ndarray, counts_SE: np.ndarray) -> dict[int, int]:
     return tail_stretch_at_end(steps, counts_SE, _hot_rows)
 
 
-_FLAG_ROWS = {starved_at_end: _empty_rows, hot_at_end: _hot_rows}
-"""The per-row flags each rule of `_experts_at_end` judges a window by."""
-
-
 def starved_experts(run: LiveRun, *, step: int | None = None, rank: int | None = 0,
                     phase: str | None = None) -> dict[int, dict[int, int]]:
     """{layer: {expert: first step of its empty stretch}} for the experts starved (the experts probe's
     rule, see `starved_mask`) at the last recorded step at or before `step` (None: the last one), in
     one phase's load (see `views.experts.resolve_phase`)."""
-    return _experts_at_end(run, starved_at_end, step=step, rank=rank, phase=phase)
+    return _experts_at_end(run, _empty_rows, step=step, rank=rank, phase=phase)
 
 
 def hot_experts(run: LiveRun, *, step: int | None = None, rank: int | None = 0,
@@ -230,13 +226,13 @@ def hot_experts(run: LiveRun, *, step: int | None = None, rank: int | None = 0,
     """{layer: {expert: first step of its stretch}} for the experts hot (≥ `HOT_FACTOR` × the balanced
     share on every recorded step of a long enough stretch, the experts probe's `expert_hot` rule) at the
     last recorded step at or before `step`."""
-    return _experts_at_end(run, hot_at_end, step=step, rank=rank, phase=phase)
+    return _experts_at_end(run, _hot_rows, step=step, rank=rank, phase=phase)
 
 
-def _experts_at_end(run: LiveRun, rule, *, step: int | None, rank: int | None,
-                    phase: str | None) -> dict[int, dict[int, int]]:
-    """`rule(steps, counts [steps, experts])` per layer over the load up to the recorded step at or before
-    `step`, cached per step. Only the last `TAIL_ROWS` recorded steps are read; a layer where some
+def _experts_at_end(run: LiveRun, flag_rows: Callable[[np.ndarray], np.ndarray], *, step: int | None,
+                    rank: int | None, phase: str | None) -> dict[int, dict[int, int]]:
+    """{layer: `stretch_at_end`} of the experts `flag_rows(counts [steps, experts])` flags, over the load
+    up to the recorded step at or before `step`, cached per step. Only the last `TAIL_ROWS` recorded steps are read; a layer where some
     expert's stretch starts before them is answered from `FlagChanges` of the whole load (one pass,
     kept until new rows arrive: an expert hot for a whole 10,000-step run costs one pass, not one per
     step the user looks at; the 600 MB count matrix of 58 layers × 256 experts is never kept)."""
@@ -246,7 +242,6 @@ def _experts_at_end(run: LiveRun, rule, *, step: int | None, rank: int | None,
     if at is None:
         return {}
     end = bisect.bisect_right(steps, at)
-    flag_rows = _FLAG_ROWS[rule]
 
     def compute() -> dict[int, dict[int, int]]:
         out: dict[int, dict[int, int]] = {}
@@ -270,7 +265,8 @@ def _experts_at_end(run: LiveRun, rule, *, step: int | None, rank: int | None,
                     out[layer] = found
         return out
 
-    return run.cached(("experts_at_end", rule.__name__, rank, resolve_phase(run, phase), at), EXPERT_KINDS, compute)
+    return run.cached(("experts_at_end", flag_rows.__name__, rank, resolve_phase(run, phase), at), EXPERT_KINDS,
+                      compute)
 
 
 def _flag_changes(run: LiveRun, flag_rows: Callable[[np.ndarray], np.ndarray], rank: int | None,
@@ -283,8 +279,9 @@ def _flag_changes(run: LiveRun, flag_rows: Callable[[np.ndarray], np.ndarray], r
 
     def compute() -> dict[int, FlagChanges]:
         if grows_in_place(run, rank, resolved):
-            growing = run.cached(("expert_flag_changes_growing", *key), (), lambda: GrowingFlagChanges(flag_rows))
-            return growing.fold(load_table(run, rank, resolved), lambda rows: dense_loads(rows, summed=False))
+            growing = run.cached(("expert_flag_changes_growing", *key), (),
+                                 lambda: GrowingFlagChanges(flag_rows, lambda rows: dense_loads(rows, summed=False)))
+            return growing.fold(load_table(run, rank, resolved))
         return {int(layer): FlagChanges.of(steps_S, flag_rows(counts_SE))
                 for layer, (steps_S, counts_SE) in loads_where(run, rank, resolved, None).items()}
 
