@@ -130,9 +130,15 @@ def test_experts(page, live_dash, recorded_root):
 
 def test_system(page, live_dash):
     open_page(page, live_dash, "/system")
-    expect(page.locator("#sys-ranks tbody tr")).to_have_count(2)
-    expect(page.locator("#sys-ranks tr.straggler")).to_have_count(1)
-    expect(page.locator("#sys-ranks tr.straggler td").first).to_have_text("1")
+    ranks = page.locator('#sys-ranks td[data-dash-column="rank"]')
+    expect(ranks).to_have_count(2)
+    expect(ranks).to_have_text(["1", "0"])                  # the straggler's node first
+    flags = page.locator('#sys-ranks td[data-dash-column="flag"]')
+    expect(flags).to_have_text(["straggler", ""])
+    assert flags.first.evaluate("td => getComputedStyle(td).color") == "rgb(153, 27, 27)"    # drawn red
+    assert flags.last.evaluate("td => getComputedStyle(td).color") != "rgb(153, 27, 27)"
+    expect(page.locator("#sys-ranks-count")).to_have_text(
+        "2 ranks on 1 nodes, the node holding the step up most first; 1 flagged")
     util = wait_figure(page, "sys-gpu_util")
     assert sorted(t["name"] for t in util["data"]) == ["r0 cuda:0", "r1 cuda:0"]
     assert all(len(t["y"]) == 12 for t in util["data"])

@@ -4,10 +4,12 @@ ranks, where, who is missing from which collective, and the stuck ranks' frames)
 from __future__ import annotations
 
 import time
+import warnings
+from typing import Any
 
 import numpy as np
 import pandas as pd
-from dash import Input, Output, html
+from dash import Input, Output, dash_table, html
 
 from inspector.dash_app.components import graph, message, panel
 from inspector.dash_app.context import AppContext
@@ -16,15 +18,20 @@ from inspector.views.hang import HangVerdict, hang_verdict, rank_list, stuck_tab
 from inspector.views.ranks import by_node, rank_table
 from inspector.views.system import GPU_METRICS, HOST_METRICS, has_gpu_samples, system_series
 
+# DataTable is deprecated in favour of dash-ag-grid (whose 2-5 MB of script every page would load
+# eagerly); it still ships with Dash and its script is already on every page.
+warnings.filterwarnings("ignore", message=r"\s*The dash_table.DataTable will be removed", category=DeprecationWarning)
+
 PATH = "/system"
 TITLE = "System"
 METRICS = {**GPU_METRICS, **HOST_METRICS}
 GRAPHS = [f"sys-{m}" for m in METRICS]
-TABLE_COLUMNS = [("rank", "rank", "{:.0f}"), ("node", "node", "{}"), ("straggler_score", "holds step up", "{:.0f} ms"),
-                 ("step", "step", "{:,.0f}"), ("step_ms", "step ms", "{:.1f}"),
-                 ("compute_ms", "compute ms", "{:.1f}"), ("tokens_per_s", "tok/s", "{:,.0f}"), ("loss", "loss", "{:.4f}"), ("grad_norm", "grad norm", "{:.3g}"),
-                 ("gpu_util", "GPU %", "{:.0f}"), ("gpu_mem_used", "GPU mem GiB", "{:.2f}"),
-                 ("power_w", "W", "{:.0f}"), ("temp_c", "°C", "{:.0f}")]
+TABLE_COLUMNS = [("rank", "rank", ""), ("node", "node", None), ("straggler_score", "holds step up", ".0f ms"),
+                 ("step", "step", ",.0f"), ("step_ms", "step ms", ".1f"), ("compute_ms", "compute ms", ".1f"),
+                 ("tokens_per_s", "tok/s", ",.0f"), ("loss", "loss", ".4f"), ("grad_norm", "grad norm", ".3g"),
+                 ("gpu_util", "GPU %", ".0f"), ("gpu_mem_used", "GPU mem GiB", ".2f"),
+                 ("power_w", "W", ".0f"), ("temp_c", "°C", ".0f")]
+"""(column, header, number format: a d3 specifier, then an optional unit; None: text)."""
 
 
 def layout() -> html.Div:
@@ -36,46 +43,72 @@ def layout() -> html.Div:
     ])
 
 
-def _cell(value, fmt: str, col: str) -> str:
-    if value is None or (isinstance(value, float) and np.isnan(value)):
-        return "N/A"
-    if isinstance(value, float) and not np.isfinite(value):
-        return "N/A"
+PAGE_ROWS = 64
+"""Rank table rows per page (every rank is in the table; the worst nodes' on the first page)."""
+
+
+def _column(col: str, label: str, fmt: str | None) -> dict[str, Any]:
+    """A DataTable column: numbers stay numbers (sorting and filtering by value), drawn with `fmt`;
+    a missing value reads "N/A"."""
+    if fmt is None:
+        return {"id": col, "name": label, "type": "text"}
+    spec, _, unit = fmt.partition(" ")
+    locale = {"symbol": ["", f" {unit}"]} if unit else {}
+    return {"id": col, "name": label, "type": "numeric",
+            "format": {"specifier": ("$" if unit else "") + spec, "nully": "N/A", "locale": locale}}
+
+
+COLUMNS = [_column(*c) for c in TABLE_COLUMNS] + [{"id": "status", "name": "status", "type": "text"},
+                                                  {"id": "flag", "name": "", "type": "text"}]
+
+
+def _number(value: Any, col: str) -> float | int | None:
+    """A cell's value for the table: None for a missing or non-finite number; GPU memory in GiB."""
+    if value is None or isinstance(value, str):
+        return None
+    value = float(value)
+    if not np.isfinite(value):
+        return None
     if col == "gpu_mem_used":
-        value = value / float(1 << 30)
-    return fmt.format(value)
+        return value / float(1 << 30)
+    return int(value) if col in ("rank", "step") else value
 
 
-MAX_ROWS = 64
-"""Ranks listed (the worst nodes' first): a 1,024-row table of Dash components takes the browser
-minutes to build; the rest are counted below it."""
+def rank_rows(df: pd.DataFrame) -> list[dict[str, Any]]:
+    """The table's rows, in `df`'s order: one dict per rank (numbers as numbers, `flag` "straggler" or "")."""
+    rows = []
+    for r in df.to_dict("records"):
+        row: dict[str, Any] = {c: (r[c] if fmt is None else _number(r[c], c)) for c, _, fmt in TABLE_COLUMNS}
+        row["status"] = r["status"]
+        row["flag"] = "straggler" if r["straggler"] else ""
+        rows.append(row)
+    return rows
 
 
-def ranks_table(run) -> html.Table | html.Div:
-    """One row per rank, grouped by node (the node with the highest straggler score first) and sorted
-    by the score within it, the first `MAX_ROWS`; stragglers in red."""
+FLAGGED_STYLE = {"if": {"filter_query": '{flag} = "straggler"'}, "backgroundColor": "#fee2e2", "color": "#991b1b",
+                 "fontWeight": "bold"}
+
+
+def ranks_table(run) -> html.Div:
+    """Every rank, grouped by node (the node with the highest straggler score first) and sorted by
+    the score within it, `PAGE_ROWS` a page, sortable and filterable; stragglers in red. One table
+    component, not a component per cell: 64 rows of cell components took the browser 1.5 s to build."""
     df: pd.DataFrame = by_node(rank_table(run))
     if df.empty:
         return message("no ranks have written anything yet")
-    more = len(df) - MAX_ROWS
-    if more > 0:
-        hidden = df.iloc[MAX_ROWS:]
-        flagged = int(hidden["straggler"].sum())
-        df = df.iloc[:MAX_ROWS]
-    head = html.Tr([html.Th(label) for _, label, _ in TABLE_COLUMNS] + [html.Th("status"), html.Th("")])
-    rows = []
-    for r in df.to_dict("records"):
-        cells = [html.Td(_cell(r[c], f, c), className="" if c == "node" else "num") for c, _, f in TABLE_COLUMNS]
-        cells += [html.Td(r["status"]), html.Td("straggler" if r["straggler"] else "")]
-        rows.append(html.Tr(cells, className="straggler" if r["straggler"] else ""))
-    table = html.Table([html.Thead(head), html.Tbody(rows)], className="rank-table")
-    if more <= 0:
-        return table
-    nodes = hidden["node"].nunique()
-    return html.Div([table, html.P(f"… and {more:,} more ranks on {nodes:,} more nodes, ranked lower"
-                                   + (f" ({flagged} of them flagged)" if flagged else " (none flagged)")
-                                   + "; `inspector summary` and the TUI list every rank", className="notice",
-                                   id="sys-ranks-more")])
+    flagged = int(df["straggler"].sum())
+    nodes = df["node"].nunique()
+    note = (f"{len(df):,} ranks on {nodes:,} nodes, the node holding the step up most first"
+            + (f"; {flagged} flagged" if flagged else "; none flagged")
+            + (f"; {PAGE_ROWS} a page" if len(df) > PAGE_ROWS else ""))
+    table = dash_table.DataTable(
+        id="sys-rank-table", data=rank_rows(df), columns=COLUMNS, page_size=PAGE_ROWS,
+        page_action="native" if len(df) > PAGE_ROWS else "none", sort_action="native", filter_action="native",
+        style_as_list_view=True, style_data_conditional=[FLAGGED_STYLE],
+        style_cell={"fontFamily": "inherit", "fontSize": "13px", "padding": "3px 8px"},
+        style_cell_conditional=[{"if": {"column_type": "text"}, "textAlign": "left"}],
+        style_header={"fontWeight": "bold"})
+    return html.Div([html.P(note, className="notice", id="sys-ranks-count"), table])
 
 
 HIDDEN = {"display": "none"}
