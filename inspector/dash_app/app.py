@@ -19,6 +19,7 @@ from inspector.dash_app.runs import RunRegistry
 from inspector.dash_app.security import install_guards
 from inspector.views.live import TABULAR_KINDS
 from inspector.views.overview import run_header
+from inspector.views.ranks import rank_status_counts
 
 ASSETS = Path(__file__).parent / "assets"
 
@@ -125,7 +126,8 @@ def _register_core(app: dash.Dash, context: AppContext, routes: dict) -> None:
         run = ref.run
         version = sum(run.version(k) for k in TABULAR_KINDS)
         status = run.status()
-        state = {"key": ref.key, "message": None, "version": version, "last_step": run.last_step(), "status": status}
+        state = {"key": ref.key, "message": None, "version": version, "last_step": run.last_step(), "status": status,
+                 "ranks": rank_status_counts(run) if status == "live" else None}
         header = run_header(run)
         head = html.Span([html.Span(header.status, className=f"status {header.status}"), header.line().split(" · ", 2)[-1],
                           html.Span(f"  {header.name}", style={"color": "#64748b"})])

@@ -23,7 +23,7 @@ SERIES_POINTS = 240
 def build_ranks(run: LiveRun, req: Request, hang: HangVerdict | None = None) -> RanksData:
     """Rank table, its min/median/max summary and the step-time histories, over the window ending at
     the request's cursor (the newest steps while following), with the hang verdict for the banner."""
-    table = ranks.rank_table(run, at=req.cursor)
+    table = ranks.rank_table(run, at=req.cursor, hang=hang)
     summary = ranks.rank_summary(table) if not table.empty else pd.DataFrame()
     return RanksPayload(table=table, summary=summary, history=ranks.step_time_histories(run, last=60, at=req.cursor),
                         at=req.cursor, hang=hang)

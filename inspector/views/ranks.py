@@ -55,12 +55,15 @@ on its cores is not called a straggler: its wait is in the "cpu_wait" rows, whic
 """
 from __future__ import annotations
 
+import time
 import warnings
+from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
+from inspector.views.hang import HangVerdict, hang_verdict
 from inspector.views.live import LiveRun
 from inspector.views.timing import phase_ms
 
@@ -557,12 +560,18 @@ def _last_gpu(system: pd.DataFrame, at: int | None) -> pd.DataFrame:
                                     temp_c=("temp_c", "max"))
 
 
-def rank_table(run: LiveRun, *, window: int = 20, straggler_factor: float = 1.25, at: int | None = None) -> pd.DataFrame:
+JUDGE_NOW = object()
+"""`rank_table`'s and `rank_statuses`' default `hang`: judge the hang verdict now."""
+
+
+def rank_table(run: LiveRun, *, window: int = 20, straggler_factor: float = 1.25, at: int | None = None,
+               hang: HangVerdict | None | object = JUDGE_NOW) -> pd.DataFrame:
     """One row per rank (see `RANK_COLUMNS`) over the window of `window_steps(window, at)`.
 
     `compute_ms` is forward + data + optimizer; `straggler` and `straggler_reason` follow the rule
     of the module docstring; `node` is the rank's host and `straggler_score` its `straggler_scores`
-    lead in ms. Rows are in rank order; the rank tables show them `by_node`.
+    lead in ms. Rows are in rank order; the rank tables show them `by_node`. `status` is as of now
+    (`rank_statuses`; `hang`: the hang verdict the caller already has, None when nothing is stuck).
     """
     def compute() -> pd.DataFrame:
         ranks = run.ranks()
@@ -598,8 +607,43 @@ def rank_table(run: LiveRun, *, window: int = 20, straggler_factor: float = 1.25
                          "straggler_reason": ""})
         return pd.DataFrame(rows, columns=RANK_COLUMNS)
 
-    return run.cached(("rank_table", window, straggler_factor, at), ("scalar", "timing", "system"), compute)
+    table = run.cached(("rank_table", window, straggler_factor, at), ("scalar", "timing", "system"), compute)
+    statuses = rank_statuses(run, hang)
+    if not statuses:
+        return table
+    table = table.copy()        # the cached frame is shared: the status is as of now, not of the records
+    table["status"] = [statuses.get(r, s) if s != "missing" else s for r, s in zip(table["rank"], table["status"])]
+    return table
 
+
+STATUS_REFRESH_S = 2.0
+"""The store's rank statuses are re-read at most this often (a hung job writes no records, so
+nothing else would tell the rank table that its ranks stopped)."""
+STUCK_STATUS = {"stopped reporting": "silent"}
+"""A live rank the hang verdict holds stuck reads "stalled" (no progress outside a collective),
+"waiting" (no progress inside one: it waits for a peer) or, heartbeats stopped, "silent"."""
+
+
+def rank_statuses(run: LiveRun, hang: HangVerdict | None | object = JUDGE_NOW) -> dict[int, str]:
+    """Each rank's status now: the store's (live, finished, crashed, …; `rank_status`, at most
+    `STATUS_REFRESH_S` old), and for a rank the store holds live but the hang verdict stuck (`hang`,
+    or the verdict judged now) its `STUCK_STATUS`."""
+    def store() -> dict[int, str]:
+        return {r: run.reader.rank_status(r) for r in run.ranks()}
+
+    out = dict(run.cached(("rank_statuses", int(time.monotonic() // STATUS_REFRESH_S)), (), store))
+    verdict = hang_verdict(run, frames=False) if hang is JUDGE_NOW else hang
+    for s in verdict.stuck if isinstance(verdict, HangVerdict) else ():
+        if out.get(s.rank) == "live":
+            out[s.rank] = STUCK_STATUS.get(s.state, "waiting" if s.collective is not None else "stalled")
+    return out
+
+
+
+def rank_status_counts(run: LiveRun) -> list[tuple[str, int]]:
+    """How many ranks are in each status now (`rank_statuses`), sorted: what changes when a live job's
+    ranks stall or finish though no record was written (the dashboard redraws on it)."""
+    return sorted(Counter(rank_statuses(run).values()).items())
 
 def rank_hosts(run: LiveRun) -> dict[int, str]:
     """The host each rank ran on (its rank.json; "?" when unreadable), read once per run."""

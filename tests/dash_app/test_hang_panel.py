@@ -40,6 +40,12 @@ class Rewriter:
         self._thread.join(5)
 
 
+def _statuses(page) -> dict[int, str]:
+    """{rank: status} of the System page's rank table."""
+    ranks = page.locator('#sys-ranks td[data-dash-column="rank"]').all_inner_texts()
+    return dict(zip(map(int, ranks), page.locator('#sys-ranks td[data-dash-column="status"]').all_inner_texts()))
+
+
 @pytest.fixture(scope="module")
 def hang_dash(tmp_path_factory):
     """The dashboard over live runs: "data" (rank 1 stuck in its loader), "healthy" and "turns"
@@ -72,6 +78,8 @@ def test_hang_panel_names_the_stuck_rank_and_its_frame(page, hang_dash) -> None:
     w = CULPRIT_AT["data"]
     expect(page.locator('pre.hang-frames[data-rank="1"]')).to_contain_text(f"worker.py:57 in {w.function}")
     expect(page.locator('pre.hang-frames[data-rank="0"]')).to_contain_text("innermost: distributed_c10d.py:2501")
+    expect(page.locator('#sys-ranks td[data-dash-column="status"]')).to_have_count(4)    # the rank table agrees
+    assert _statuses(page) == {0: "waiting", 1: "stalled", 2: "waiting", 3: "waiting"}
     page.screenshot(path=str(artifacts_dir() / "system-hang.png"), full_page=True)
     assert page.errors == []
 
@@ -88,8 +96,13 @@ def test_hang_panel_appears_while_the_page_is_open(page, hang_dash) -> None:
     page.goto(f"{hang_dash.url}/system?run=turns")
     expect(page.locator("#sys-ranks table")).to_be_visible(timeout=15_000)
     expect(page.locator("#sys-hang")).to_be_hidden()
+    status = page.locator('#sys-ranks td[data-dash-column="status"]')
+    expect(status).to_have_text(["live"] * 4)
     hang_dash.rewriter.faults["turns"] = "killed"
     expect(page.locator("#hang-headline")).to_contain_text("rank 1 stopped reporting (killed or crashed?)",
                                                            timeout=20_000)
     expect(page.locator("#sys-hang")).to_be_visible()
+    # no record was written: the rank table follows the heartbeats
+    expect(status.filter(has_text="silent")).to_have_count(1, timeout=10_000)
+    assert _statuses(page) == {0: "waiting", 1: "silent", 2: "waiting", 3: "waiting"}
     assert page.errors == []

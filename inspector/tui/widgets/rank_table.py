@@ -26,7 +26,8 @@ WIDTHS = {"rank": 6, "node": 10, "straggler_score": 8, "step": 6, "step_ms": 7, 
 SORTABLE = [k for k, _ in COLUMNS if k not in ("history",)]
 SPARK_WIDTH = 14
 STATUS_STYLE = {"live": "green", "finished": "blue", "crashed": "bold red", "damaged": "bold red", "failed": "bold red",
-                "missing": "bold yellow"}
+                "missing": "bold yellow", "stalled": "bold red", "waiting": "bold yellow",
+                "silent": "bold red"}
 
 
 def cells(row: pd.Series | dict, history: np.ndarray | None = None,
