@@ -98,9 +98,11 @@ def test_phases_match_known_sleeps_and_the_loops_own_clock(tmp_path: Path) -> No
     t = _table(tmp_path / "run")
     assert list(t.index) == [0, 1, 2, 3]
 
-    fwd, bwd = t[("layers.1", "forward")], t[("layers.1", "backward")]
-    assert (fwd >= FWD_S * 1e3).all() and fwd.min() < FWD_S * 1e3 + SLACK_MS
-    assert (bwd >= BWD_S * 1e3).all() and bwd.min() < BWD_S * 1e3 + SLACK_MS
+    fwd, bwd = t[("layers.1", "forward")].to_numpy(), t[("layers.1", "backward")].to_numpy()
+    # at least the sleep, at most what the loop's own clock saw around the whole model's call (a
+    # bound no load on the machine can break, unlike "the sleep plus some slack")
+    assert (fwd >= FWD_S * 1e3).all() and (fwd <= np.array(measured["forward"]) + 0.5).all()
+    assert (bwd >= BWD_S * 1e3).all() and (bwd <= np.array(measured["backward"]) + 0.5).all()
     assert (t[("layers.0", "backward")] < BWD_S * 1e3).all() and (t[("layers.2", "forward")] < FWD_S * 1e3).all()
 
     # the model's totals sit inside the loop's own measurements of the same calls
