@@ -98,6 +98,11 @@ def test_hang_panel_appears_while_the_page_is_open(page, hang_dash) -> None:
     expect(page.locator("#sys-hang")).to_be_hidden()
     status = page.locator('#sys-ranks td[data-dash-column="status"]')
     expect(status).to_have_text(["live"] * 4)
+    ranks = page.locator('#sys-ranks td[data-dash-column="rank"]')
+    sort = page.locator('#sys-ranks th[data-dash-column="rank"] .column-header--sort')
+    sort.click()
+    sort.click()                                                  # descending
+    expect(ranks).to_have_text(["3", "2", "1", "0"])
     hang_dash.rewriter.faults["turns"] = "killed"
     expect(page.locator("#hang-headline")).to_contain_text("rank 1 stopped reporting (killed or crashed?)",
                                                            timeout=20_000)
@@ -105,4 +110,5 @@ def test_hang_panel_appears_while_the_page_is_open(page, hang_dash) -> None:
     # no record was written: the rank table follows the heartbeats
     expect(status.filter(has_text="silent")).to_have_count(1, timeout=10_000)
     assert _statuses(page) == {0: "waiting", 1: "silent", 2: "waiting", 3: "waiting"}
+    expect(ranks).to_have_text(["3", "2", "1", "0"])              # new rows, the user's sorting kept
     assert page.errors == []

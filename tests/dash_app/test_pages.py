@@ -138,7 +138,7 @@ def test_system(page, live_dash):
     assert flags.first.evaluate("td => getComputedStyle(td).color") == "rgb(153, 27, 27)"    # drawn red
     assert flags.last.evaluate("td => getComputedStyle(td).color") != "rgb(153, 27, 27)"
     expect(page.locator("#sys-ranks-count")).to_have_text(
-        "2 ranks on 1 nodes, the node holding the step up most first; 1 flagged")
+        "2 ranks on 1 node, the node holding the step up most first; 1 flagged")
     util = wait_figure(page, "sys-gpu_util")
     assert sorted(t["name"] for t in util["data"]) == ["r0 cuda:0", "r1 cuda:0"]
     assert all(len(t["y"]) == 12 for t in util["data"])

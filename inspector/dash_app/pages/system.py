@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 from dash import Input, Output, dash_table, html
 
-from inspector.dash_app.components import graph, message, panel
+from inspector.dash_app.components import graph, panel
 from inspector.dash_app.context import AppContext
 from inspector.dash_app.figures import empty_figure, line_figure
 from inspector.views.hang import HangVerdict, hang_verdict, rank_list, stuck_table
@@ -38,7 +38,8 @@ def layout() -> html.Div:
     """The hang panel (empty while nothing is stuck), the rank table, then one chart per metric."""
     return html.Div(className="page", children=[
         html.Div(id="sys-hang", className="panel wide", style={"display": "none"}),
-        panel(html.H3("ranks"), html.Div(id="sys-ranks"), wide=True),
+        panel(html.H3("ranks"), html.Div(id="sys-ranks", children=[html.P(className="notice", id="sys-ranks-count"),
+                                                                    rank_data_table()]), wide=True),
         *[panel(graph(g, 240)) for g in GRAPHS],
     ])
 
@@ -89,26 +90,33 @@ FLAGGED_STYLE = {"if": {"filter_query": '{flag} = "straggler"'}, "backgroundColo
                  "fontWeight": "bold"}
 
 
-def ranks_table(run) -> html.Div:
-    """Every rank, grouped by node (the node with the highest straggler score first) and sorted by
-    the score within it, `PAGE_ROWS` a page, sortable and filterable; stragglers in red. One table
-    component, not a component per cell: 64 rows of cell components took the browser 1.5 s to build."""
-    df: pd.DataFrame = by_node(rank_table(run))
-    if df.empty:
-        return message("no ranks have written anything yet")
-    flagged = int(df["straggler"].sum())
-    nodes = df["node"].nunique()
-    note = (f"{len(df):,} ranks on {nodes:,} nodes, the node holding the step up most first"
-            + (f"; {flagged} flagged" if flagged else "; none flagged")
-            + (f"; {PAGE_ROWS} a page" if len(df) > PAGE_ROWS else ""))
-    table = dash_table.DataTable(
-        id="sys-rank-table", data=rank_rows(df), columns=COLUMNS, page_size=PAGE_ROWS,
-        page_action="native" if len(df) > PAGE_ROWS else "none", sort_action="native", filter_action="native",
-        style_as_list_view=True, style_data_conditional=[FLAGGED_STYLE],
+def rank_data_table() -> dash_table.DataTable:
+    """The rank table, empty: the page's callback fills its rows, so the user's sorting, filter and
+    page stay as the run goes on. One table component, not a component per cell: 64 rows of cell
+    components took the browser 1.5 s to build."""
+    return dash_table.DataTable(
+        id="sys-rank-table", data=[], columns=COLUMNS, page_size=PAGE_ROWS, page_action="native",
+        sort_action="native", filter_action="native", style_as_list_view=True,
+        style_data_conditional=[FLAGGED_STYLE],
         style_cell={"fontFamily": "inherit", "fontSize": "13px", "padding": "3px 8px"},
         style_cell_conditional=[{"if": {"column_type": "text"}, "textAlign": "left"}],
         style_header={"fontWeight": "bold"})
-    return html.Div([html.P(note, className="notice", id="sys-ranks-count"), table])
+
+
+def ranks_table(run) -> tuple[list[dict[str, Any]], str]:
+    """(rows, note) of the rank table: every rank, grouped by node (the node with the highest
+    straggler score first) and sorted by the score within it; the note counts ranks, nodes and
+    flagged stragglers."""
+    df: pd.DataFrame = by_node(rank_table(run))
+    if df.empty:
+        return [], "no ranks have written anything yet"
+    flagged = int(df["straggler"].sum())
+    nodes = df["node"].nunique()
+    note = (f"{len(df):,} rank{'s' * (len(df) != 1)} on {nodes:,} node{'s' * (nodes != 1)}, "
+            "the node holding the step up most first"
+            + (f"; {flagged} flagged" if flagged else "; none flagged")
+            + (f"; {PAGE_ROWS} a page" if len(df) > PAGE_ROWS else ""))
+    return rank_rows(df), note
 
 
 HIDDEN = {"display": "none"}
@@ -160,7 +168,7 @@ def hang_panel(v: HangVerdict | None) -> tuple[list, dict]:
 def register(app, context: AppContext) -> None:
     """Every panel follows the run."""
     def fallback(msg):
-        return (message(msg), *[empty_figure(msg, height=240) for _ in GRAPHS])
+        return ([], msg, *[empty_figure(msg, height=240) for _ in GRAPHS])
 
     # The hang panel follows the clock too: a hung job writes no records, only heartbeats.
     @app.callback(Output("sys-hang", "children"), Output("sys-hang", "style"), Input("run-state", "data"),
@@ -169,7 +177,8 @@ def register(app, context: AppContext) -> None:
     def draw_hang(run, _tick):
         return hang_panel(hang_verdict(run))
 
-    @app.callback(Output("sys-ranks", "children"), *[Output(g, "figure") for g in GRAPHS], Input("run-state", "data"))
+    @app.callback(Output("sys-rank-table", "data"), Output("sys-ranks-count", "children"),
+                  *[Output(g, "figure") for g in GRAPHS], Input("run-state", "data"))
     @context.with_run(fallback)
     def draw(run):
         gpu = has_gpu_samples(run)
@@ -180,4 +189,4 @@ def register(app, context: AppContext) -> None:
                 continue
             figs.append(line_figure(system_series(run, metric), title=label, xcol="step", xtitle="step",
                                     height=240, empty="no samples (system probe off?)"))
-        return (ranks_table(run), *figs)
+        return (*ranks_table(run), *figs)
