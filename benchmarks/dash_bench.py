@@ -176,6 +176,47 @@ def page_vs_bare(app, path: str, ready_js: str, repeats: int) -> tuple[list[floa
     return page_t, base_t
 
 
+
+DRAWN_TIMES_JS = """(ids) => {
+  window.__drawn = {};
+  const poll = () => {
+    for (const id of ids) {
+      if (window.__drawn[id]) continue;
+      const gd = document.querySelector('#' + id + ' .js-plotly-plot');
+      if (gd && gd.data && gd.data.length > 0 && gd.querySelector('.main-svg') && !(gd.layout.meta && gd.layout.meta.empty))
+        window.__drawn[id] = performance.now();
+    }
+    if (Object.keys(window.__drawn).length < ids.length) setTimeout(poll, 5);
+  };
+  setTimeout(poll, 5);
+}"""
+
+
+def drawn_after_layout(app, path: str, graphs: list[str], repeats: int) -> list[dict[str, float]]:
+    """Per navigation to `path` of `app` (the first discarded as warm-up): seconds from the moment the
+    Dash app is up (its `_dash-layout` fetched: Dash's own scripts loaded and run) to each of `graphs`
+    drawn; what the page's own callbacks and figures cost, without Dash's start-up."""
+    from playwright.sync_api import sync_playwright
+
+    out = []
+    with sync_playwright() as p, serve(app) as url:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        ctx = browser.new_context(viewport={"width": 1400, "height": 1000})
+        ctx.add_init_script(f"({DRAWN_TIMES_JS})({graphs!r})")
+        for i in range(repeats + 1):
+            page = ctx.new_page()
+            page.goto(f"{url}{path}")
+            page.wait_for_function(f"() => window.__drawn && Object.keys(window.__drawn).length >= {len(graphs)}",
+                                   timeout=60_000, polling=10)
+            drawn = page.evaluate("() => window.__drawn")
+            up = page.evaluate("() => performance.getEntriesByType('resource')"
+                               ".filter(e => e.name.includes('_dash-layout'))[0].responseEnd")
+            page.close()
+            if i:
+                out.append({g: (drawn[g] - up) / 1000.0 for g in graphs})
+        browser.close()
+    return out
+
 def step_latency(ctx, url: str, changes: int) -> list[float]:
     """Seconds per "−10" click on the attention page until grid and large map are redrawn for the new step
     (their layout.meta.selected)."""
