@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from inspector.cli_format import safe
-from inspector.views.explain import Explanation, factor_text, headline, z_text
+from inspector.views.explain import Explanation, factor_text, headline, rank_note, z_text
 
 MAX_ROWS = 20
 """Leads printed (the JSON has them all)."""
@@ -18,8 +18,8 @@ MAX_ROWS = 20
 
 def print_explanation(e: Explanation, con: Console) -> None:
     """The report: the spike, the headline, the ranked table, the batch and whether it can be replayed."""
-    con.print(f"[bold]explain step {e.step}[/] (rank {e.rank})" + (f" · {safe(e.spike, 300)}" if e.spike else
-                                                                    " · no anomaly recorded at this step"))
+    con.print(f"[bold]explain step {e.step}[/] (rank {e.rank}{rank_note(e)})" + (f" · {safe(e.spike, 300)}" if e.spike else
+                                                                                  " · no anomaly recorded at this step"))
     con.print(f"[bold red]{safe(headline(e), 400)}[/]")
     table = Table(title=f"signals that left their own baseline (steps {e.baseline[0]}–{e.baseline[1]}) in steps "
                         f"{e.window[0]}–{e.window[1]}, earliest first · {len(e.leads)} of {e.judged} series",

@@ -89,6 +89,8 @@ class Explanation:
     earlier: list[Lead] = field(default_factory=list)   # already off before the window (pre-existing)
     judged: int = 0                              # series with enough baseline to judge
     batch: list[int] = field(default_factory=list)   # fingerprints of the step's forwards
+    spike_ranks: list[int] = field(default_factory=list)   # the ranks that recorded a spike at the step
+    ranks: int = 1                               # ranks that recorded anything
     batch_shapes: str = ""
     rng_kept: bool = False
 
@@ -97,6 +99,9 @@ class Explanation:
         """The top-ranked lead."""
         return self.leads[0] if self.leads else None
 
+
+SPIKE_KINDS = ("loss_spike", "nonfinite_loss")
+"""The anomalies `explain` is asked about."""
 
 DOWN_SIGNALS = {"attention entropy"}
 """Signals whose harmful direction is down; every other one departs upwards."""
@@ -208,15 +213,19 @@ def _judge(signal: str, log: bool, subject: str, steps: np.ndarray, values: np.n
 def explain(run: LiveRun, step: int, *, rank: int | None = None, lookback: int = LOOKBACK,
             baseline: int = BASELINE) -> Explanation:
     """Rank the signals that left their own baseline in the `lookback` steps up to `step` (see the
-    module docstring); `rank`: the rank judged (default: the lowest that recorded)."""
+    module docstring); `rank`: the rank judged (default: the lowest that recorded a spike at `step`,
+    else the lowest that recorded). Each rank's loss is its own batch's, so under data parallelism a
+    bad batch spikes the loss of its rank only; the other ranks see it first in the averaged
+    gradients, a step later in what they compute."""
     ranks = run.ranks()
-    rank = (ranks[0] if ranks else 0) if rank is None else rank
+    spiked = spike_ranks(run, step)
+    rank = (spiked[0] if spiked else ranks[0] if ranks else 0) if rank is None else rank
     base_hi = step - lookback
     base_lo = base_hi - baseline + 1
 
     def compute() -> Explanation:
         out = Explanation(step=step, rank=rank, spike=_anomaly_at(run, step, rank), window=(base_hi + 1, step),
-                          baseline=(max(base_lo, 0), base_hi))
+                          baseline=(max(base_lo, 0), base_hi), spike_ranks=spiked, ranks=max(len(ranks), 1))
         for signal, log, df in _series(run, rank, 0, step):
             for subject, g in df.groupby("subject", sort=False):
                 steps_S, values_S = g["step"].to_numpy(np.int64), g["value"].to_numpy(np.float64)
@@ -247,7 +256,7 @@ def _anomaly_at(run: LiveRun, step: int, rank: int) -> str:
     at = df[(df["step"] == step) & (df["rank"] == rank)]
     if at.empty:
         return ""
-    spikes = at[at["kind"].isin(["loss_spike", "nonfinite_loss"])]
+    spikes = at[at["kind"].isin(SPIKE_KINDS)]
     row = (spikes if not spikes.empty else at).iloc[0]
     return f"{row['kind']}: {row['message']}"
 
@@ -280,12 +289,33 @@ def z_text(z: float) -> str:
     return "non-finite" if not np.isfinite(z) else f"{z:+.1f}"
 
 
+def rank_note(e: Explanation) -> str:
+    """Which ranks saw the spike, when the job has more than one ("; the spike on rank 1 only, of 2")."""
+    if e.ranks <= 1:
+        return ""
+    if not e.spike_ranks:
+        return f" of {e.ranks}; no rank recorded a spike here"
+    which = (f"rank {e.spike_ranks[0]} only" if len(e.spike_ranks) == 1 else
+             f"{len(e.spike_ranks)} ranks" if len(e.spike_ranks) > 6 else
+             "ranks " + ", ".join(map(str, e.spike_ranks)))
+    return f"; the spike on {which}, of {e.ranks}"
+
+
 def spike_steps(run: LiveRun) -> list[int]:
     """Steps of the run's loss spikes and non-finite losses, in order (what `explain` is asked about)."""
     df = run.frame("anomaly")
     if df.empty:
         return []
-    return sorted(set(df.loc[df["kind"].isin(["loss_spike", "nonfinite_loss"]), "step"].astype(int)))
+    return sorted(set(df.loc[df["kind"].isin(SPIKE_KINDS), "step"].astype(int)))
+
+
+def spike_ranks(run: LiveRun, step: int) -> list[int]:
+    """The ranks that recorded a loss spike or a non-finite loss at `step`, in order."""
+    df = run.frame("anomaly")
+    if df.empty:
+        return []
+    at = df[(df["step"] == step) & df["kind"].isin(SPIKE_KINDS)]
+    return sorted(set(at["rank"].astype(int)))
 
 
 def lead_series(run: LiveRun, e: Explanation, top: int = 6, before: int = 20) -> list[tuple[Lead, np.ndarray, np.ndarray]]:

@@ -9,7 +9,7 @@ from dash import Input, Output, html
 from inspector.dash_app.components import graph, message, panel
 from inspector.dash_app.context import AppContext, selected_step
 from inspector.dash_app.figures import TEMPLATE, empty_figure
-from inspector.views.explain import (DEPART_Z, Explanation, explain, factor_text, headline, lead_series,
+from inspector.views.explain import (DEPART_Z, Explanation, explain, factor_text, headline, lead_series, rank_note,
                                      spike_at_or_before, spike_steps, z_text)
 
 TOP = 6
@@ -49,8 +49,10 @@ def explain_children(e: Explanation, note: str) -> list:
     out: list = [html.Div(note, className="notice")] if note else []
     out.append(html.P(headline(e), className="explain-headline", style={"fontWeight": "600", "color": "#b91c1c",
                                                                         "margin": "4px 0"}))
-    if e.spike:
-        out.append(html.P(e.spike, style={"margin": "2px 0 8px", "fontSize": "13px"}))
+    if e.spike or e.ranks > 1:
+        where = f"rank {e.rank}{rank_note(e)}" if e.ranks > 1 else ""
+        out.append(html.P(" · ".join(x for x in (where, e.spike) if x), id="ov-explain-spike",
+                          style={"margin": "2px 0 8px", "fontSize": "13px"}))
     if e.leads:
         head = html.Tr([html.Th(c) for c in ("#", "signal", "where", "left at", "before spike", "× baseline", "z")])
         rows = [html.Tr([html.Td(str(i + 1)), html.Td(l.signal), html.Td(l.subject or "—"), html.Td(f"{l.left_at:,}"),
