@@ -294,7 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "first before the step, ranked; the batch and whether the step can be replayed")
     xp.add_argument("run")
     xp.add_argument("--step", type=int, default=None, help="the step to explain (default: the first loss spike)")
-    xp.add_argument("--rank", type=int, default=None, help="the rank judged (default: the lowest)")
+    xp.add_argument("--rank", type=int, default=None, help="the rank judged (default: the lowest whose loss spiked at the step, else the lowest)")
     xp.add_argument("--lookback", type=int, default=10, help="steps up to the spike searched (default 10)")
     xp.add_argument("--baseline", type=int, default=40, help="steps before those forming each baseline (default 40)")
     xp.add_argument("--json", action="store_true", help="print JSON instead of tables")
