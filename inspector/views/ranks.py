@@ -639,11 +639,11 @@ def rank_statuses(run: LiveRun, hang: HangVerdict | None | object = JUDGE_NOW) -
     return out
 
 
-
 def rank_status_counts(run: LiveRun) -> list[tuple[str, int]]:
     """How many ranks are in each status now (`rank_statuses`), sorted: what changes when a live job's
     ranks stall or finish though no record was written (the dashboard redraws on it)."""
     return sorted(Counter(rank_statuses(run).values()).items())
+
 
 def rank_hosts(run: LiveRun) -> dict[int, str]:
     """The host each rank ran on (its rank.json; "?" when unreadable), read once per run."""

@@ -15,7 +15,7 @@ from inspector.schema import EXPERT_LOAD_INFERENCE, INFERENCE_ITERATION
 from inspector.store.recorder import Recorder
 from inspector.summary_report import print_inference
 from inspector.views.inference import inference_summary, iterations_frame
-from inspector.views.inference_cost import sampled_cost
+from inspector.views.inference_cost import cost_text, sampled_cost
 from inspector.views.live import LiveRun
 
 STEPS = 300
@@ -85,3 +85,37 @@ def test_records_on_the_same_iterations_are_one_cost(tmp_path: Path) -> None:
     run = LiveRun(tmp_path / "run")
     [cost] = sampled_cost(run, iterations_frame(run))
     assert cost.what == "attention maps + expert load" and cost.extra_ms == pytest.approx(1.5)
+
+
+def _write_periods(path: Path, attention: int, expert_at: int, steps: int = 320) -> None:
+    """Attention every `attention` iterations (+0.5 ms to it, +0.3 ms to the next), expert load at
+    `expert_at` of 16 (+0.8 ms), over a slow drift."""
+    with Recorder(path, name="dense", heartbeat_s=0) as rec:
+        for step in range(steps):
+            ms = 5.0 + step * 0.002 + (0.5 if step % attention == 0 else 0) + (0.3 if step % attention == 1 else 0) \
+                + (0.8 if step % 16 == expert_at else 0)
+            rec.submit(INFERENCE_ITERATION, {"ms": ms, "batch_size": 2, "prompt_tokens": 0, "generation_tokens": 2},
+                       1, step)
+            if step % attention == 0:
+                rec.attention_map("layers.0.attn", np.full((1, 1, 4), 0.25, dtype=np.float32), layer=0, step=step)
+            if step % 16 == expert_at:
+                rec.submit(EXPERT_LOAD_INFERENCE, {"name": ["r"], "layer": [1], "counts": [np.arange(4)],
+                                                   "stage": ["decode"]}, 1, step)
+
+
+def test_dense_attention_records_measured_against_the_nearest_clean_iterations(tmp_path: Path) -> None:
+    """Attention every 4th iteration (the sample run's choice) leaves the expert record (at 2 of 16)
+    no recorded-free iteration right beside it: the nearest clean ones a few iterations away serve."""
+    _write_periods(tmp_path / "run", attention=4, expert_at=2)
+    run = LiveRun(tmp_path / "run")
+    costs = {c.what: c for c in sampled_cost(run, iterations_frame(run))}
+    assert costs["attention maps"].extra_ms == pytest.approx(0.8, abs=0.02)
+    assert costs["expert load"].extra_ms == pytest.approx(0.8, abs=0.02) and costs["expert load"].iterations >= 18
+
+
+def test_a_record_without_clean_neighbours_is_said_unmeasured(tmp_path: Path) -> None:
+    _write_periods(tmp_path / "run", attention=2, expert_at=3)       # every other iteration carries a record
+    run = LiveRun(tmp_path / "run")
+    costs = sampled_cost(run, iterations_frame(run))
+    assert {c.what for c in costs} == {"attention maps", "expert load"} and all(c.iterations == 0 for c in costs)
+    assert cost_text(costs) == "attention maps (1 in 2), expert load (1 in 16) not measured: other records beside it"
