@@ -74,3 +74,26 @@ def test_mha_with_kdim_bias_kv_zero_attn_and_padding(tmp_path: Path, bool_masks:
     assert row["layer"] == 0 and probs.shape == (2, 5, 9)  # 7 keys + bias_k + zero key
     np.testing.assert_allclose(probs.astype(np.float32), ref[0].detach().numpy(), atol=2e-3)
     assert not probs[:, :, 5:7].any()
+
+
+@pytest.mark.parametrize("batch_first", [True, False])
+def test_the_batch_row_an_inference_watch_names_is_recorded_with_its_own_masks(tmp_path: Path, batch_first: bool) -> None:
+    """An inference watch rotates the recorded row over a batch's requests (`BATCH_ROW_KEY`): the
+    map is that row's, with its own key padding and its own heads' slice of a 3-d attn_mask."""
+    from inspector.probes.attention.sink import BATCH_ROW_KEY
+
+    torch.manual_seed(1)
+    B, T, E, H = 3, 6, 8, 2
+    mha = nn.MultiheadAttention(E, H, batch_first=batch_first)
+    x = torch.randn(B, T, E) * 2 if batch_first else torch.randn(T, B, E) * 2
+    padding = torch.zeros(B, T, dtype=torch.bool)
+    padding[2, -3:] = True                                   # row 2's last three tokens are padding
+    attn_mask = torch.randn(B * H, T, T)                     # a float bias per row and head
+    w = inspector.watch(mha, tmp_path / "run", probes=["attention"], every=1)
+    w.probes["attention"].ctx.shared[BATCH_ROW_KEY] = 2
+    _, ref = mha(x, x, x, key_padding_mask=padding, attn_mask=attn_mask, average_attn_weights=False)
+    w.step()
+    w.close()
+    probs, _ = inspector.open_run(tmp_path / "run").fetch(step=0)
+    np.testing.assert_allclose(probs.astype(np.float32), ref[2].detach().numpy(), atol=2e-3)
+    assert not probs[:, :, -3:].any() and not np.allclose(ref[2].detach().numpy(), ref[0].detach().numpy(), atol=0.05)

@@ -1,7 +1,8 @@
 """Attention adapter for `torch.nn.MultiheadAttention` (also inside `nn.Transformer*Layer`).
 
-A forward hook (with kwargs) recomputes the queries and keys of batch element 0 from the
-module's inputs and its input projection, so the module runs its own fast or slow path as
+A forward hook (with kwargs) recomputes the queries and keys of one batch element (row 0, or
+the row an inference watch names: `AttentionSink.batch_row`) from the module's inputs and its
+input projection, so the module runs its own fast or slow path as
 before. Masks follow `F.multi_head_attention_forward`: a bool `attn_mask` / `key_padding_mask`
 is True where attention is NOT allowed, a float one is added to the scores; `bias_k` and
 `add_zero_attn` append key columns; `is_causal` without a key padding mask and without
@@ -52,12 +53,12 @@ def attach_mha(model: nn.Module, sink: AttentionSink) -> list[Any]:
 
 def mha_qk(mha: nn.MultiheadAttention, query: torch.Tensor, key: torch.Tensor, attn_mask: torch.Tensor | None,
            key_padding_mask: torch.Tensor | None, is_causal: bool = False,
-           need_weights: bool = True) -> tuple[torch.Tensor, torch.Tensor, float, Visibility]:
-    """(q [H, T, hd], k [H, S, hd], scale, visibility) of batch element 0, as the module computes them."""
+           need_weights: bool = True, row: int = 0) -> tuple[torch.Tensor, torch.Tensor, float, Visibility]:
+    """(q [H, T, hd], k [H, S, hd], scale, visibility) of batch element `row`, as the module computes them."""
     batched = query.dim() == 3
     if batched:
-        q_TE = query[0] if mha.batch_first else query[:, 0]
-        k_SE = key[0] if mha.batch_first else key[:, 0]
+        q_TE = query[row] if mha.batch_first else query[:, row]
+        k_SE = key[row] if mha.batch_first else key[:, row]
     else:
         q_TE, k_SE = query, key
     E, H = mha.embed_dim, mha.num_heads
@@ -81,21 +82,22 @@ def mha_qk(mha: nn.MultiheadAttention, query: torch.Tensor, key: torch.Tensor, a
     scale = hd ** -0.5
     if is_causal and key_padding_mask is None and not need_weights:
         return q_HTD, k_HSD, scale, Visibility(causal=True)
-    return q_HTD, k_HSD, scale, _visibility(attn_mask, key_padding_mask, H, batched, extra)
+    return q_HTD, k_HSD, scale, _visibility(attn_mask, key_padding_mask, H, batched, extra, row)
 
 
 def _visibility(attn_mask: torch.Tensor | None, key_padding_mask: torch.Tensor | None, H: int,
-                batched: bool, extra: int) -> Visibility:
-    """Batch element 0's masks in `Visibility` terms; `extra` key columns appended are visible."""
+                batched: bool, extra: int, row: int = 0) -> Visibility:
+    """Batch element `row`'s masks in `Visibility` terms (a 3-d `attn_mask` is [batch × heads, T, S]);
+    `extra` key columns appended are visible."""
     vis = Visibility()
     if attn_mask is not None:
-        m_HTS = attn_mask.unsqueeze(0) if attn_mask.dim() == 2 else attn_mask[:H]
+        m_HTS = attn_mask.unsqueeze(0) if attn_mask.dim() == 2 else attn_mask[row * H:(row + 1) * H]
         if m_HTS.dtype == torch.bool:
             vis.allowed_HTS = _pad(~m_HTS, extra, True)
         else:
             vis.bias_HTS = _pad(m_HTS, extra, 0.0)
     if key_padding_mask is not None:
-        kpm_S = key_padding_mask[0] if batched and key_padding_mask.dim() == 2 else key_padding_mask
+        kpm_S = key_padding_mask[row] if batched and key_padding_mask.dim() == 2 else key_padding_mask
         if kpm_S.dtype == torch.bool:
             vis.key_mask_S = _pad(~kpm_S, extra, True)
         else:
@@ -128,10 +130,11 @@ def _hook(sink: AttentionSink, module: nn.MultiheadAttention, args: tuple, kwarg
         if query.is_nested or key.is_nested:
             _capture_nested(sink, module, name, layer, query, key, bound)
             return
+        batch = (query.shape[0] if module.batch_first else query.shape[1]) if query.dim() == 3 else 1
         with torch.no_grad():
             q_HTD, k_HSD, scale, vis = mha_qk(
                 module, query, key, bound.get("attn_mask"), bound.get("key_padding_mask"),
-                bool(bound.get("is_causal", False)), bool(bound.get("need_weights", True)))
+                bool(bound.get("is_causal", False)), bool(bound.get("need_weights", True)), sink.batch_row(batch))
         sink.capture(name, layer, q_HTD, k_HSD, scale, vis)
     except Exception as exc:  # a recording problem must never stop the model
         sink.failed(name, exc)
