@@ -51,7 +51,8 @@ a rank slowed 1.3x stayed unflagged in some). With the waits taken out healthy r
 1.07x and the slowed rank's backward measured 1.39-1.58x, slowest in 16-20 of 20 steps. The
 forward+data+optimizer measure has the waits taken out too (it flagged a healthy rank starved of CPU
 at 1.47x); the step time keeps the wall clock. So on CPU runs a rank slowed only by another process
-on its cores is not called a straggler: its wait is in the "cpu_wait" rows, which no view shows yet.
+on its cores is not called a straggler: its wait is in the "cpu_wait" rows (the rank table's
+`cpu_wait_ms`, the System page's CPU-wait chart).
 """
 from __future__ import annotations
 
@@ -65,11 +66,11 @@ import pandas as pd
 
 from inspector.views.hang import HangVerdict, hang_verdict
 from inspector.views.live import LiveRun
-from inspector.views.timing import phase_ms
+from inspector.views.timing import CPU_WAIT, phase_ms
 
 MAX_MISSING_ROWS = 64
 """Missing ranks listed in the rank table (the rest are counted in the run's problems)."""
-RANK_COLUMNS = ["rank", "node", "straggler_score", "step", "step_ms", "compute_ms", "tokens_per_s", "loss", "grad_norm", "gpu_util", "gpu_mem_used",
+RANK_COLUMNS = ["rank", "node", "straggler_score", "step", "step_ms", "compute_ms", "cpu_wait_ms", "tokens_per_s", "loss", "grad_norm", "gpu_util", "gpu_mem_used",
                 "gpu_mem_total", "power_w", "temp_c", "status", "straggler", "straggler_reason"]
 """Columns of `rank_table`, in display order (`straggler_reason` is "" for a rank not flagged)."""
 
@@ -580,6 +581,7 @@ def rank_table(run: LiveRun, *, window: int = 20, straggler_factor: float = 1.25
         steps = window_steps(run, window=window, at=at)
         step_ms = _window_median(totals, steps)
         compute = _window_median(phase_ms(run, COMPUTE_PHASES), steps)
+        cpu_wait = _window_median(phase_ms(run, (CPU_WAIT,)), steps)
         upto = totals if at is None else totals[totals["step"] <= at]
         timed = upto.groupby("rank")["step"].max().to_dict()       # progress: the last step timed
         tokens = _tokens_per_step(scalars, totals, steps)
@@ -596,6 +598,7 @@ def rank_table(run: LiveRun, *, window: int = 20, straggler_factor: float = 1.25
             step = timed.get(r, run.reader.last_step(r) if at is None else np.nan)
             rows.append({"rank": r, "node": hosts.get(r, "?"), "straggler_score": scores.get(r, np.nan),
                          "step": step, "step_ms": ms, "compute_ms": compute.get(r, np.nan),
+                         "cpu_wait_ms": cpu_wait.get(r, np.nan),
                          "tokens_per_s": tokens.get(r, np.nan) * 1000.0 / ms if ms > 0 else np.nan,
                          "loss": loss.get(r, np.nan), "grad_norm": gnorm.get(r, np.nan),
                          **{c: float(g[c]) if len(g) and pd.notna(g[c]) else np.nan

@@ -6,6 +6,7 @@ import pandas as pd
 
 from inspector.views.downsample import DEFAULT_POINTS, downsample_indices
 from inspector.views.live import LiveRun
+from inspector.views.timing import CPU_WAIT, phase_ms
 
 GPU_METRICS = {"gpu_util": "GPU utilisation (%)", "mem_used": "GPU memory used (GiB)", "power_w": "power (W)",
                "temp_c": "temperature (°C)"}
@@ -70,3 +71,28 @@ def has_gpu_samples(run: LiveRun) -> bool:
     """True when any GPU sample carries a utilisation value (False without NVML: N/A)."""
     df = run.frame("system")
     return bool(not df.empty and (df["device"] != "host").any() and df["gpu_util"].notna().any())
+
+
+def cpu_wait_series(run: LiveRun) -> dict[str, pd.DataFrame]:
+    """Per rank, the ms of each step its training thread waited for a CPU another process held
+    (`step`, `value`; the timing probe's CPU runs on Linux): "r0", "r1", …; above `MAX_SERIES`
+    ranks, "min / median / max of N" per step. Empty when none was recorded."""
+    def compute() -> dict[str, pd.DataFrame]:
+        df = phase_ms(run, (CPU_WAIT,))
+        if df.empty:
+            return {}
+        n = df["rank"].nunique()
+        if n > MAX_SERIES:
+            per_step = df.groupby("step")["ms"].agg(["min", "median", "max"]).reset_index()
+            lines = {f"{stat} of {n:,}": (per_step["step"].to_numpy(), per_step[stat].to_numpy(np.float64))
+                     for stat in ("max", "median", "min")}
+        else:
+            lines = {f"r{rank}": (sel["step"].to_numpy(), sel["ms"].to_numpy(np.float64))
+                     for rank, sel in df.groupby("rank", sort=True)}
+        out = {}
+        for label, (steps, ms) in lines.items():
+            idx = downsample_indices(steps.astype(np.float64), ms, DEFAULT_POINTS)
+            out[label] = pd.DataFrame({"step": steps[idx], "value": ms[idx]})
+        return out
+
+    return run.cached(("cpu_wait_series",), ("timing",), compute)

@@ -18,8 +18,11 @@ PHASES = ("forward", "backward", "optimizer", "data", "other")
 EVAL = "eval"
 """The breakdown's column of evaluation ms filed with a step (not a part of its total)."""
 
+CPU_WAIT = "cpu_wait"
+"""The timing probe's whole-step CPU wait (name and phase "cpu_wait"; CPU runs on Linux): the ms the
+training thread was runnable while another process held its CPU."""
 _STEP_ROW = {"forward": "model", "backward": "model", "optimizer": "optimizer", "data": "data", "other": "step",
-             "total": "step", EVAL: "model"}
+             "total": "step", EVAL: "model", CPU_WAIT: CPU_WAIT}
 
 
 def phase_ms(run: LiveRun, phases: tuple[str, ...]) -> pd.DataFrame:

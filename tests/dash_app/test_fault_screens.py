@@ -161,6 +161,10 @@ def _check_straggler(page, srv, run: str, e: dict[str, Any]) -> None:
     expect(flagged).to_have_count(1)
     expect(flagged.locator('td[data-dash-column="rank"]')).to_have_text(str(e["rank"]))
     expect(rows).to_have_count(len(LiveRun(SAMPLES / run).ranks()))    # every rank listed
+    # 4 ranks on 2 cores: each rank's wait for a CPU, one line per rank, the recorded ms
+    waits = wait_figure(page, "sys-cpu_wait")
+    assert sorted(t["name"] for t in waits["data"]) == [f"r{r}" for r in range(len(LiveRun(SAMPLES / run).ranks()))]
+    assert max(max(t["y"]) for t in waits["data"]) > 0
 
 
 def _check_explain(page, srv, run: str, e: dict[str, Any]) -> None:

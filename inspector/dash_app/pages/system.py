@@ -1,4 +1,5 @@
 """System: GPU utilisation, memory, power, temperature per rank and device over time; host CPU and RSS;
+the ms each rank waited for a CPU another process held;
 a per-rank table with stragglers flagged; above it, while some rank is stuck, the hang verdict (which
 ranks, where, who is missing from which collective, and the stuck ranks' frames)."""
 from __future__ import annotations
@@ -16,7 +17,7 @@ from inspector.dash_app.context import AppContext
 from inspector.dash_app.figures import empty_figure, line_figure
 from inspector.views.hang import HangVerdict, hang_verdict, rank_list, stuck_table
 from inspector.views.ranks import by_node, rank_table
-from inspector.views.system import GPU_METRICS, HOST_METRICS, has_gpu_samples, system_series
+from inspector.views.system import GPU_METRICS, HOST_METRICS, cpu_wait_series, has_gpu_samples, system_series
 
 # DataTable is deprecated in favour of dash-ag-grid (whose 2-5 MB of script every page would load
 # eagerly); it still ships with Dash and its script is already on every page.
@@ -25,9 +26,10 @@ warnings.filterwarnings("ignore", message=r"\s*The dash_table.DataTable will be 
 PATH = "/system"
 TITLE = "System"
 METRICS = {**GPU_METRICS, **HOST_METRICS}
-GRAPHS = [f"sys-{m}" for m in METRICS]
+GRAPHS = [f"sys-{m}" for m in METRICS] + ["sys-cpu_wait"]
 TABLE_COLUMNS = [("rank", "rank", ""), ("node", "node", None), ("straggler_score", "holds step up", ".0f ms"),
                  ("step", "step", ",.0f"), ("step_ms", "step ms", ".1f"), ("compute_ms", "compute ms", ".1f"),
+                 ("cpu_wait_ms", "CPU wait ms", ".1f"),
                  ("tokens_per_s", "tok/s", ",.0f"), ("loss", "loss", ".4f"), ("grad_norm", "grad norm", ".3g"),
                  ("gpu_util", "GPU %", ".0f"), ("gpu_mem_used", "GPU mem GiB", ".2f"),
                  ("power_w", "W", ".0f"), ("temp_c", "°C", ".0f")]
@@ -189,4 +191,7 @@ def register(app, context: AppContext) -> None:
                 continue
             figs.append(line_figure(system_series(run, metric), title=label, xcol="step", xtitle="step",
                                     height=240, empty="no samples (system probe off?)"))
+        figs.append(line_figure(cpu_wait_series(run), title="CPU wait per step (ms): runnable, another process on its CPU",
+                                ytitle="ms", height=240,
+                                empty="not recorded (the timing probe reads it on CPU runs on Linux)"))
         return (*ranks_table(run), *figs)
