@@ -167,11 +167,25 @@ def hang_panel(v: HangVerdict | None) -> tuple[list, dict]:
     return children, HANG_STYLE
 
 
-def register(app, context: AppContext) -> None:
-    """Every panel follows the run."""
-    def fallback(msg):
-        return ([], msg, *[empty_figure(msg, height=240) for _ in GRAPHS])
+def system_figures(run) -> list:
+    """The page's charts (`GRAPHS` order): each GPU and host metric, then the CPU waits."""
+    gpu = has_gpu_samples(run)
+    figs = []
+    for metric, label in METRICS.items():
+        if metric in GPU_METRICS and not gpu:
+            figs.append(empty_figure(f"{label}: N/A (no GPU samples: no NVML or no GPU)", height=240))
+            continue
+        figs.append(line_figure(system_series(run, metric), title=label, xcol="step", xtitle="step",
+                                height=240, empty="no samples (system probe off?)"))
+    figs.append(line_figure(cpu_wait_series(run), title="CPU wait per step (ms): runnable, another process on its CPU",
+                            ytitle="ms", height=240,
+                            empty="not recorded (the timing probe reads it on CPU runs on Linux)"))
+    return figs
 
+
+def register(app, context: AppContext) -> None:
+    """Every panel follows the run; the rank table and the charts are separate callbacks, so each is
+    drawn as soon as it is ready (the table is what a wide job's user looks at first)."""
     # The hang panel follows the clock too: a hung job writes no records, only heartbeats.
     @app.callback(Output("sys-hang", "children"), Output("sys-hang", "style"), Input("run-state", "data"),
                   Input("live-tick", "n_intervals"))
@@ -179,19 +193,12 @@ def register(app, context: AppContext) -> None:
     def draw_hang(run, _tick):
         return hang_panel(hang_verdict(run))
 
-    @app.callback(Output("sys-rank-table", "data"), Output("sys-ranks-count", "children"),
-                  *[Output(g, "figure") for g in GRAPHS], Input("run-state", "data"))
-    @context.with_run(fallback)
-    def draw(run):
-        gpu = has_gpu_samples(run)
-        figs = []
-        for metric, label in METRICS.items():
-            if metric in GPU_METRICS and not gpu:
-                figs.append(empty_figure(f"{label}: N/A (no GPU samples: no NVML or no GPU)", height=240))
-                continue
-            figs.append(line_figure(system_series(run, metric), title=label, xcol="step", xtitle="step",
-                                    height=240, empty="no samples (system probe off?)"))
-        figs.append(line_figure(cpu_wait_series(run), title="CPU wait per step (ms): runnable, another process on its CPU",
-                                ytitle="ms", height=240,
-                                empty="not recorded (the timing probe reads it on CPU runs on Linux)"))
-        return (*ranks_table(run), *figs)
+    @app.callback(Output("sys-rank-table", "data"), Output("sys-ranks-count", "children"), Input("run-state", "data"))
+    @context.with_run(lambda msg: ([], msg))
+    def draw_ranks(run):
+        return ranks_table(run)
+
+    @app.callback(*[Output(g, "figure") for g in GRAPHS], Input("run-state", "data"))
+    @context.with_run(lambda msg: tuple(empty_figure(msg, height=240) for _ in GRAPHS))
+    def draw_charts(run):
+        return tuple(system_figures(run))
