@@ -10,7 +10,7 @@ from inspector.cli_format import human_bytes, safe
 from inspector.views.hang import HangVerdict, rank_list, stuck_table
 from inspector.views.inference import InferenceSummary
 from inspector.views.inference_cost import cost_text
-from inspector.views.summary import CollapsedHead, RunSummary
+from inspector.views.summary import CPU_WAIT_SAID, CollapsedHead, RunSummary
 
 
 def _fmt(value: float | None, spec: str = ".4g") -> str:
@@ -181,3 +181,9 @@ def print_summary(summary: RunSummary, console: Console | None = None) -> None:
                       f"{ms / median:.2f}× the median over ranks ({median:.1f} ms)")
     elif summary.ranks > 1:
         con.print("no straggler ranks")
+    cw = summary.cpu_wait
+    if cw is not None and cw.share >= CPU_WAIT_SAID:
+        over = f"median over {cw.ranks} ranks" if cw.ranks > 1 else "rank " + str(cw.worst_rank)
+        most = f"; most: rank {cw.worst_rank}, {cw.worst_ms:.1f} ms" if cw.ranks > 1 else ""
+        con.print(f"[bold yellow]CPU contention:[/] the training threads waited for a CPU another process held "
+                  f"{cw.median_ms:.1f} ms a step ({over}; {cw.share:.0%} of a step){most}")

@@ -106,6 +106,22 @@ class CollapsedHead(_HeadOnset):
                 f"since={self.since}, last_flagged={self.last_flagged}, last_sampled={self.last_sampled})")
 
 
+@dataclass(frozen=True)
+class CpuWait:
+    """How long the ranks' training threads waited for a CPU another process held (the rank table's
+    window medians): the median over ranks, its share of the median step, and the rank that waited most."""
+
+    median_ms: float
+    share: float
+    worst_rank: int
+    worst_ms: float
+    ranks: int
+
+
+CPU_WAIT_SAID = 0.02
+"""`inspector summary` speaks of CPU waits from this share of a step on (below it is noise)."""
+
+
 @dataclass
 class RunSummary:
     """Everything `inspector summary` prints."""
@@ -124,6 +140,7 @@ class RunSummary:
     stragglers: list[tuple[int, str, float, float]] = field(default_factory=list)  # rank, measure, ms, median ms
     collapsed_heads: list[CollapsedHead] = field(default_factory=list)
     hang: HangVerdict | None = None        # the hang verdict (see `views.hang`), None when nothing is stuck
+    cpu_wait: CpuWait | None = None        # None when the timing probe recorded no CPU waits (GPU, not Linux)
     inference: InferenceSummary | None = None  # a run recorded in inference mode (see `views.inference`)
 
 
@@ -364,5 +381,17 @@ def run_summary(run: LiveRun, *, top_modules: int = 8, now: float | None = None)
         loss_last=float(loss.iloc[-1]) if len(loss) else None,
         loss_min=float(finite.min()) if len(finite) else None,
         anomalies=groups, first_nonfinite=first_nonfinite, experts=_expert_balance(run),
-        slowest=slowest_modules(run, top=top_modules), stragglers=stragglers,
+        slowest=slowest_modules(run, top=top_modules), stragglers=stragglers, cpu_wait=cpu_wait(table),
         collapsed_heads=_collapsed_heads(run), hang=hang_verdict(run, now), inference=inference_summary(run))
+
+
+def cpu_wait(table: pd.DataFrame) -> CpuWait | None:
+    """`CpuWait` of a `rank_table` (None when no rank recorded a CPU wait)."""
+    waits = table[["rank", "cpu_wait_ms", "step_ms"]].dropna(subset=["cpu_wait_ms"])
+    if waits.empty:
+        return None
+    median = float(waits["cpu_wait_ms"].median())
+    step = float(waits["step_ms"].median())
+    worst = waits.loc[waits["cpu_wait_ms"].idxmax()]
+    return CpuWait(median, median / step if step > 0 else float("nan"), int(worst["rank"]), float(worst["cpu_wait_ms"]),
+                   len(waits))

@@ -58,3 +58,17 @@ def test_a_run_without_cpu_waits_has_none(tmp_path: Path) -> None:
         rec.submit("timing", {"name": ["step"], "phase": ["total"], "ms": [10.0]}, 1, 0)
     run = LiveRun(tmp_path / "run")
     assert cpu_wait_series(run) == {} and np.isnan(rank_table(run)["cpu_wait_ms"].iloc[0])
+
+
+@pytest.mark.skipif(not (SAMPLE / "run.json").exists(), reason="straggler-4rank sample not generated")
+def test_inspector_summary_says_how_long_the_ranks_waited_for_a_cpu() -> None:
+    from tests.conftest import inspector_cli
+
+    table = rank_table(LiveRun(SAMPLE))
+    median, step = float(table["cpu_wait_ms"].median()), float(table["step_ms"].median())
+    worst = table.loc[table["cpu_wait_ms"].idxmax()]
+    out = inspector_cli("summary", str(SAMPLE), "--width", "240")
+    assert out.returncode == 0, out.stderr
+    assert (f"CPU contention: the training threads waited for a CPU another process held {median:.1f} ms a step "
+            f"(median over 4 ranks; {median / step:.0%} of a step); most: rank {int(worst['rank'])}, "
+            f"{worst['cpu_wait_ms']:.1f} ms") in out.stdout
