@@ -366,7 +366,8 @@ def run_summary(run: LiveRun, *, top_modules: int = 8, now: float | None = None)
     # The earliest non-finite record names the origin; at one step an activation beats the loss it caused.
     order = {k: i for i, k in enumerate(NONFINITE_KINDS)}
     first_nonfinite = min(nonfinite, key=lambda g: (g.first_step, order[g.kind])) if nonfinite else None
-    table = rank_table(run)
+    hang = hang_verdict(run, now)
+    table = rank_table(run, hang=hang)   # one verdict, on the summary's clock, for the statuses and the report
     stragglers = []
     for r in table.itertuples():
         if r.straggler:
@@ -382,7 +383,7 @@ def run_summary(run: LiveRun, *, top_modules: int = 8, now: float | None = None)
         loss_min=float(finite.min()) if len(finite) else None,
         anomalies=groups, first_nonfinite=first_nonfinite, experts=_expert_balance(run),
         slowest=slowest_modules(run, top=top_modules), stragglers=stragglers, cpu_wait=cpu_wait(table),
-        collapsed_heads=_collapsed_heads(run), hang=hang_verdict(run, now), inference=inference_summary(run))
+        collapsed_heads=_collapsed_heads(run), hang=hang, inference=inference_summary(run))
 
 
 def cpu_wait(table: pd.DataFrame) -> CpuWait | None:

@@ -59,8 +59,8 @@ def step_breakdown(run: LiveRun, *, rank: int = 0, max_points: int = DEFAULT_POI
             return pd.DataFrame(columns=cols)
         df = df[df["rank"] == rank]
         wide = {}
-        for phase, owner in _STEP_ROW.items():
-            sel = df[(df["phase"] == phase) & (df["name"] == owner)]
+        for phase in (*PHASES, "total", EVAL):
+            sel = df[(df["phase"] == phase) & (df["name"] == _STEP_ROW[phase])]
             wide[phase] = sel.groupby("step")["ms"].last()
         out = pd.DataFrame(wide).sort_index()
         if out.empty:
