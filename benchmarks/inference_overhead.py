@@ -11,7 +11,9 @@ iteration of each variant in turn, the order alternating every iteration, each i
 on its own, so a slow spell of a shared machine hits every variant alike. After each round the
 recorders are flushed and the harness sleeps `--settle` s, untimed. Reported: median decode
 tokens/s per variant, the ratio of the medians and the median of per-round ratios ("paired"),
-and whether greedy outputs agree (they must: recording never changes what the model computes).
+the serving thread's CPU time against none's and its time off CPU (waiting for the GIL the
+recorder's writer thread holds, or for a core), and whether greedy outputs agree (they must:
+recording never changes what the model computes).
 Attribute costs pairwise (`--variants none,probe-experts`, then the next): with three or more
 variants the middle ones always run between two others, and that position alone moved a
 variant's figure by a few percent on this 2-core machine.
@@ -41,10 +43,11 @@ BUDGET = 1.03
 
 
 def lockstep(models: dict[str, Transformer], watches: dict[str, object | None], prompts: list[list[int]],
-             new: int, flip: bool) -> tuple[dict[str, float], dict[str, int], dict[str, list]]:
+             new: int, flip: bool, cpu: dict[str, float]) -> tuple[dict[str, float], dict[str, int], dict[str, list]]:
     """Serve `prompts` on every variant at once, one scheduler iteration of each in turn (the
     order alternating every iteration), timing each decode iteration on its own; per variant:
-    (decode seconds, decode tokens, outputs)."""
+    (decode seconds, decode tokens, outputs). The serving thread's CPU seconds of those iterations
+    are added to `cpu`."""
     names = list(models)
     scheds, drivers = {}, {}
     for n in names:
@@ -63,9 +66,10 @@ def lockstep(models: dict[str, Transformer], watches: dict[str, object | None], 
         order = names if (i + flip) % 2 == 0 else names[::-1]
         for n in order:
             if scheds[n].has_work:
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.thread_time()
                 done[n] += scheds[n].step()
                 seconds[n] += time.perf_counter() - t0
+                cpu[n] += time.thread_time() - c0
         i += 1
     tokens = {n: sum(len(r.output) for r in done[n]) - before[n] for n in names}
     for d in drivers.values():
@@ -104,12 +108,15 @@ def main(argv: list[str] | None = None) -> int:
         watches = {n: None if n in ("none", "copy") else inspector.watch(models[n], Path(tmp) / n, mode="inference",
                                                                hang_after_s=None, probes=_probes(n))
                    for n in names}
-        lockstep(models, watches, prompts, 8, False)           # warm-up, untimed
+        cpu = dict.fromkeys(names, 0.0)
+        wall = dict.fromkeys(names, 0.0)
+        lockstep(models, watches, prompts, 8, False, dict(cpu))     # warm-up, untimed
         rates: dict[str, list[float]] = {n: [] for n in names}
         outputs: dict[str, list] = {}
         for r in range(a.rounds):
-            secs, toks, outputs = lockstep(models, watches, prompts, a.new_tokens, bool(r % 2))
+            secs, toks, outputs = lockstep(models, watches, prompts, a.new_tokens, bool(r % 2), cpu)
             for name in names:
+                wall[name] += secs[name]
                 rates[name].append(toks[name] / secs[name])
                 if watches[name] is not None:
                     watches[name].recorder.flush()
@@ -125,6 +132,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {n:<16} decode {med[n]:8.1f} tokens/s (p10 {sorted(v)[len(v) // 10]:.1f}, "
               f"p90 {sorted(v)[(9 * len(v)) // 10 - 1 if len(v) >= 10 else -1]:.1f})"
               f"  none/{n} {med['none'] / med[n]:.3f}x (paired {paired:.3f}x)")
+    for n in names:
+        if n != "none":
+            print(f"  {n:<16} serving thread, against none: CPU {cpu[n] / cpu['none']:.3f}x, "
+                  f"off CPU (waiting for the GIL or a core) {(wall[n] - cpu[n]) * 1e3 / len(rates[n]):.1f} "
+                  f"ms a round against {(wall['none'] - cpu['none']) * 1e3 / len(rates['none']):.1f}")
     same = all(outputs[n] == outputs["none"] for n in names)
     print(f"  greedy outputs identical watched vs unwatched: {same}")
     if "default" not in med:

@@ -113,8 +113,10 @@ class KVCache:
         return self.length * self.batch_size - sum(self.pads)
 
     def allocated_bytes(self) -> int:
-        """Bytes held by every tensor of the cache (all allocated columns)."""
-        return sum(t.numel() * t.element_size() for t in self.latent + self.k_rope)
+        """Bytes held by every tensor of the cache (all allocated columns): every layer's latent and
+        rope-key tensors share the batch and capacity (grow, select, trim and extend keep it so), so
+        this is arithmetic, not a walk over the tensors (read once per decode iteration when watched)."""
+        return self.batch_size * self.capacity * self.bytes_per_token()
 
     # --- batch surgery used by the dynamic batching scheduler -----------------------------------
 

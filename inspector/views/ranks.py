@@ -74,7 +74,7 @@ RANK_COLUMNS = ["rank", "node", "straggler_score", "step", "step_ms", "compute_m
                 "gpu_mem_total", "power_w", "temp_c", "status", "straggler", "straggler_reason"]
 """Columns of `rank_table`, in display order (`straggler_reason` is "" for a rank not flagged)."""
 
-NUMERIC = ["step", "step_ms", "compute_ms", "tokens_per_s", "loss", "grad_norm", "gpu_util", "gpu_mem_used", "gpu_mem_total",
+NUMERIC = ["step", "step_ms", "compute_ms", "cpu_wait_ms", "tokens_per_s", "loss", "grad_norm", "gpu_util", "gpu_mem_used", "gpu_mem_total",
            "power_w", "temp_c"]
 
 COMPUTE_PHASES = ("forward", "data", "optimizer")

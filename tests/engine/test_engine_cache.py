@@ -71,3 +71,22 @@ def test_right_aligned_batch_matches_separate_sequences() -> None:
         torch.testing.assert_close(batched[1:2], ref_a, rtol=0, atol=ATOL)
         merged.select([1])  # retire the short row: padding columns are trimmed away
         assert merged.pad_B.tolist() == [0] and merged.length == 12
+
+
+def test_allocated_bytes_equal_the_tensors_through_batch_surgery() -> None:
+    """`allocated_bytes` is arithmetic; the tensors themselves are the oracle, through the scheduler's
+    growth, merges (extend), finished rows leaving (select) and padding trims."""
+    from inspector_engine.inference import BatchScheduler, SamplingParams
+
+    model = make_model()
+    sched = BatchScheduler(model, max_batch_size=3, max_batch_tokens=3 * 40)
+    for n, new in ((5, 9), (11, 3), (3, 14), (8, 6)):
+        sched.submit(list(range(1, n + 1)), new, SamplingParams(temperature=0.0))
+    seen = set()
+    while sched.has_work:
+        sched.step()
+        cache = sched.cache
+        held = sum(t.numel() * t.element_size() for t in cache.latent + cache.k_rope)
+        assert cache.allocated_bytes() == held
+        seen.add((cache.batch_size, cache.capacity))
+    assert len(seen) > 3   # the batch and the capacity did change along the way

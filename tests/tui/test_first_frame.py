@@ -12,9 +12,12 @@ from inspector.store.heartbeat_format import HEARTBEAT_FILE, Heartbeat
 from inspector.tui.app import InspectorApp
 from inspector.tui.screens.ranks import RanksScreen
 from inspector.tui.state import RanksData, RollCallData
-from inspector.tui.widgets.rank_table import RankTable
+from inspector.tui.widgets.rank_table import COLUMNS, RankTable
 from tests.tui.conftest import FROZEN_NOW, wait_until
 from tests.tui.many_ranks import write_many_ranks
+
+AT = {key: i for i, (key, _) in enumerate(COLUMNS)}
+"""A rank table cell's index by its column's key."""
 
 pytestmark = pytest.mark.anyio
 RANKS, OPEN = 40, 7
@@ -45,8 +48,8 @@ async def test_roll_call_is_drawn_first_then_the_scored_table(job: Path, monkeyp
     def record_roll_call(self: RanksScreen, payload: RollCallData) -> str:
         message = draw_roll_call(self, payload)
         table = self.query_one(RankTable)
-        roll_frames.append({"order": table.rank_order(), "status": [table.get_row_at(i)[13].plain for i in range(3)],
-                            "unread": [table.get_row_at(1)[i].plain for i in (2, 4, 9)],   # holds up, step ms, GPU %
+        roll_frames.append({"order": table.rank_order(), "status": [table.get_row_at(i)[AT["status"]].plain for i in range(3)],
+                            "unread": [table.get_row_at(1)[AT[k]].plain for k in ("straggler_score", "step_ms", "gpu_util")],
                             "title": str(self.query_one("#ranks-title", Static).render()), "message": message,
                             "settled": self.inspector.settled})
         return message

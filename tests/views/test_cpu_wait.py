@@ -11,7 +11,7 @@ import pytest
 
 from inspector.store.recorder import Recorder
 from inspector.views.live import LiveRun
-from inspector.views.ranks import rank_table, window_steps
+from inspector.views.ranks import rank_summary, rank_table, window_steps
 from inspector.views.system import MAX_SERIES, cpu_wait_series
 
 SAMPLE = Path(__file__).resolve().parents[2] / "sample_runs" / "straggler-4rank"
@@ -38,6 +38,9 @@ def test_cpu_wait_per_rank_and_step_equals_the_recorded_rows() -> None:
     for r in range(4):
         mine = raw[(raw["rank"] == r) & raw["step"].isin(steps)]
         assert table.loc[r, "cpu_wait_ms"] == pytest.approx(float(np.median(mine["ms"])))
+    per_rank = [float(np.median(raw[(raw["rank"] == r) & raw["step"].isin(steps)]["ms"])) for r in range(4)]
+    spread = rank_summary(table.reset_index())["cpu_wait_ms"]     # the TUI's min / median / max row
+    assert list(spread) == pytest.approx([min(per_rank), float(np.median(per_rank)), max(per_rank)])
 
 
 def test_above_32_ranks_the_chart_is_the_spread(tmp_path: Path) -> None:

@@ -14,12 +14,13 @@ if TYPE_CHECKING:
     import numpy as np
     import pandas as pd
 
-COLUMNS = [("rank", "rank"), ("node", "node"), ("straggler_score", "holds up"), ("step", "step"), ("step_ms", "step ms"), ("compute_ms", "compute ms"), ("tokens_per_s", "tok/s"),
+COLUMNS = [("rank", "rank"), ("node", "node"), ("straggler_score", "holds up"), ("step", "step"), ("step_ms", "step ms"), ("compute_ms", "compute ms"), ("cpu_wait_ms", "CPU wait"),
+           ("tokens_per_s", "tok/s"),
            ("loss", "loss"), ("grad_norm", "grad norm"), ("gpu_util", "GPU %"), ("gpu_mem_used", "GPU mem"),
            ("power_w", "power"), ("temp_c", "temp"), ("status", "status"), ("history", "step time")]
 """(key, label) of the table's columns, in order."""
 
-WIDTHS = {"rank": 6, "node": 10, "straggler_score": 8, "step": 6, "step_ms": 7, "compute_ms": 10, "tokens_per_s": 7, "loss": 7, "grad_norm": 9,
+WIDTHS = {"rank": 6, "node": 10, "straggler_score": 8, "step": 6, "step_ms": 7, "compute_ms": 10, "cpu_wait_ms": 8, "tokens_per_s": 7, "loss": 7, "grad_norm": 9,
           "gpu_util": 5, "gpu_mem_used": 8, "power_w": 5, "temp_c": 5, "status": 8, "history": 14}
 """Fixed column widths, shared by the rank table and its summary so their columns line up."""
 
@@ -46,6 +47,7 @@ def cells(row: pd.Series | dict, history: np.ndarray | None = None,
         Text(num(row.get("step"), "{:,.0f}", "-")),
         Text(num(row.get("step_ms"), "{:.1f}"), style=hot),
         Text(num(row.get("compute_ms"), "{:.1f}"), style=hot),
+        Text(num(row.get("cpu_wait_ms"), "{:.1f}")),
         Text(num(row.get("tokens_per_s"), "{:,.0f}")),
         Text(num(row.get("loss"), "{:.4f}")),
         Text(num(row.get("grad_norm"), "{:.3f}")),
