@@ -138,8 +138,6 @@ lead by time it spent blocked outside any phase and outside every tracked wait (
 an untracked wait): beside 4 busy loops on 2 cores, a healthy rank 0 of the 4-rank demo measured
 1.39x with a 21 % lead in a CI run, its "other" 2x the other ranks', while its communication wait
 was no shorter than theirs (4-rank demo runs here: ±2 ms)."""
-CPU_WAIT_NAME = "cpu_wait"
-"""`timing` rows of the timing probe's CPU waits (see `inspector.probes.timing`)."""
 COMM_NAME = "collectives"
 """`timing` rows of the collective tracker: name "collectives", phase "comm_wait" or "comm_wait_<phase>"."""
 
@@ -287,16 +285,16 @@ def _take_out_cpu_waits(wide: pd.DataFrame, timing: pd.DataFrame) -> pd.Series:
     that: measured beside a busy loop on 2 cores, a healthy rank's backward 1.25-1.40x the other's
     with a 12-19 % lead, in 7 of 14 runs; a wait, not its own work."""
     zero = pd.Series(0.0, index=wide.index)
-    rows = timing[timing["name"] == CPU_WAIT_NAME]
+    rows = timing[timing["name"] == CPU_WAIT]
     if rows.empty:
         return zero
     waits = _by_phase(rows, wide.index).fillna(0.0)
     parts = 0.0
     for section in PHASE_SECTIONS:
-        w = waits.get(f"{CPU_WAIT_NAME}_{section}", zero).clip(upper=wide[section])
+        w = waits.get(f"{CPU_WAIT}_{section}", zero).clip(upper=wide[section])
         wide[section] -= w
         parts = parts + w
-    total = waits.get(CPU_WAIT_NAME, zero)
+    total = waits.get(CPU_WAIT, zero)
     wide["other"] = (wide["other"] - (total - parts).clip(lower=0.0)).clip(lower=0.0)
     return total
 

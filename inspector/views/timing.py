@@ -19,8 +19,9 @@ EVAL = "eval"
 """The breakdown's column of evaluation ms filed with a step (not a part of its total)."""
 
 CPU_WAIT = "cpu_wait"
-"""The timing probe's whole-step CPU wait (name and phase "cpu_wait"; CPU runs on Linux): the ms the
-training thread was runnable while another process held its CPU."""
+"""The timing probe's CPU-wait rows (see `inspector.probes.timing`; CPU runs on Linux): name
+"cpu_wait", phase "cpu_wait" for the whole step (the ms the training thread was runnable while
+another process held its CPU) or "cpu_wait_<phase>" for one section of it."""
 _STEP_ROW = {"forward": "model", "backward": "model", "optimizer": "optimizer", "data": "data", "other": "step",
              "total": "step", EVAL: "model", CPU_WAIT: CPU_WAIT}
 
