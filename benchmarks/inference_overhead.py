@@ -3,7 +3,8 @@ probes against none, interleaved. Budget: none / watched ≤ 1.03.
 
 Two copies of one model (same seed), each serving the same batch through the engine's
 `BatchScheduler`: one unwatched, one under `inspector.watch(model, run, mode="inference")` (default
-inference probes: attention every 16 iterations, expert ids kept every iteration and counted every 16th, system, plus the
+inference probes: attention every 16 iterations, expert load added up every iteration (the engine routers'
+own per-forward buffers, read once per forward) and recorded every 16th, system, plus the
 iteration and request records) with the scheduler observed. A round submits `--batch` prompts of
 `--prompt-len` tokens to a scheduler per variant, runs one `step()` of each (admission: every
 prefill), then runs the remaining steps, which are pure batched decode, in lockstep: one

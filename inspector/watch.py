@@ -71,6 +71,7 @@ class Watch:
         self.not_applicable: dict[str, str] = {}
         self._hooks: list[Any] = []
         self._auto = optimizer is not None
+        self._prepare_shared(self.ctx.shared)
         for name in probes:
             self._attach(name)
         if optimizer is not None:
@@ -88,6 +89,9 @@ class Watch:
             self.watchdog.start()
         with _active_lock:
             _active.append(self)
+
+    def _prepare_shared(self, shared: dict[str, Any]) -> None:
+        """Fill the probes' shared dict before any probe attaches (a mode's watch says what it provides)."""
 
     @property
     def run_dir(self) -> Path:

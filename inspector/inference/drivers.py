@@ -76,9 +76,8 @@ class SchedulerDriver:
         if event == "tokens":                     # every running request's token of a forward, at once
             if self._driving:
                 self.probe.forward_ends(getattr(self.scheduler, "cache", None))
-            now = book.clock()
+            book.tokens([(req.id, req.output[-1]) for req in obj], book.clock())
             for req in obj:
-                book.token(req.id, req.output[-1], now)
                 if req.finished:
                     book.finish(req.id, req.finish_reason)
                     self._finished_now += 1

@@ -7,7 +7,8 @@ A forward pre-hook and a forward hook on the watched model time every forward an
 and end (the engine scheduler's listener) calls `begin` and `end` itself and switches the hooks
 off (`driven`): a hooked module's every call takes torch's slow path. While the
 forward runs, `shared[STAGE_KEY]` holds its stage, so the experts probe splits its counts by stage,
-and `shared[BATCH_ROW_KEY]` that row. The meter adds up each iteration's
+and `shared[BATCH_ROW_KEY]` that row; when it ends, the callables in `shared[FORWARD_END_KEY]` are
+called with the stage (the experts probe reads the engine routers' own per-forward load then). The meter adds up each iteration's
 forwards until `end_iteration` turns them into one `inference_iteration` row. Its wall time (`ms`)
 runs from the previous iteration's end (the serving loop's own work between forwards, the
 Inspector's included, is some iteration's time) or, after an idle spell of more than `IDLE_GAP_S`
@@ -28,7 +29,7 @@ from torch import nn
 from inspector.inference.cache_stats import CacheStats, cache_stats, cached_length, find_cache
 from inspector.probes.attention.sink import BATCH_ROW_KEY
 from inspector.probes.base import Probe
-from inspector.probes.experts import DECODE, PREFILL, STAGE_KEY
+from inspector.probes.experts import DECODE, FORWARD_END_KEY, PREFILL, STAGE_KEY
 from inspector.probes.switchable import SwitchableHooks
 
 INPUT_KWARGS = ("input_ids", "tokens", "inputs_embeds")
@@ -168,6 +169,8 @@ class IterationMeter:
         if self._open is None:
             return
         fwd, self._open = self._open, None
+        for listener in self.shared.get(FORWARD_END_KEY, ()):
+            listener(fwd.stage)
         self.shared.pop(STAGE_KEY, None)
         self.shared.pop(BATCH_ROW_KEY, None)
         if self._cuda:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -70,6 +70,15 @@ class RequestBook:
             return
         req.token_times.append(self.clock() if at is None else at)
         req.output_ids.append(int(token_id))
+
+    def tokens(self, accepted: Iterable[tuple[int, int]], at: float) -> None:
+        """Every (request, token id) of `accepted` accepted its token at `at` (one forward's batch)."""
+        open_ = self.open
+        for rid, token_id in accepted:
+            req = open_.get(rid)
+            if req is not None:
+                req.token_times.append(at)
+                req.output_ids.append(int(token_id))
 
     def finish(self, rid: int, reason: str | None) -> None:
         """It is done (`reason`: "stop", "length", …): its row is recorded."""

@@ -22,6 +22,7 @@ from torch import nn
 from inspector.inference.drivers import GenerateStreamer, SchedulerDriver
 from inspector.inference.probe import InferenceProbe
 from inspector.probes import Sampling, resolve_probes
+from inspector.probes.experts import FORWARD_END_KEY
 from inspector.store.recorder import Recorder
 from inspector.watch import Watch
 
@@ -77,6 +78,11 @@ class InferenceWatch(Watch):
         self.inference = probe
         probe.phases = self.phase_hooks
         probe.end_step = self.step
+
+    def _prepare_shared(self, shared: dict[str, Any]) -> None:
+        """Every forward's end will be told to `shared[FORWARD_END_KEY]` (by the inference probe's
+        meter): the experts probe reads the engine routers' own load then, with no hook."""
+        shared[FORWARD_END_KEY] = []
 
     def observe(self, scheduler: Any) -> SchedulerDriver:
         """Record the requests and iterations of `scheduler` (one with `add_listener(fn)`, such as the

@@ -6,7 +6,7 @@
 Attention capture (the function transformers' `AttentionInterface` picks, wrapped while a watch is
 open; the model keeps its own implementation name, so sdpa/eager/flash paths and outputs stay
 exactly as they are) and the Mixtral / Qwen-MoE / DeepSeek-V3 router capture are part of the
-probes themselves (`inspector/probes/attention/hf.py`, `inspector/probes/experts.py`):
+probes themselves (`inspector/probes/attention/hf.py`, `inspector/probes/experts/`):
 `inspector.watch` works on a Hugging Face model with or without this plugin. The plugin adds the Trainer glue.
 """
 from __future__ import annotations

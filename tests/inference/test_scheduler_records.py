@@ -75,10 +75,12 @@ class RouterTap:
         self.clock = clock
         self.names = {m: n for n, m in model.named_modules() if m in model.routers()}
         self.ids: dict[tuple[str, str], list[np.ndarray]] = defaultdict(list)
+        self.hooks_seen: list[int] = []   # forward hooks on the router at each call (this one included)
         self.handles = [r.register_forward_hook(self._hook) for r in model.routers()]
 
     def _hook(self, mod: torch.nn.Module, args: tuple, out: tuple) -> None:
         self.ids[(self.clock.stage, self.names[mod])].append(out[2].detach().numpy().reshape(-1).copy())
+        self.hooks_seen.append(len(mod._forward_hooks))
 
     def counts(self, stage: str, name: str, n_experts: int) -> np.ndarray:
         return np.bincount(np.concatenate(self.ids[(stage, name)]), minlength=n_experts)
@@ -161,7 +163,9 @@ def test_counts_latencies_cache_and_experts_equal_the_schedulers(tmp_path: Path)
         times = np.asarray(row.token_times_s)
         assert len(times) == n and np.all(np.diff(times) >= 0)
 
-    # expert load per stage = bincount of the routers' own choices in that stage
+    # expert load per stage = bincount of the routers' own choices in that stage, on the iterations
+    # the Inspector hooks the routers (recorded ones) and on those it reads their own load buffer
+    assert set(tap.hooks_seen) == {1, 2}
     for stage in ("prefill", "decode"):
         layers, names, counts = views.stage_counts(run, stage=stage)
         assert names, stage
@@ -184,8 +188,8 @@ def test_counts_latencies_cache_and_experts_equal_the_schedulers(tmp_path: Path)
 def test_expert_counts_hold_when_pending_ids_are_folded_early(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Ids kept for bulk counting are folded into the counts once they pass a bound (long prefills):
     with the bound at 3 ids every forward folds, and the counts still equal the routers' choices."""
-    import inspector.probes.experts as experts_probe
-    monkeypatch.setattr(experts_probe, "FOLD_IDS_AT", 3)
+    import inspector.probes.experts.load as experts_load
+    monkeypatch.setattr(experts_load, "FOLD_IDS_AT", 3)
     _, _, _, tap, path = _serve(tmp_path)
     run = LiveRun(path)
     for stage in ("prefill", "decode"):

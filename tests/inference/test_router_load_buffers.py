@@ -1,0 +1,64 @@
+"""The engine's routers under an inference watch: their load is read from their own per-forward
+buffer (`tokens_per_expert`), with no hook on the iterations the experts probe does not record.
+
+Oracle: the test's own forward hook on every router, counted with `np.bincount` per stage (the
+first forward is a prefill over the prompt, the rest decode one token each).
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import inspector
+from inspector.views import inference as views
+from inspector.views.live import LiveRun
+from inspector_engine.config import get_config
+from inspector_engine.model import Transformer
+from inspector_engine.model.cache import KVCache
+
+
+def test_plain_forwards_count_every_token_once_and_hook_the_routers_only_when_recorded(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = Transformer(get_config("debug")).eval()
+    names = {m: n for n, m in model.named_modules() if m in model.routers()}
+    stage = {"now": "prefill"}
+    ids: dict[tuple[str, str], list[np.ndarray]] = defaultdict(list)
+    hooks_seen: list[int] = []
+
+    def tap(mod: torch.nn.Module, args: tuple, out: tuple) -> None:
+        ids[(stage["now"], names[mod])].append(out[2].detach().numpy().reshape(-1).copy())
+        hooks_seen.append(len(mod._forward_hooks))
+
+    run = tmp_path / "run"
+    w = inspector.watch(model, run, mode="inference", probes=["experts"], hang_after_s=None)
+    for router in model.routers():
+        router.register_forward_hook(tap)
+    batch, prompt, new = 2, 5, 40
+    cache = KVCache.for_model(model, batch, capacity=prompt + new)
+    with torch.no_grad():
+        tokens_BT = torch.randint(0, model.cfg.vocab_size, (batch, prompt))
+        for _ in range(new):
+            logits = model(tokens_BT, cache)
+            stage["now"] = "decode"
+            tokens_BT = logits[:, -1:].argmax(-1)
+    w.close()
+
+    # the Inspector's hooks were on only for the recorded iterations (every 16th: 8, 24, 40 …)
+    per_forward = [hooks_seen[i:i + len(names)] for i in range(0, len(hooks_seen), len(names))]
+    with_inspector = [i for i, seen in enumerate(per_forward) if set(seen) == {2}]
+    assert with_inspector == [i for i in range(new) if i % 16 == 8]
+    assert all(set(seen) == {1} for i, seen in enumerate(per_forward) if i not in with_inspector)
+
+    live = LiveRun(run)
+    for st in ("prefill", "decode"):
+        _, recorded, counts = views.stage_counts(live, stage=st)
+        assert sorted(recorded) == sorted(names.values())
+        for name, got in zip(recorded, counts):
+            want = np.bincount(np.concatenate(ids[(st, name)]), minlength=counts.shape[1])
+            np.testing.assert_array_equal(got, want)
+    frame = views.expert_stage_frame(live)
+    decode = frame[frame["stage"] == "decode"]
+    assert decode["router_entropy"].notna().any()      # the recorded iterations' hooks measured it
