@@ -154,7 +154,7 @@ class ProbeRecorder:
             return value
         if callable(getattr(value, "resolve", None)) or (
                 kind in (list, tuple) and any(t not in _PLAIN and callable(getattr(t, "resolve", None))
-                                              for t in {type(v) for v in value})):
+                                              for t in set(map(type, value)))):
             return _GuardedValue(value, self._probe)
         return value
 

@@ -34,7 +34,7 @@ _PLAIN = frozenset({str, float, int, bool, type(None)})
 def _has_deferred(seq: list | tuple) -> bool:
     # Look at the element *types*: a list of 100 names or 50 floats has one type, so this is one
     # C-level pass instead of a getattr() per element (~1 us each on every chunk).
-    return any(t not in _PLAIN and callable(getattr(t, "resolve", None)) for t in {type(x) for x in seq})
+    return any(t not in _PLAIN and callable(getattr(t, "resolve", None)) for t in set(map(type, seq)))
 
 
 def build_batch(schema: pa.Schema, chunks: Iterable[Chunk]) -> pa.RecordBatch:

@@ -26,6 +26,7 @@ their copy has landed by, and recorded with the step they belong to.
 """
 from __future__ import annotations
 
+import itertools
 import logging
 from collections import deque
 from typing import Any, NamedTuple
@@ -239,39 +240,49 @@ class AttentionProbe(Probe):
                 self._pending.append(_Pending(it.step, it.name, it.layer, it.heads, HostSlice(stats, span), T))
 
     def _drain(self, block: bool) -> None:
-        """Score and record pending statistics (those already on the host unless `block`)."""
+        """Score and record pending statistics (those already on the host unless `block`): one
+        multi-row record per step, every layer's heads in it."""
+        ready: list[_Pending] = []
         while self._pending:
             item = self._pending[0]
             if not block and not item.stats.ready():
-                return
-            self._pending.popleft()
+                break
+            ready.append(self._pending.popleft())
+        for _, same_step in itertools.groupby(ready, key=lambda it: it.step):
+            items = list(same_step)
             try:
-                self._record_stats(item)
+                self._record_stats(items)
             except Exception as exc:  # never raise into the training loop
-                self.failed(f"{item.name} statistics", exc)
+                self.failed(f"{items[0].name} statistics", exc)
 
-    def _record_stats(self, item: _Pending) -> None:
+    def _record_stats(self, items: list[_Pending]) -> None:
+        """One `attention_stats` record of `items` (one step's layers), each head judged for collapse
+        (not in inference mode)."""
         ctx = self.ctx
         if ctx is None:
             return
-        stats = np.asarray(item.stats.resolve(), dtype=np.float64)
-        collapsed: list[bool] = []
         judge = not ctx.shared.get(INFERENCE_MODE_KEY)
-        for i, head in enumerate(item.heads):
-            entropy, max_weight, sink, max_visible = stats[i, :4]
-            if not judge:
-                collapsed.append(False)
-                continue
-            verdict = self._tracker.update(item.name, head, entropy, sink, max_visible)
-            collapsed.append(verdict.collapsed)
-            if verdict.newly:
-                ctx.report("attention_collapse",
-                           f"attention collapse in {item.name} (layer {item.layer}) head {head} at step "
-                           f"{item.step}: {verdict.reason}; max weight {max_weight:.2f}",
-                           module=item.name, value=float(entropy), step=item.step)
+        stats = [np.asarray(item.stats.resolve(), dtype=np.float64) for item in items]
+        collapsed: list[bool] = []
+        for item, stats_hF in zip(items, stats):
+            for i, head in enumerate(item.heads):
+                if not judge:
+                    collapsed.append(False)
+                    continue
+                entropy, max_weight, sink, max_visible = stats_hF[i, :4]
+                verdict = self._tracker.update(item.name, head, entropy, sink, max_visible)
+                collapsed.append(verdict.collapsed)
+                if verdict.newly:
+                    ctx.report("attention_collapse",
+                               f"attention collapse in {item.name} (layer {item.layer}) head {head} at step "
+                               f"{item.step}: {verdict.reason}; max weight {max_weight:.2f}",
+                               module=item.name, value=float(entropy), step=item.step)
+        all_NF = stats[0] if len(stats) == 1 else np.concatenate(stats)
+        per_head = [(item, h) for item in items for h in item.heads]
         ctx.recorder.submit(ATTENTION_STATS, {
-            "name": item.name, "layer": item.layer, "head": item.heads,
-            "entropy": stats[:, 0], "max_weight": stats[:, 1], "collapsed": collapsed,
-            "sink_mass": stats[:, 4], "distance": stats[:, 5:].astype(np.float32),
-            "keys": stats[:, 3].astype(np.int32), "rows": [item.rows] * len(item.heads),
-        }, rows=len(item.heads), step=item.step)
+            "name": [it.name for it, _ in per_head], "layer": [it.layer for it, _ in per_head],
+            "head": [h for _, h in per_head],
+            "entropy": all_NF[:, 0], "max_weight": all_NF[:, 1], "collapsed": collapsed,
+            "sink_mass": all_NF[:, 4], "distance": all_NF[:, 5:].astype(np.float32),
+            "keys": all_NF[:, 3].astype(np.int32), "rows": [it.rows for it, _ in per_head],
+        }, rows=len(per_head), step=items[0].step)

@@ -296,6 +296,8 @@ class ExpertsProbe(Probe):
                 hot = self._streaks_of((load.phase, "hot", experts))
                 starved_RE = starved.update(load.step, names, counts_RE == 0)
                 hot_RE = hot.update(load.step, names, hot_flags(counts_RE))
+                if starved.quiet and hot.quiet:
+                    continue                    # no stretch going: nothing can be due
                 for j in np.flatnonzero(starved_RE.any(axis=1) | hot_RE.any(axis=1)):
                     self._report(load, names[j], counts_RE[j], np.flatnonzero(starved_RE[j]), starved.of(names[j]),
                                  np.flatnonzero(hot_RE[j]), hot.of(names[j]))
