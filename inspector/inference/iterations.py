@@ -8,11 +8,12 @@ and end (the engine scheduler's listener) calls `begin` and `end` itself and swi
 off (`driven`): a hooked module's every call takes torch's slow path. While the
 forward runs, `shared[STAGE_KEY]` holds its stage, so the experts probe splits its counts by stage,
 and `shared[BATCH_ROW_KEY]` that row; when it ends, the callables in `shared[FORWARD_END_KEY]` are
-called with the stage (the experts probe reads the engine routers' own per-forward load then). The meter adds up each iteration's
-forwards until `end_iteration` turns them into one `inference_iteration` row. Its wall time (`ms`)
-runs from the previous iteration's end (the serving loop's own work between forwards, the
-Inspector's included, is some iteration's time) or, after an idle spell of more than `IDLE_GAP_S`
-with no forward (a server between bursts; before the first iteration), from its first forward.
+called with the stage (the experts probe reads the engine routers' own per-forward load then). The
+meter adds up each iteration's forwards until `end_iteration` turns them into one
+`inference_iteration` row. Its wall time (`ms`) runs from the previous iteration's end (the serving
+loop's own work between forwards, the Inspector's included, is some iteration's time) or, after an
+idle spell of more than `IDLE_GAP_S` with no forward (a server between bursts; before the first
+iteration), from its first forward.
 
 Forward time: on the host clock on CPU; on CUDA two events per forward, read at the end of the
 iteration, by which time the driver has already waited for the sampled tokens.

@@ -65,11 +65,7 @@ class RequestBook:
 
     def token(self, rid: int, token_id: int, at: float | None = None) -> None:
         """It accepted output token `token_id` now."""
-        req = self.open.get(rid)
-        if req is None:
-            return
-        req.token_times.append(self.clock() if at is None else at)
-        req.output_ids.append(int(token_id))
+        self.tokens(((rid, token_id),), self.clock() if at is None else at)
 
     def tokens(self, accepted: Iterable[tuple[int, int]], at: float) -> None:
         """Every (request, token id) of `accepted` accepted its token at `at` (one forward's batch)."""

@@ -46,10 +46,11 @@ def test_plain_forwards_count_every_token_once_and_hook_the_routers_only_when_re
             tokens_BT = logits[:, -1:].argmax(-1)
     w.close()
 
-    # the Inspector's hooks were on only for the recorded iterations (every 16th: 8, 24, 40 …)
+    # the Inspector's hooks were on for the first forward (every router must run once per forward for
+    # its buffer to hold that forward's load) and the recorded iterations (every 16th: 8, 24 …)
     per_forward = [hooks_seen[i:i + len(names)] for i in range(0, len(hooks_seen), len(names))]
     with_inspector = [i for i, seen in enumerate(per_forward) if set(seen) == {2}]
-    assert with_inspector == [i for i in range(new) if i % 16 == 8]
+    assert with_inspector == [0] + [i for i in range(new) if i % 16 == 8]
     assert all(set(seen) == {1} for i, seen in enumerate(per_forward) if i not in with_inspector)
 
     live = LiveRun(run)
@@ -62,3 +63,42 @@ def test_plain_forwards_count_every_token_once_and_hook_the_routers_only_when_re
     frame = views.expert_stage_frame(live)
     decode = frame[frame["stage"] == "decode"]
     assert decode["router_entropy"].notna().any()      # the recorded iterations' hooks measured it
+
+
+def test_a_router_run_twice_in_a_forward_is_counted_from_its_hooks(tmp_path: Path, caplog) -> None:
+    """A model whose router runs twice in one forward: its buffer holds only the second call, so the
+    probe says so once and counts that router's ids with its hooks on every forward; every call's ids
+    are counted."""
+    torch.manual_seed(0)
+    model = Transformer(get_config("debug")).eval()
+    moe = next(m for m in model.modules() if hasattr(m, "router") and hasattr(m, "experts"))
+    forward = moe.forward
+
+    def twice(x_BTD: torch.Tensor) -> torch.Tensor:
+        B, T, D = x_BTD.shape
+        moe.router(x_BTD.reshape(B * T, D), seq_len=T)          # a second routing of the same tokens
+        return forward(x_BTD)
+    moe.forward = twice
+    names = {m: n for n, m in model.named_modules() if m in model.routers()}
+    stage = {"now": "prefill"}
+    ids: dict[tuple[str, str], list[np.ndarray]] = defaultdict(list)
+    for router in model.routers():
+        router.register_forward_hook(
+            lambda mod, args, out: ids[(stage["now"], names[mod])].append(out[2].detach().numpy().reshape(-1).copy()))
+    run = tmp_path / "run"
+    w = inspector.watch(model, run, mode="inference", probes=["experts"], hang_after_s=None)
+    cache = KVCache.for_model(model, 2, capacity=30)
+    with torch.no_grad(), caplog.at_level("WARNING", logger="inspector"):
+        tokens_BT = torch.randint(0, model.cfg.vocab_size, (2, 4))
+        for _ in range(20):
+            logits = model(tokens_BT, cache)
+            stage["now"] = "decode"
+            tokens_BT = logits[:, -1:].argmax(-1)
+    w.close()
+    assert sum("ran 2 times in one forward" in r.getMessage() for r in caplog.records) == 1
+    live = LiveRun(run)
+    for st in ("prefill", "decode"):
+        _, recorded, counts = views.stage_counts(live, stage=st)
+        for name, got in zip(recorded, counts):
+            want = np.bincount(np.concatenate(ids[(st, name)]), minlength=counts.shape[1])
+            np.testing.assert_array_equal(got, want)
