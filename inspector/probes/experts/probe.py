@@ -70,6 +70,7 @@ class ExpertsProbe(Probe):
         self._said_traced = False
         self._keeping: list[RouterInfo] = []   # routers read from their own load buffer (see `_forward_ended`)
         self._kept_hooks: SwitchableHooks | None = None
+        self._kept_names: frozenset[str] = frozenset()
         self._verified = False         # every kept router ran once in a hooked forward: its buffer is that forward's
         self._calls: dict[str, int] = {}   # kept routers' calls in the forward running (while hooked)
         self._stage_load: dict[str, torch.Tensor] = {}   # stage -> [R, E] float64, `_keeping`'s rows
@@ -82,9 +83,9 @@ class ExpertsProbe(Probe):
             return "no MoE routers found (engine Router, *Router classes or gate/router next to experts)"
         listeners = ctx.shared.get(FORWARD_END_KEY)
         self._keeping = load_keeping(self.routers) if isinstance(listeners, list) else []
-        kept = {info.name for info in self._keeping}
+        self._kept_names = frozenset(info.name for info in self._keeping)
         for info in self.routers:
-            if info.name not in kept:
+            if info.name not in self._kept_names:
                 self.track(info.module.register_forward_hook(self._hook(info)))
         if self._keeping and isinstance(listeners, list):
             self._kept_hooks = SwitchableHooks(self, [(info.module, self._counted(self._hook(info), info.name))
@@ -100,31 +101,37 @@ class ExpertsProbe(Probe):
 
         def counted(module: nn.Module, args: Any, out: Any) -> None:
             calls[name] = calls.get(name, 0) + 1
+            if self._verified and name in self._kept_names and not self.due_now():
+                return                  # the rest of the first step: the buffer counts this forward
             hook(module, args, out)
         return counted
 
     def _forward_ended(self, stage: Any) -> None:
-        """An inference-mode watch's forward of `stage` is done. The routers that keep their last
-        forward's tokens per expert (`load_keeping`) are hooked on the steps this probe records (the
-        hooks count their ids and measure the router entropy); on the other steps their buffers are
-        read now instead, one stack and one add for all of them, and their forwards run on torch's
-        fast path. A hooked forward in which a router ran other than once (its buffer would hold
-        only its last call) turns the buffers off for good: the hooks stay on."""
-        if not self._keeping:
+        """An inference-mode watch's forward of `stage` is done; the load of the routers that keep
+        their last forward's tokens per expert (`load_keeping`) is added to the stage's window sums
+        from their buffers, one stack and one add for all of them. Their hooks are on only for the
+        first forward (which counts its ids itself and checks that every such router runs once per
+        forward, as its buffer holds only its last call) and the steps this probe records (router
+        entropy, and the same check); the other forwards run on torch's fast path. A router that ran
+        other than once turns the buffers off for good: its hooks stay on and count its ids."""
+        keeping = self._keeping
+        if not keeping:
             return
         if self._kept_hooks is not None and self._kept_hooks.on:
-            calls, counted = self._calls, [self._calls.get(info.name, 0) for info in self._keeping]
-            calls.clear()
-            if any(n != 1 for n in counted):
-                self._keeping = []
-                log.warning("inspector: experts: a router ran %s times in one forward; its load is counted "
-                            "from its hooks on every forward from now on", max(counted))
-            else:
-                self._verified = True
-            return                      # the hooks counted this forward's ids
+            counted = [self._calls.get(info.name, 0) for info in keeping]
+            self._calls.clear()
+            verified, bad = self._verified, any(n != 1 for n in counted)
+            if bad:
+                self._keeping, self._kept_names = [], frozenset()
+                log.warning("inspector: experts: a router ran %s times in one forward; its load is counted from "
+                            "its hooks from now on%s", max(counted),
+                            " (this forward's counts hold its last call only)" if verified else "")
+            self._verified = verified or not bad
+            if not verified:
+                return                  # the first forward: the hooks counted its ids
         if stage not in (PREFILL, DECODE):
             return
-        load_RE = torch.stack([info.module._buffers[LOAD_BUFFER] for info in self._keeping])
+        load_RE = torch.stack([info.module._buffers[LOAD_BUFFER] for info in keeping])
         total = self._stage_load.get(stage)
         if total is None:
             self._stage_load[stage] = load_RE.double()
@@ -181,6 +188,11 @@ class ExpertsProbe(Probe):
 
     def _record_forward(self, info: RouterInfo, module: nn.Module, out: Any, grad_on: bool) -> None:
         """Add one forward to its phase's sums (an eval-mode forward with autograd on: decided later)."""
+        if self._verified and info.name in self._kept_names:
+            stage = self._inference_stage()
+            if stage in (PREFILL, DECODE):   # an inference watch's forward: its load comes from the buffer
+                self._accumulate(info, out, self._sums_of(stage, info.name), count_ids=False)
+                return
         inference = self._eval_depth > 0 or (not module.training and not grad_on)
         if inference or module.training:
             phase = self._inference_stage() if inference else TRAIN
@@ -213,11 +225,12 @@ class ExpertsProbe(Probe):
         stage = self.ctx.shared.get(STAGE_KEY) if self.ctx is not None else None
         return stage if stage in (PREFILL, DECODE) else INFERENCE
 
-    def _accumulate(self, info: RouterInfo, out: Any, acc: _Acc) -> None:
+    def _accumulate(self, info: RouterInfo, out: Any, acc: _Acc, count_ids: bool = True) -> None:
         scores_NE, indices_NK = parse_router_output(out, info)
         if indices_NK is None:
             return
-        _add_counts(info, indices_NK, acc)
+        if count_ids:
+            _add_counts(info, indices_NK, acc)
         if scores_NE is not None and scores_NE.shape[0] == indices_NK.shape[0]:
             ent = token_entropy_sum(scores_NE, info.scores)
             acc.entropy_sum = ent if acc.entropy_sum is None else acc.entropy_sum + ent
