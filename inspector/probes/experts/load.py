@@ -56,6 +56,16 @@ def _add_counts(info: RouterInfo, indices_NK: torch.Tensor | None, acc: _Acc) ->
         _count_ids(info, acc)
 
 
+def _binned(ids: list[torch.Tensor], e: int) -> torch.Tensor:
+    """`ids` flattened into one int64 tensor of bins 0 … E, ids out of [0, E) in bin E (clamped into
+    [-1, E], then -1 mod E + 1 is E too)."""
+    try:
+        flat = torch.cat(ids).reshape(-1)            # alike shapes (a router's [N, k]): one op
+    except RuntimeError:
+        flat = torch.cat([t.reshape(-1) for t in ids])
+    return flat.long().clamp(-1, e).remainder_(e + 1)
+
+
 def _count_ids(info: RouterInfo, acc: _Acc) -> None:
     """Fold the pending ids into `acc.counts` (on the device; ids out of range go to the last bin)."""
     if not acc.ids:
@@ -63,13 +73,7 @@ def _count_ids(info: RouterInfo, acc: _Acc) -> None:
     e = info.n_experts
     ids = acc.ids
     acc.ids, acc.ids_numel = [], 0
-    try:
-        flat = torch.cat(ids).reshape(-1)            # alike shapes (a router's [N, k]): one op
-    except RuntimeError:
-        flat = torch.cat([t.reshape(-1) for t in ids])
-    # ids out of [0, E) go to bin E: clamped into [-1, E], then -1 (mod E + 1) is E too
-    flat = flat.long().clamp(-1, e).remainder_(e + 1)
-    counts = torch.bincount(flat, minlength=e + 1)
+    counts = torch.bincount(_binned(ids, e), minlength=e + 1)
     acc.counts = counts if acc.counts is None else acc.counts + counts
 
 
@@ -88,12 +92,8 @@ def _count_all(items: list[tuple[RouterInfo, _Acc]]) -> None:
         sizes = [acc.ids_numel for _, acc in group]
         for _, acc in group:
             acc.ids, acc.ids_numel = [], 0
-        try:
-            flat = torch.cat(ids).reshape(-1)
-        except RuntimeError:
-            flat = torch.cat([t.reshape(-1) for t in ids])
         bins = e + 1
-        flat = flat.long().clamp(-1, e).remainder_(bins)         # as `_count_ids`: invalid ids to bin E
+        flat = _binned(ids, e)
         if len(set(sizes)) == 1:       # routers alike see the same tokens: one broadcast add
             flat.view(len(group), -1).add_(torch.arange(0, len(group) * bins, bins, device=dev).unsqueeze(1))
         else:                          # offsets built on the device from Python ints: no host copy, no sync
