@@ -59,22 +59,43 @@ def build_batch(schema: pa.Schema, chunks: Iterable[Chunk]) -> pa.RecordBatch:
     return pa.RecordBatch.from_arrays(arrays, schema=schema)
 
 
+_LIST, _DICTIONARY, _STRING, _BINARY, _OTHER = range(5)
+_KIND_OF_TYPE: dict[pa.DataType, int] = {}
+
+
+def _type_kind(typ: pa.DataType) -> int:
+    """How a column of `typ` is built (decided once per type: four `pyarrow.types` checks a column
+    are a fifth of a small record's build)."""
+    kind = _KIND_OF_TYPE.get(typ)
+    if kind is None:
+        kind = _KIND_OF_TYPE[typ] = (_LIST if pa.types.is_list(typ) else _DICTIONARY if pa.types.is_dictionary(typ)
+                                     else _STRING if pa.types.is_string(typ) else _BINARY if pa.types.is_binary(typ)
+                                     else _OTHER)
+    return kind
+
+
 def _column(field: pa.Field, parts: list[tuple[Any, int]], total: int) -> pa.Array:
     typ = field.type
-    if pa.types.is_list(typ):
+    kind = _type_kind(typ)
+    if kind == _LIST:
         return _list_column(typ, parts, total)
-    if pa.types.is_dictionary(typ):
+    if kind == _DICTIONARY:
         arr = _string_array(parts).dictionary_encode()
         return arr if arr.type == typ else arr.cast(typ)
-    if pa.types.is_string(typ):
+    if kind == _STRING:
         return _string_array(parts)
-    if pa.types.is_binary(typ):          # never through numpy: its bytes type drops trailing zero bytes
+    if kind == _BINARY:                  # never through numpy: its bytes type drops trailing zero bytes
         return pa.array(_object_values(parts), type=typ)
-    if all(v is None for v, _ in parts):
-        return pa.nulls(total, type=typ)
-    if any(v is None or _has_none(v) for v, _ in parts):
-        return pa.array(_object_values(parts), type=typ, from_pandas=False)
-    pieces = [_piece(v, n) for v, n in parts]
+    pieces: list[np.ndarray] = []
+    for v, n in parts:
+        if type(v) is np.ndarray and v.dtype.kind != "O":      # holds no None: no scan
+            pieces.append(v.reshape(-1) if v.ndim else np.full(n, v))
+        elif v is None or _has_none(v):
+            if all(x is None for x, _ in parts):
+                return pa.nulls(total, type=typ)
+            return pa.array(_object_values(parts), type=typ, from_pandas=False)
+        else:
+            pieces.append(_piece(v, n))
     for (v, n), p in zip(parts, pieces):
         if len(p) != n:
             raise ValueError(f"column {field.name!r}: got {len(p)} values for {n} rows")

@@ -98,9 +98,8 @@ class RankWriter:
         with pa.ipc.new_stream(sink, spec.schema) as stream:
             stream.write(table)
         payload = sink.getvalue().to_pybytes()
-        steps = table.column("step")
-        smin, smax = pa.compute.min_max(steps).values()
-        frame = encode_frame(spec.id, spec.version, payload, smin.as_py(), smax.as_py())
+        steps = table.column("step").to_numpy()     # not pyarrow.compute: ~40 us of Python a call
+        frame = encode_frame(spec.id, spec.version, payload, int(steps.min()), int(steps.max()))
         if self._seg_size and self._seg_size + len(frame) > self.segment_bytes:
             self._sealed_bytes += self._seg_size
             os.close(self._seg_fd)

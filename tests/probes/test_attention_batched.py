@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
+import pytest
 import torch
 
-from inspector.probes.attention.batched import batch_key, defer, own_visibility, summarise_together
+from inspector.probes.attention.batched import (WRITER_THREAD_CELLS, LazySummary, batch_key, defer, on_writer_thread,
+                                                own_visibility, summarise_together)
 from inspector.probes.attention.stats import Visibility
 from inspector.probes.attention.tiled import summarise_attention
 
@@ -42,3 +45,42 @@ def test_large_pooled_or_biased_captures_are_computed_at_once() -> None:
     biased = dataclasses.replace(vis, bias_HTS=torch.zeros(4, 1, 40))
     assert batch_key(small_q, small_k, 1.0, biased, [0, 1], 256) is None
     assert batch_key(small_q, small_k, 1.0, vis, [0, 1], 256) is not None
+
+
+def test_lazy_summary_holds_the_numbers_of_summarise_together_as_of_the_call() -> None:
+    g = torch.Generator().manual_seed(1)
+    vis = Visibility(causal=True, q_offset=30)
+    layers = [(torch.randn(4, 1, 8, generator=g), torch.randn(4, 31, 8, generator=g)) for _ in range(2)]
+    items = [defer(3, f"layers.{i}.qk", i, q, k, [0, 1, 3]) for i, (q, k) in enumerate(layers)]
+    expected, spans = summarise_together(items, 0.5, vis, 256)
+    lazy = LazySummary(items, 0.5, vis, 256)
+    for q, k in layers:
+        q.zero_()                                        # the copies were taken at the call
+        k.zero_()
+    assert on_writer_thread(items)
+    stats_F = torch.cat([expected.stats, expected.extra], -1).double().numpy()
+    np.testing.assert_array_equal(lazy.part(1, (slice(None), 0)).resolve(), stats_F[:, 0])
+    np.testing.assert_array_equal(lazy.part(1, (slice(None), slice(5, None)), np.float32).resolve(),
+                                  stats_F[:, 5:].astype(np.float32))
+    for span in spans:
+        np.testing.assert_array_equal(lazy.part(0, span).resolve(), expected.pooled[span].numpy())
+
+
+def test_only_small_cpu_groups_go_to_the_writer_thread() -> None:
+    small = [defer(0, "a", 0, torch.randn(8, 1, 8), torch.randn(8, 100, 8), list(range(8)))]
+    assert on_writer_thread(small)
+    cells = WRITER_THREAD_CELLS // (8 * 100) + 1          # one layer more than the grain size allows
+    assert not on_writer_thread(small * cells)
+    meta = [defer(0, "a", 0, torch.empty(8, 1, 8, device="meta"), torch.empty(8, 100, 8, device="meta"),
+                  list(range(8)))]
+    assert not on_writer_thread(meta)
+
+
+def test_a_lazy_summary_that_fails_raises_the_same_error_for_every_part() -> None:
+    items = [defer(0, "a", 0, torch.randn(2, 1, 4), torch.randn(2, 9, 5), [0, 1])]   # head sizes differ
+    lazy = LazySummary(items, 1.0, Visibility(), 256)
+    with pytest.raises(RuntimeError) as first:
+        lazy.part(1, 0).resolve()
+    with pytest.raises(RuntimeError) as again:
+        lazy.part(0, slice(0, 2)).resolve()
+    assert again.value is first.value

@@ -6,12 +6,19 @@ to a sampled iteration. A capture whose whole map has at most `BATCH_CELLS` cell
 pooling) is kept (a copy of its queries and keys, as of the call) until the step ends; the captures
 of that step with the same shapes, scale and visibility are then summarised as one: their heads
 side by side, each with its own keys, so every number equals the one-at-a-time summary's.
+
+Under an inference watch a small group of CPU captures is not even summarised on the serving
+thread: its records carry a `LazySummary` that the Recorder's writer thread computes when it
+writes them (`on_writer_thread`). The serving thread only copies the queries and keys (as of the
+call); torch releases the GIL inside each op, so the summary runs beside the model on another core.
 """
 from __future__ import annotations
 
 import dataclasses
+import threading
 from typing import Any, NamedTuple
 
+import numpy as np
 import torch
 
 from inspector.probes.attention.stats import Visibility, head_index
@@ -19,6 +26,12 @@ from inspector.probes.attention.tiled import TiledAttention, pool_sizes, summari
 
 BATCH_CELLS = 1 << 16
 """heads × query rows × keys at most for a capture to wait for its step's others."""
+
+WRITER_THREAD_CELLS = 1 << 15
+"""heads × query rows × keys at most, over a whole group, for it to be summarised on the writer
+thread: ATen's parallel grain size. No op below it opens a parallel region, so the writer thread
+never starts an intra-op thread pool of its own beside the model's (why `HostValue` keeps torch
+off that thread)."""
 
 
 class Deferred(NamedTuple):
@@ -76,3 +89,65 @@ def summarise_together(items: list[Deferred], scale: float, vis: Visibility,
         spans.append(slice(lo, lo + len(it.heads)))
         lo += len(it.heads)
     return got, spans
+
+
+def on_writer_thread(items: list[Deferred]) -> bool:
+    """True when a group may be summarised on the Recorder's writer thread (`LazySummary`): CPU
+    tensors, at most `WRITER_THREAD_CELLS` cells in all."""
+    cells = 0
+    for it in items:
+        if it.q_hTD.device.type != "cpu":
+            return False
+        cells += it.q_hTD.shape[0] * it.q_hTD.shape[1] * it.k_hSD.shape[1]
+    return cells <= WRITER_THREAD_CELLS
+
+
+class LazySummary:
+    """`summarise_together` of one group, computed once, the first time a record that holds a
+    `part` of it is written (on the Recorder's writer thread): the map [n, T, S] as float16 and the
+    statistics [n, len(STAT_FIELDS) + len(EXTRA_FIELDS)] as float64, heads of the items in order.
+    The captures are dropped once it is computed; an error is kept and raised by every part."""
+
+    def __init__(self, items: list[Deferred], scale: float, vis: Visibility, max_rows: int) -> None:
+        self._args: tuple[list[Deferred], float, Visibility, int] | None = (items, scale, vis, max_rows)
+        self._out: tuple[np.ndarray, np.ndarray] | None = None
+        self._error: Exception | None = None
+        self._lock = threading.Lock()
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """(map, statistics), computed now if they are not yet."""
+        with self._lock:
+            if self._error is not None:
+                raise self._error
+            if self._out is None:
+                assert self._args is not None
+                items, scale, vis, max_rows = self._args
+                try:
+                    with torch.no_grad(), torch.autocast("cpu", enabled=False):
+                        got, _ = summarise_together(items, scale, vis, max_rows)
+                        stats = torch.cat([got.stats, got.extra], -1)
+                    self._out = (got.pooled.numpy(), stats.numpy().astype(np.float64))
+                except Exception as exc:
+                    self._error = exc
+                    raise
+                finally:
+                    self._args = None
+            return self._out
+
+    def part(self, which: int, index: Any, dtype: Any = None) -> "SummaryPart":
+        """A deferred value: `arrays()[which][index]`, cast to `dtype` if given."""
+        return SummaryPart(self, which, index, dtype)
+
+
+class SummaryPart:
+    """One deferred column or map of a `LazySummary` (see `LazySummary.part`)."""
+
+    __slots__ = ("summary", "which", "index", "dtype")
+
+    def __init__(self, summary: LazySummary, which: int, index: Any, dtype: Any) -> None:
+        self.summary, self.which, self.index, self.dtype = summary, which, index, dtype
+
+    def resolve(self) -> np.ndarray:
+        """The part, computing the summary first if it is not yet."""
+        out = self.summary.arrays()[self.which][self.index]
+        return out if self.dtype is None else out.astype(self.dtype)

@@ -22,7 +22,9 @@ activation-checkpoint recomputation and generation calls after the first are ski
   training pathology, and a baseline mixing prefill and decode rows would flag healthy heads).
 The map and the stacked per-head statistics leave the device with one asynchronous copy each
 per module; the statistics are scored for collapse (on the host) at the end of the first step
-their copy has landed by, and recorded with the step they belong to.
+their copy has landed by, and recorded with the step they belong to. In inference mode (nothing to
+score) a step's small CPU captures are summarised on the Recorder's writer thread instead, when it
+writes their records (`batched.LazySummary`): the serving thread only copies queries and keys.
 """
 from __future__ import annotations
 
@@ -35,7 +37,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from inspector.probes.attention.batched import Deferred, batch_key, defer, own_visibility, summarise_together
+from inspector.probes.attention.batched import (Deferred, LazySummary, batch_key, defer, on_writer_thread, own_visibility,
+                                                summarise_together)
 from inspector.probes.attention.collapse import CollapseTracker
 from inspector.probes.attention.hf import attach_hf, hf_model
 from inspector.probes.attention.stats import Visibility
@@ -54,6 +57,11 @@ log = logging.getLogger("inspector")
 
 NOT_FOUND = "no attention modules found (looked for QKCapture, Hugging Face attention, nn.MultiheadAttention)"
 _MAX_PENDING = 4096
+
+_STAT_COLUMNS: dict[str, tuple[Any, Any]] = {
+    "entropy": (0, None), "max_weight": (1, None), "sink_mass": (4, None),
+    "distance": (slice(5, None), np.float32), "keys": (3, np.int32)}
+"""`attention_stats` columns taken from a statistics row [STAT_FIELDS, EXTRA_FIELDS]: (index, dtype)."""
 
 
 class _Pending(NamedTuple):
@@ -218,12 +226,17 @@ class AttentionProbe(Probe):
         return heads
 
     def _flush_deferred(self) -> None:
-        """Summarise the small captures kept since the step began, each group as one (`batched`)."""
+        """Summarise the small captures kept since the step began, each group as one (`batched`);
+        under an inference watch a small CPU group on the writer thread (`LazySummary`)."""
         groups, self._deferred = self._deferred, {}
         ctx = self.ctx
         if ctx is None:
             return
+        lazy_ok = bool(ctx.shared.get(INFERENCE_MODE_KEY))     # nothing to judge on this thread
         for scale, vis, items, _ in groups.values():
+            if lazy_ok and on_writer_thread(items):
+                self._record_lazy(LazySummary(items, scale, vis, ctx.sampling.max_attention_rows), items)
+                continue
             try:
                 with torch.no_grad(), torch.autocast(items[0].q_hTD.device.type, enabled=False):
                     got, spans = summarise_together(items, scale, vis, ctx.sampling.max_attention_rows)
@@ -238,6 +251,20 @@ class AttentionProbe(Probe):
                 if len(self._pending) >= _MAX_PENDING:
                     self._drain(block=True)
                 self._pending.append(_Pending(it.step, it.name, it.layer, it.heads, HostSlice(stats, span), T))
+
+    def _record_lazy(self, summary: LazySummary, items: list[Deferred]) -> None:
+        """The maps and the statistics record of one group, their numbers parts of `summary`."""
+        ctx = self.ctx
+        assert ctx is not None
+        T, S = items[0].q_hTD.shape[1], items[0].k_hSD.shape[1]
+        lo = 0
+        for it in items:
+            span = slice(lo, lo + len(it.heads))
+            lo = span.stop
+            ctx.recorder.attention_map(it.name, summary.part(0, span), layer=it.layer, heads=it.heads,
+                                       row_pool=1, key_pool=1, query_len=T, key_len=S, step=it.step)
+        columns = {key: summary.part(1, (slice(None), index), dtype) for key, (index, dtype) in _STAT_COLUMNS.items()}
+        self._submit_stats([(it.name, it.layer, it.heads, T) for it in items], columns, [False] * lo, items[0].step)
 
     def _drain(self, block: bool) -> None:
         """Score and record pending statistics (those already on the host unless `block`): one
@@ -278,11 +305,18 @@ class AttentionProbe(Probe):
                                f"{item.step}: {verdict.reason}; max weight {max_weight:.2f}",
                                module=item.name, value=float(entropy), step=item.step)
         all_NF = stats[0] if len(stats) == 1 else np.concatenate(stats)
-        per_head = [(item, h) for item in items for h in item.heads]
-        ctx.recorder.submit(ATTENTION_STATS, {
-            "name": [it.name for it, _ in per_head], "layer": [it.layer for it, _ in per_head],
-            "head": [h for _, h in per_head],
-            "entropy": all_NF[:, 0], "max_weight": all_NF[:, 1], "collapsed": collapsed,
-            "sink_mass": all_NF[:, 4], "distance": all_NF[:, 5:].astype(np.float32),
-            "keys": all_NF[:, 3].astype(np.int32), "rows": [it.rows for it, _ in per_head],
-        }, rows=len(per_head), step=items[0].step)
+        columns = {key: all_NF[:, index] if dtype is None else all_NF[:, index].astype(dtype)
+                   for key, (index, dtype) in _STAT_COLUMNS.items()}
+        self._submit_stats([(it.name, it.layer, it.heads, it.rows) for it in items], columns, collapsed,
+                           items[0].step)
+
+    def _submit_stats(self, modules: list[tuple[str, int, list[int], int]], numbers: dict[str, Any],
+                      collapsed: list[bool], step: int) -> None:
+        """One `attention_stats` record: per module (name, layer, heads, query rows), a row per head;
+        `numbers`: the `_STAT_COLUMNS` columns, one value per row."""
+        per_head = [(m, h) for m in modules for h in m[2]]
+        assert self.ctx is not None
+        self.ctx.recorder.submit(ATTENTION_STATS, {
+            "name": [m[0] for m, _ in per_head], "layer": [m[1] for m, _ in per_head],
+            "head": [h for _, h in per_head], "collapsed": collapsed, "rows": [m[3] for m, _ in per_head],
+            **numbers}, rows=len(per_head), step=step)
