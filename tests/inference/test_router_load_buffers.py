@@ -102,3 +102,53 @@ def test_a_router_run_twice_in_a_forward_is_counted_from_its_hooks(tmp_path: Pat
         for name, got in zip(recorded, counts):
             want = np.bincount(np.concatenate(ids[(st, name)]), minlength=counts.shape[1])
             np.testing.assert_array_equal(got, want)
+
+
+def _prefill_counts_match_router_ids(run: Path, ids: dict[str, list[np.ndarray]]) -> None:
+    _, recorded, counts = views.stage_counts(LiveRun(run), stage="prefill")
+    assert sorted(recorded) == sorted(ids)
+    for name, got in zip(recorded, counts):
+        np.testing.assert_array_equal(got, np.bincount(np.concatenate(ids[name]), minlength=counts.shape[1]))
+
+
+def _router_ids(model: Transformer) -> dict[str, list[np.ndarray]]:
+    names = {m: n for n, m in model.named_modules() if m in model.routers()}
+    ids: dict[str, list[np.ndarray]] = defaultdict(list)
+    for router in model.routers():
+        router.register_forward_hook(
+            lambda mod, args, out: ids[names[mod]].append(out[2].detach().numpy().reshape(-1).copy()))
+    return ids
+
+
+def test_a_bfloat16_model_is_counted_exactly_from_its_hooks(tmp_path: Path) -> None:
+    """A model cast to bfloat16 casts the routers' load buffers too, and bfloat16 rounds a count
+    above 256: the probe counts such routers from their hooks."""
+    torch.manual_seed(0)
+    model = Transformer(get_config("debug")).eval().to(torch.bfloat16)
+    ids = _router_ids(model)
+    w = inspector.watch(model, tmp_path / "run", mode="inference", probes=["experts"], hang_after_s=None)
+    with torch.no_grad():
+        for _ in range(3):                                 # 1,600 tokens, top-2 of 8: ~400 per expert
+            model(torch.randint(0, model.cfg.vocab_size, (8, 200)))
+    w.close()
+    _prefill_counts_match_router_ids(tmp_path / "run", ids)
+    assert max(np.bincount(np.concatenate(v)).max() for v in ids.values()) > 300
+
+
+def test_a_model_cast_after_the_watch_began_switches_to_hooks_and_keeps_the_load_read_so_far(
+        tmp_path: Path, caplog) -> None:
+    torch.manual_seed(0)
+    model = Transformer(get_config("debug")).eval()
+    ids = _router_ids(model)
+    w = inspector.watch(model, tmp_path / "run", mode="inference", probes=["experts"], hang_after_s=None)
+    vocab = model.cfg.vocab_size
+    with torch.no_grad(), caplog.at_level("WARNING", logger="inspector"):
+        for _ in range(2):                                 # the second is read from the float32 buffers
+            model(torch.randint(0, vocab, (8, 200)))
+        model.to(torch.bfloat16)
+        model(torch.randint(0, vocab, (1, 8)))             # 16 ids: exact even in bfloat16
+        for _ in range(2):
+            model(torch.randint(0, vocab, (8, 200)))
+    w.close()
+    assert sum("buffers became bfloat16" in r.getMessage() for r in caplog.records) == 1
+    _prefill_counts_match_router_ids(tmp_path / "run", ids)

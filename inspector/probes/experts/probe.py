@@ -14,7 +14,7 @@ from inspector.probes.base import Probe, ProbeContext
 from inspector.probes.experts.load import _Acc, _add_counts, _count_all, _StepLoad
 from inspector.probes.experts.phases import (DECODE, FORWARD_END_KEY, INFERENCE, KIND_OF_PHASE, PREFILL, STAGE_KEY,
                                              TRAIN, fresh_sums)
-from inspector.probes.experts.routers import (LOAD_BUFFER, RouterInfo, find_routers, load_keeping,
+from inspector.probes.experts.routers import (EXACT_COUNT_DTYPES, LOAD_BUFFER, RouterInfo, find_routers, load_keeping,
                                               parse_router_output, router_indices, token_entropy_sum)
 from inspector.probes.experts.streaks import HOT_FACTOR, _RouterStreaks, _Streak, hot_flags
 from inspector.probes.registry import register_probe
@@ -117,26 +117,38 @@ class ExpertsProbe(Probe):
         keeping = self._keeping
         if not keeping:
             return
+        stop = ""
         if self._kept_hooks is not None and self._kept_hooks.on:
             counted = [self._calls.get(info.name, 0) for info in keeping]
             self._calls.clear()
             verified, bad = self._verified, any(n != 1 for n in counted)
-            if bad:
-                self._keeping, self._kept_names = [], frozenset()
-                log.warning("inspector: experts: a router ran %s times in one forward; its load is counted from "
-                            "its hooks from now on%s", max(counted),
-                            " (this forward's counts hold its last call only)" if verified else "")
             self._verified = verified or not bad
-            if not verified:
-                return                  # the first forward: the hooks counted its ids
-        if stage not in (PREFILL, DECODE):
-            return
-        load_RE = torch.stack([info.module._buffers[LOAD_BUFFER] for info in keeping])
-        total = self._stage_load.get(stage)
-        if total is None:
-            self._stage_load[stage] = load_RE.double()
-        else:
-            total += load_RE
+            if bad:
+                stop = (f"a router ran {max(counted)} times in one forward"
+                        + (" (this forward's counts hold its last call only)" if verified else ""))
+            if not verified:            # the first forward: the hooks counted its ids
+                if stop:
+                    self._stop_keeping(stop)
+                return
+        if stage in (PREFILL, DECODE):
+            load_RE = torch.stack([info.module._buffers[LOAD_BUFFER] for info in keeping])
+            if load_RE.dtype not in EXACT_COUNT_DTYPES and not stop:    # the model was cast after watch() began
+                stop = (f"the routers' load buffers became {str(load_RE.dtype).replace('torch.', '')}, which rounds "
+                        "counts above 256 (this forward's may be rounded)")
+            total = self._stage_load.get(stage)
+            if total is None:
+                self._stage_load[stage] = load_RE.double()
+            else:
+                total += load_RE
+        if stop:
+            self._stop_keeping(stop)
+
+    def _stop_keeping(self, why: str) -> None:
+        """Count the kept routers' ids with their hooks from now on (`why` said once, as a warning);
+        the load their buffers gave so far stays in this window's sums."""
+        self._merge_kept_loads(self._acc)
+        self._keeping, self._kept_names = [], frozenset()
+        log.warning("inspector: experts: %s; the routers' load is counted from their hooks from now on", why)
 
     def begin_phase(self, name: str) -> None:
         """`Watch.phase("eval")` began: forwards inside are inference."""

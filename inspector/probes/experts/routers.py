@@ -61,14 +61,19 @@ def find_routers(model: nn.Module) -> list[RouterInfo]:
     return found
 
 
+EXACT_COUNT_DTYPES = (torch.float32, torch.float64, torch.int32, torch.int64)
+"""Buffer dtypes that hold a forward's token counts exactly (float32: up to 2^24). A model cast to
+bfloat16 casts its buffers too, and a bfloat16 count above 256 is rounded (1,646 for 1,644)."""
+
+
 def load_keeping(routers: list[RouterInfo]) -> list[RouterInfo]:
     """The engine routers that keep their last forward's tokens per expert in a buffer
-    (`LOAD_BUFFER`, [E]), when all of them have the same number of experts on one device (so one
-    stack reads them all); [] otherwise."""
+    (`LOAD_BUFFER`, [E], of an `EXACT_COUNT_DTYPES` dtype), when all of them have the same number
+    of experts on one device (so one stack reads them all); [] otherwise (their hooks count the ids)."""
     buffers = {r.name: r.module._buffers.get(LOAD_BUFFER) for r in routers if r.engine}
     keeping = [r for r in routers if isinstance(buffers.get(r.name), torch.Tensor)
-               and buffers[r.name].shape == (r.n_experts,)]
-    alike = {(r.n_experts, buffers[r.name].device) for r in keeping}
+               and buffers[r.name].shape == (r.n_experts,) and buffers[r.name].dtype in EXACT_COUNT_DTYPES]
+    alike = {(r.n_experts, buffers[r.name].device, buffers[r.name].dtype) for r in keeping}
     return keeping if len(alike) == 1 else []
 
 
