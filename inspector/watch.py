@@ -153,7 +153,9 @@ class Watch:
 
     def _end_step(self) -> None:
         for name, probe in list(self.probes.items()):
-            self._guard(name, probe.on_step_end, self.global_step)
+            end = probe.on_step_end
+            if getattr(end, "__func__", None) is not Probe.on_step_end:     # the base's does nothing
+                self._guard(name, end, self.global_step)
         if self.tracker is not None:
             _record_step_times(self.tracker, self.recorder, self.global_step)
         self._sweep()

@@ -152,3 +152,24 @@ def test_a_model_cast_after_the_watch_began_switches_to_hooks_and_keeps_the_load
     w.close()
     assert sum("buffers became bfloat16" in r.getMessage() for r in caplog.records) == 1
     _prefill_counts_match_router_ids(tmp_path / "run", ids)
+
+
+def test_forward_loads_fold_their_ring_exactly() -> None:
+    from inspector.probes.experts.load import RING_FORWARDS, ForwardLoads
+
+    g = torch.Generator().manual_seed(3)
+    want_RE = np.zeros((3, 8), dtype=np.float64)
+    buffers = [torch.zeros(8) for _ in range(3)]
+    rows = ForwardLoads(buffers)
+    for _ in range(2 * RING_FORWARDS + 5):                 # two folds, then five forwards in the ring
+        for b in buffers:                                    # the engine overwrites them every forward
+            b.copy_(torch.randint(0, 1 << 20, (8,), generator=g))
+        want_RE += np.stack([b.numpy() for b in buffers])
+        rows.add(buffers)
+    total = rows.take()
+    assert total is not None and total.dtype == torch.float64
+    np.testing.assert_array_equal(total.numpy(), want_RE)
+    assert want_RE.max() > 1 << 24                          # beyond what a float32 sum holds exactly
+    assert rows.take() is None                              # a new window starts empty
+    rows.add(buffers)
+    np.testing.assert_array_equal(rows.take().numpy(), np.stack([b.numpy() for b in buffers]))

@@ -104,6 +104,45 @@ def _count_all(items: list[tuple[RouterInfo, _Acc]]) -> None:
 
 
 
+RING_FORWARDS = 64
+"""Forwards a `ForwardLoads` ring holds before it folds them into its float64 sum."""
+
+
+class ForwardLoads:
+    """The load rows of the routers that keep their last forward's tokens per expert, for one
+    stage: each forward's buffers are stacked into the next slot of a [RING_FORWARDS, R, E] ring of
+    their own (exact) dtype, one op a forward; the ring is folded into a float64 sum [R, E] when it
+    is full and when `take()` reads the window."""
+
+    def __init__(self, buffers: list[torch.Tensor]) -> None:
+        first = buffers[0]
+        self.dtype = first.dtype
+        self._ring = torch.empty(RING_FORWARDS, len(buffers), first.shape[0], dtype=first.dtype, device=first.device)
+        self._slots = list(self._ring.unbind(0))      # views made once: no select op a forward
+        self._n = 0
+        self._total: torch.Tensor | None = None
+
+    def add(self, buffers: list[torch.Tensor]) -> None:
+        """One forward's buffers (all of `self.dtype`), as of the call."""
+        torch.stack(buffers, out=self._slots[self._n])
+        self._n += 1
+        if self._n == RING_FORWARDS:
+            self._fold()
+
+    def take(self) -> torch.Tensor | None:
+        """The sum [R, E] float64 of every forward added since the last `take` (None when none was);
+        the ring is kept for the next window."""
+        if self._n:
+            self._fold()
+        total, self._total = self._total, None
+        return total
+
+    def _fold(self) -> None:
+        rows = self._ring[:self._n].sum(0, dtype=torch.float64)
+        self._total = rows if self._total is None else self._total.add_(rows)
+        self._n = 0
+
+
 @dataclass
 class _StepLoad:
     """One step's packed router numbers on their way to the host, decoded once when needed."""

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from inspector.probes.base import Probe, ProbeContext
-from inspector.probes.experts.load import _Acc, _add_counts, _count_all, _StepLoad
+from inspector.probes.experts.load import ForwardLoads, _Acc, _add_counts, _count_all, _StepLoad
 from inspector.probes.experts.phases import (DECODE, FORWARD_END_KEY, INFERENCE, KIND_OF_PHASE, PREFILL, STAGE_KEY,
                                              TRAIN, fresh_sums)
 from inspector.probes.experts.routers import (EXACT_COUNT_DTYPES, LOAD_BUFFER, RouterInfo, find_routers, load_keeping,
@@ -73,7 +73,7 @@ class ExpertsProbe(Probe):
         self._kept_names: frozenset[str] = frozenset()
         self._verified = False         # every kept router ran once in a hooked forward: its buffer is that forward's
         self._calls: dict[str, int] = {}   # kept routers' calls in the forward running (while hooked)
-        self._stage_load: dict[str, torch.Tensor] = {}   # stage -> [R, E] float64, `_keeping`'s rows
+        self._stage_load: dict[str, ForwardLoads] = {}   # stage -> `_keeping`'s rows
 
     def attach(self, ctx: ProbeContext) -> str | None:
         """Hook every router; a reason when the model has none."""
@@ -109,7 +109,7 @@ class ExpertsProbe(Probe):
     def _forward_ended(self, stage: Any) -> None:
         """An inference-mode watch's forward of `stage` is done; the load of the routers that keep
         their last forward's tokens per expert (`load_keeping`) is added to the stage's window sums
-        from their buffers, one stack and one add for all of them. Their hooks are on only for the
+        from their buffers, one stack for all of them (`ForwardLoads`). Their hooks are on only for the
         first forward (which counts its ids itself and checks that every such router runs once per
         forward, as its buffer holds only its last call) and the steps this probe records (router
         entropy, and the same check); the other forwards run on torch's fast path. A router that ran
@@ -131,15 +131,17 @@ class ExpertsProbe(Probe):
                     self._stop_keeping(stop)
                 return
         if stage in (PREFILL, DECODE):
-            load_RE = torch.stack([info.module._buffers[LOAD_BUFFER] for info in keeping])
-            if load_RE.dtype not in EXACT_COUNT_DTYPES and not stop:    # the model was cast after watch() began
-                stop = (f"the routers' load buffers became {str(load_RE.dtype).replace('torch.', '')}, which rounds "
-                        "counts above 256 (this forward's may be rounded)")
-            total = self._stage_load.get(stage)
-            if total is None:
-                self._stage_load[stage] = load_RE.double()
-            else:
-                total += load_RE
+            buffers = [info.module._buffers[LOAD_BUFFER] for info in keeping]
+            rows = self._stage_load.get(stage)
+            if rows is None:
+                rows = self._stage_load[stage] = ForwardLoads(buffers)
+            dtype = buffers[0].dtype
+            if dtype is not rows.dtype or any(b.dtype is not dtype for b in buffers):
+                if dtype not in EXACT_COUNT_DTYPES and not stop:     # the model was cast after watch() began
+                    stop = (f"the routers' load buffers became {str(dtype).replace('torch.', '')}, which rounds "
+                            "counts above 256 (this forward's may be rounded)")
+                buffers = [b.to(rows.dtype) for b in buffers]
+            rows.add(buffers)
         if stop:
             self._stop_keeping(stop)
 
@@ -147,7 +149,7 @@ class ExpertsProbe(Probe):
         """Count the kept routers' ids with their hooks from now on (`why` said once, as a warning);
         the load their buffers gave so far stays in this window's sums."""
         self._merge_kept_loads(self._acc)
-        self._keeping, self._kept_names = [], frozenset()
+        self._keeping, self._kept_names, self._stage_load = [], frozenset(), {}
         log.warning("inspector: experts: %s; the routers' load is counted from their hooks from now on", why)
 
     def begin_phase(self, name: str) -> None:
@@ -302,8 +304,10 @@ class ExpertsProbe(Probe):
 
     def _merge_kept_loads(self, acc: dict[str, dict[str, _Acc]]) -> None:
         """Add the loads read from the routers' own buffers (`_forward_ended`) to the stage sums."""
-        loads, self._stage_load = self._stage_load, {}
-        for stage, load_RE in loads.items():
+        for stage, rows in self._stage_load.items():
+            load_RE = rows.take()
+            if load_RE is None:
+                continue
             counts_RB = torch.nn.functional.pad(load_RE.round().long(), (0, 1))   # bin E: no invalid ids
             sums = acc[stage]
             for j, info in enumerate(self._keeping):
