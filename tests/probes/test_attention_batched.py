@@ -84,3 +84,15 @@ def test_a_lazy_summary_that_fails_raises_the_same_error_for_every_part() -> Non
     with pytest.raises(RuntimeError) as again:
         lazy.part(0, slice(0, 2)).resolve()
     assert again.value is first.value
+
+
+def test_defer_copies_what_the_model_owns_and_keeps_what_the_adapter_made() -> None:
+    q_HTD, k_GSD = torch.randn(4, 1, 8), torch.randn(2, 9, 8)          # base tensors, not views
+    model_owned = defer(0, "a", 0, q_HTD, k_GSD, [0, 1, 2, 3])
+    assert model_owned.q_hTD.data_ptr() != q_HTD.data_ptr() and model_owned.k_hSD.data_ptr() != k_GSD.data_ptr()
+    made = defer(0, "a", 0, q_HTD, k_GSD, [0, 1, 2, 3], owned=True)
+    assert made.q_hTD is q_HTD                                          # (the grouped keys: an index copy)
+    torch.testing.assert_close(made.k_hSD, k_GSD[[0, 0, 1, 1]])
+    some = defer(0, "a", 0, q_HTD, k_GSD, [1, 2])                      # a slice of heads: still a copy
+    q_HTD.add_(1.0)
+    torch.testing.assert_close(some.q_hTD, q_HTD[1:3] - 1.0)

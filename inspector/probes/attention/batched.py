@@ -59,15 +59,22 @@ def batch_key(q_HTD: torch.Tensor, k_GSD: torch.Tensor, scale: float, vis: Visib
             vis.causal, vis.q_offset, vis.window, vis.softcap, mask_key)
 
 
-def defer(step: int, name: str, layer: int, q_HTD: torch.Tensor, k_GSD: torch.Tensor, heads: list[int]) -> Deferred:
-    """Copy the sampled heads' queries and keys (the model may reuse that memory later in the step)."""
+def defer(step: int, name: str, layer: int, q_HTD: torch.Tensor, k_GSD: torch.Tensor, heads: list[int], *,
+          owned: bool = False) -> Deferred:
+    """Copy the sampled heads' queries and keys (the model may reuse that memory later in the step);
+    `owned`: they are the caller's own tensors (made for this capture), kept as they are."""
     H, G = q_HTD.shape[0], k_GSD.shape[0]
     group = max(H // max(G, 1), 1)
-    q_hTD = q_HTD[head_index(heads, q_HTD.device)]
-    k_hSD = k_GSD[head_index([h // group for h in heads], k_GSD.device)]
+    return Deferred(step, name, layer, heads, _kept(q_HTD, heads, owned), _kept(k_GSD, [h // group for h in heads], owned))
+
+
+def _kept(t_H: torch.Tensor, heads: list[int], owned: bool) -> torch.Tensor:
+    """Rows `heads` of `t_H` as of now: a copy, unless `owned` or the selection copied already."""
+    if heads == list(range(t_H.shape[0])):
+        return t_H if owned else t_H.clone()
+    t_h = t_H[head_index(heads, t_H.device)]
     # a slice is a view of the model's memory, an index tensor a copy already
-    return Deferred(step, name, layer, heads, q_hTD.clone() if q_hTD._base is not None else q_hTD,
-                    k_hSD.clone() if k_hSD._base is not None else k_hSD)
+    return t_h.clone() if t_h._base is not None and not owned else t_h
 
 
 def own_visibility(vis: Visibility) -> Visibility:

@@ -170,8 +170,9 @@ class AttentionProbe(Probe):
         return name not in self._done
 
     def capture(self, name: str, layer: int, q_HTD: torch.Tensor, k_GSD: torch.Tensor, scale: float,
-                vis: Visibility) -> None:
-        """Recompute the sampled heads' probabilities and statistics, queue the map and the copy."""
+                vis: Visibility, *, owned: bool = False) -> None:
+        """Recompute the sampled heads' probabilities and statistics, queue the map and the copy
+        (`owned`: the tensors are the adapter's own, kept without a copy)."""
         ctx = self.ctx
         if ctx is None:
             return
@@ -185,7 +186,7 @@ class AttentionProbe(Probe):
             group = self._deferred.get(key)
             if group is None:   # the original mask is held too: its address, in the key, is not reused this step
                 group = self._deferred[key] = (scale, own_visibility(vis), [], vis.key_mask_S)
-            group[2].append(defer(self._step, name, layer, q_HTD.detach(), k_GSD.detach(), heads))
+            group[2].append(defer(self._step, name, layer, q_HTD.detach(), k_GSD.detach(), heads, owned=owned))
             return
         with torch.no_grad(), torch.autocast(q_HTD.device.type, enabled=False):
             got = summarise_attention(q_HTD.detach(), k_GSD.detach(), scale, vis, heads,

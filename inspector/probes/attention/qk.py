@@ -85,7 +85,7 @@ def _latent_hook(sink: AttentionSink, module: nn.Module, args: tuple, output: An
         q_HTD = torch.cat([q_lat_BTHC[row], q_rope_BTHR[row].to(q_lat_BTHC.dtype)], dim=-1).transpose(0, 1)
         k_1SD = torch.cat([latent_BSC[row], k_rope_BSR[row].to(latent_BSC.dtype)], dim=-1).unsqueeze(0)
         vis = qk_visibility(module, q_HTD.shape[1], k_1SD.shape[1], row)
-        sink.capture(name, layer, q_HTD, k_1SD, float(module.softmax_scale), vis)
+        sink.capture(name, layer, q_HTD, k_1SD, float(module.softmax_scale), vis, owned=True)   # cat made them
     except Exception as exc:  # a recording problem must never stop the model
         sink.failed(name, exc)
 

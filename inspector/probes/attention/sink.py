@@ -40,8 +40,9 @@ class AttentionSink(Protocol):
         ...
 
     def capture(self, name: str, layer: int, q_HTD: torch.Tensor, k_GSD: torch.Tensor, scale: float,
-                vis: Visibility) -> None:
-        """Recompute, reduce and record the attention of one sequence (batch row `batch_row`)."""
+                vis: Visibility, *, owned: bool = False) -> None:
+        """Recompute, reduce and record the attention of one sequence (batch row `batch_row`);
+        `owned`: the adapter made `q_HTD` and `k_GSD` itself (nothing else writes to their memory)."""
         ...
 
     def traced(self) -> None:
