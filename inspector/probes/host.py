@@ -44,9 +44,8 @@ class HostValue:
 
         float16 stays float16; bfloat16, which numpy lacks, becomes float32 (exactly: its bits
         are the top half of a float32's). Both are done in numpy: a torch op here would run on the
-        writer thread and, on a tensor above ATen's parallel grain size, start a second intra-op
-        thread pool next to the training thread's (`attention.batched.LazySummary` runs torch there
-        only on groups below it).
+        writer thread and start a second intra-op thread pool next to the training thread's
+        (`attention.batched.LazySummary` runs torch there only when torch uses one intra-op thread).
         """
         if self._event is not None:
             self._event.synchronize()

@@ -1,12 +1,15 @@
-"""Under an inference watch on CPU, decode attention is summarised on the Recorder's writer thread
-(`attention.batched.LazySummary`), never on the serving thread; the records it fills hold the
-numbers an eager summary of the same captures gives; and a summary that fails there switches the
-attention probe off with one warning while generation and the other records go on."""
+"""Under an inference watch on CPU with torch on one intra-op thread, decode attention is summarised
+on the Recorder's writer thread (`attention.batched.LazySummary`), never on the serving thread; the
+records it fills hold the numbers an eager summary of the same captures gives; a summary that fails
+there switches the attention probe off with one warning while generation and the other records go
+on. With more intra-op threads the serving thread summarises (a torch op on the writer thread would
+start a thread pool of its own)."""
 from __future__ import annotations
 
 import logging
 import threading
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pytest
@@ -18,6 +21,14 @@ from inspector.store.reader import RunReader
 from inspector_engine.config import get_config
 from inspector_engine.inference import BatchScheduler, SamplingParams
 from inspector_engine.model import Transformer
+
+
+@pytest.fixture
+def threads() -> Iterator[None]:
+    """Restores torch's intra-op thread count after the test changes it."""
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
 
 
 def _serve(run: Path) -> tuple[list, "inspector.Watch"]:
@@ -35,19 +46,27 @@ def _serve(run: Path) -> tuple[list, "inspector.Watch"]:
     return done, w
 
 
-def test_decode_attention_is_summarised_on_the_writer_thread(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    threads: list[str] = []
+def _spy_threads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The thread of every lazy summary."""
+    seen: list[str] = []
     eager = batched.summarise_together
 
     def spy(items, scale, vis, max_rows):  # type: ignore[no-untyped-def]
-        threads.append(threading.current_thread().name)
-        got, spans = eager(items, scale, vis, max_rows)
-        return got, spans
+        got = eager(items, scale, vis, max_rows)
+        seen.append(threading.current_thread().name)
+        return got
 
     monkeypatch.setattr(batched, "summarise_together", spy)
+    return seen
+
+
+def test_decode_attention_is_summarised_on_the_writer_thread(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                             threads: None) -> None:
+    torch.set_num_threads(1)
+    seen = _spy_threads(monkeypatch)
     done, _ = _serve(tmp_path / "run")
     assert len(done) == 2
-    assert threads and set(threads) == {"inspector-writer-0"}
+    assert seen and set(seen) == {"inspector-writer-0"}
     reader = RunReader(tmp_path / "run")
     stats = reader.to_pandas("attention_stats")
     decode_steps = sorted(set(stats["step"]) - {0})
@@ -63,8 +82,21 @@ def test_decode_attention_is_summarised_on_the_writer_thread(tmp_path: Path, mon
         np.testing.assert_allclose(got, want, atol=3e-3)         # the map is stored in fp16
 
 
+def test_with_several_intra_op_threads_the_serving_thread_summarises(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                      threads: None) -> None:
+    torch.set_num_threads(2)
+    seen = _spy_threads(monkeypatch)
+    done, _ = _serve(tmp_path / "run")
+    assert len(done) == 2 and seen == []                  # the writer thread ran no summary
+    stats = RunReader(tmp_path / "run").to_pandas("attention_stats")
+    assert (stats["step"] > 0).any()                        # the serving thread recorded decode rows
+
+
 def test_a_failing_writer_thread_summary_switches_attention_off_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                                     caplog: pytest.LogCaptureFixture) -> None:
+                                                                     caplog: pytest.LogCaptureFixture,
+                                                                     threads: None) -> None:
+    torch.set_num_threads(1)
+
     def broken(items, scale, vis, max_rows):  # type: ignore[no-untyped-def]
         raise RuntimeError("summary broke")
 

@@ -3,6 +3,7 @@ its own `summarise_attention`: grouped-query keys, a key mask, causal offsets.""
 from __future__ import annotations
 
 import dataclasses
+from typing import Iterator
 
 import numpy as np
 import pytest
@@ -47,7 +48,16 @@ def test_large_pooled_or_biased_captures_are_computed_at_once() -> None:
     assert batch_key(small_q, small_k, 1.0, vis, [0, 1], 256) is not None
 
 
-def test_lazy_summary_holds_the_numbers_of_summarise_together_as_of_the_call() -> None:
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """torch on one intra-op thread (what lets a summary run on the writer thread), restored after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_lazy_summary_holds_the_numbers_of_summarise_together_as_of_the_call(one_thread: None) -> None:
     g = torch.Generator().manual_seed(1)
     vis = Visibility(causal=True, q_offset=30)
     layers = [(torch.randn(4, 1, 8, generator=g), torch.randn(4, 31, 8, generator=g)) for _ in range(2)]
@@ -66,9 +76,12 @@ def test_lazy_summary_holds_the_numbers_of_summarise_together_as_of_the_call() -
         np.testing.assert_array_equal(lazy.part(0, span).resolve(), expected.pooled[span].numpy())
 
 
-def test_only_small_cpu_groups_go_to_the_writer_thread() -> None:
+def test_only_small_cpu_groups_on_one_thread_go_to_the_writer_thread(one_thread: None) -> None:
     small = [defer(0, "a", 0, torch.randn(8, 1, 8), torch.randn(8, 100, 8), list(range(8)))]
     assert on_writer_thread(small)
+    torch.set_num_threads(2)                              # the writer's ops would start a pool of their own
+    assert not on_writer_thread(small)
+    torch.set_num_threads(1)
     cells = WRITER_THREAD_CELLS // (8 * 100) + 1          # one layer more than the grain size allows
     assert not on_writer_thread(small * cells)
     meta = [defer(0, "a", 0, torch.empty(8, 1, 8, device="meta"), torch.empty(8, 100, 8, device="meta"),

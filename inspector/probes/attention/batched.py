@@ -7,9 +7,9 @@ pooling) is kept (a copy of its queries and keys, as of the call) until the step
 of that step with the same shapes, scale and visibility are then summarised as one: their heads
 side by side, each with its own keys, so every number equals the one-at-a-time summary's.
 
-Under an inference watch a small group of CPU captures is not even summarised on the serving
-thread: its records carry a `LazySummary` that the Recorder's writer thread computes when it
-writes them (`on_writer_thread`). The serving thread only copies the queries and keys (as of the
+Under an inference watch serving on one intra-op thread, a small group of CPU captures is not even
+summarised on the serving thread: its records carry a `LazySummary` that the Recorder's writer
+thread computes when it writes them (`on_writer_thread`). The serving thread only copies the queries and keys (as of the
 call); torch releases the GIL inside each op, so the summary runs beside the model on another core.
 """
 from __future__ import annotations
@@ -29,9 +29,8 @@ BATCH_CELLS = 1 << 16
 
 WRITER_THREAD_CELLS = 1 << 15
 """heads × query rows × keys at most, over a whole group, for it to be summarised on the writer
-thread: ATen's parallel grain size. No op below it opens a parallel region, so the writer thread
-never starts an intra-op thread pool of its own beside the model's (why `HostValue` keeps torch
-off that thread)."""
+thread: a decode row of every layer of a small model, so the writer's share stays small and its
+other records are not held up."""
 
 
 class Deferred(NamedTuple):
@@ -100,7 +99,12 @@ def summarise_together(items: list[Deferred], scale: float, vis: Visibility,
 
 def on_writer_thread(items: list[Deferred]) -> bool:
     """True when a group may be summarised on the Recorder's writer thread (`LazySummary`): CPU
-    tensors, at most `WRITER_THREAD_CELLS` cells in all."""
+    tensors, at most `WRITER_THREAD_CELLS` cells in all, and torch on one intra-op thread
+    (`torch.set_num_threads(1)`). With more, a torch op on another thread starts a thread pool of
+    its own beside the model's (measured: MKL's batched matmul adds a worker thread; why `HostValue`
+    keeps torch off the writer thread), and the serving thread's own pool uses the other cores."""
+    if torch.get_num_threads() != 1:
+        return False
     cells = 0
     for it in items:
         if it.q_hTD.device.type != "cpu":

@@ -23,8 +23,9 @@ activation-checkpoint recomputation and generation calls after the first are ski
 The map and the stacked per-head statistics leave the device with one asynchronous copy each
 per module; the statistics are scored for collapse (on the host) at the end of the first step
 their copy has landed by, and recorded with the step they belong to. In inference mode (nothing to
-score) a step's small CPU captures are summarised on the Recorder's writer thread instead, when it
-writes their records (`batched.LazySummary`): the serving thread only copies queries and keys.
+score) on one intra-op thread, a step's small CPU captures are summarised on the Recorder's writer
+thread instead, when it writes their records (`batched.LazySummary`): the serving thread only
+copies queries and keys.
 """
 from __future__ import annotations
 
