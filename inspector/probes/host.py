@@ -62,11 +62,12 @@ def to_host(value: torch.Tensor) -> HostValue:
 
 
 class HostSlice:
-    """A deferred column: `value.resolve()[index]`, optionally cast; resolved on the writer thread."""
+    """A deferred column: `value.resolve()[index]`, optionally cast; resolved on the writer thread.
+    `value`: a `HostValue`, or anything with `resolve()` and `ready()`."""
 
     __slots__ = ("value", "index", "dtype")
 
-    def __init__(self, value: HostValue, index: Any, dtype: Any = None) -> None:
+    def __init__(self, value: HostValue | Any, index: Any, dtype: Any = None) -> None:
         self.value = value
         self.index = index
         self.dtype = dtype

@@ -59,32 +59,16 @@ def build_batch(schema: pa.Schema, chunks: Iterable[Chunk]) -> pa.RecordBatch:
     return pa.RecordBatch.from_arrays(arrays, schema=schema)
 
 
-_LIST, _DICTIONARY, _STRING, _BINARY, _OTHER = range(5)
-_KIND_OF_TYPE: dict[pa.DataType, int] = {}
-
-
-def _type_kind(typ: pa.DataType) -> int:
-    """How a column of `typ` is built (decided once per type: four `pyarrow.types` checks a column
-    are a fifth of a small record's build)."""
-    kind = _KIND_OF_TYPE.get(typ)
-    if kind is None:
-        kind = _KIND_OF_TYPE[typ] = (_LIST if pa.types.is_list(typ) else _DICTIONARY if pa.types.is_dictionary(typ)
-                                     else _STRING if pa.types.is_string(typ) else _BINARY if pa.types.is_binary(typ)
-                                     else _OTHER)
-    return kind
-
-
 def _column(field: pa.Field, parts: list[tuple[Any, int]], total: int) -> pa.Array:
     typ = field.type
-    kind = _type_kind(typ)
-    if kind == _LIST:
+    if pa.types.is_list(typ):
         return _list_column(typ, parts, total)
-    if kind == _DICTIONARY:
+    if pa.types.is_dictionary(typ):
         arr = _string_array(parts).dictionary_encode()
         return arr if arr.type == typ else arr.cast(typ)
-    if kind == _STRING:
+    if pa.types.is_string(typ):
         return _string_array(parts)
-    if kind == _BINARY:                  # never through numpy: its bytes type drops trailing zero bytes
+    if pa.types.is_binary(typ):          # never through numpy: its bytes type drops trailing zero bytes
         return pa.array(_object_values(parts), type=typ)
     pieces: list[np.ndarray] = []
     for v, n in parts:

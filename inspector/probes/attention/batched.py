@@ -23,6 +23,7 @@ import torch
 
 from inspector.probes.attention.stats import Visibility, head_index
 from inspector.probes.attention.tiled import TiledAttention, pool_sizes, summarise_attention
+from inspector.probes.host import HostSlice
 
 BATCH_CELLS = 1 << 16
 """heads × query rows × keys at most for a capture to wait for its step's others."""
@@ -145,20 +146,23 @@ class LazySummary:
                     self._args = None
             return self._out
 
-    def part(self, which: int, index: Any, dtype: Any = None) -> "SummaryPart":
+    def part(self, which: int, index: Any, dtype: Any = None) -> HostSlice:
         """A deferred value: `arrays()[which][index]`, cast to `dtype` if given."""
-        return SummaryPart(self, which, index, dtype)
+        return HostSlice(_SummaryArray(self, which), index, dtype)
 
 
-class SummaryPart:
-    """One deferred column or map of a `LazySummary` (see `LazySummary.part`)."""
+class _SummaryArray:
+    """`LazySummary.arrays()[which]` as a deferred value (what `HostSlice` slices)."""
 
-    __slots__ = ("summary", "which", "index", "dtype")
+    __slots__ = ("summary", "which")
 
-    def __init__(self, summary: LazySummary, which: int, index: Any, dtype: Any) -> None:
-        self.summary, self.which, self.index, self.dtype = summary, which, index, dtype
+    def __init__(self, summary: LazySummary, which: int) -> None:
+        self.summary, self.which = summary, which
+
+    def ready(self) -> bool:
+        """Always: it is computed when resolved."""
+        return True
 
     def resolve(self) -> np.ndarray:
-        """The part, computing the summary first if it is not yet."""
-        out = self.summary.arrays()[self.which][self.index]
-        return out if self.dtype is None else out.astype(self.dtype)
+        """The array, computing the summary first if it is not yet."""
+        return self.summary.arrays()[self.which]

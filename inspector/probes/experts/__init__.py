@@ -37,13 +37,13 @@ sampled only the counts are added (a copy of each router forward's ids, counted 
 record); router entropy and the auxiliary loss come from the sampled steps' forwards. The engine's
 routers keep their last forward's tokens per expert in a buffer (`tokens_per_expert`): under an
 inference watch, which says when each forward ends (`FORWARD_END_KEY`), the buffers of every router
-are read once per forward (one stack into a ring of forwards, `ForwardLoads`, summed in float64 every
-64 forwards and at the record) and their hooks are registered only for the first
-forward (which counts its own ids and checks that every router runs once per forward) and the
-sampled steps (router entropy, and the same check), so a decode iteration's routers run on torch's
-fast path, with no hook at all. A router that ran other than once (its buffer holds only its last
-call), or whose buffers cannot hold a count exactly (a model cast to bfloat16), keeps its hooks on
-for good, counting its ids, with one warning.
+are read once per forward (one stack into a ring of forwards, `ForwardLoads`, summed in float64
+every 64 forwards and at the record) and their hooks are registered only for the first forward
+(which counts its own ids and checks that every router runs once per forward) and the sampled steps
+(router entropy, and the same check), so a decode iteration's routers run on torch's fast path,
+with no hook at all. A router that ran other than once (its buffer holds only its last call), or
+buffers that cannot hold a count exactly (a model cast to bfloat16) or change dtype while watched,
+keep the hooks on for good, counting ids, with one warning.
 Forwards after the last step end (an inference loop that never calls `Watch.step()`, a final
 evaluation) are recorded at the current step when the probe is detached (`Watch.close()`).
 

@@ -113,7 +113,8 @@ class ExpertsProbe(Probe):
         first forward (which counts its ids itself and checks that every such router runs once per
         forward, as its buffer holds only its last call) and the steps this probe records (router
         entropy, and the same check); the other forwards run on torch's fast path. A router that ran
-        other than once turns the buffers off for good: its hooks stay on and count its ids."""
+        other than once, or buffers cast to another dtype, turn the buffers off for good: the hooks stay
+        on and count the ids."""
         keeping = self._keeping
         if not keeping:
             return
@@ -136,12 +137,10 @@ class ExpertsProbe(Probe):
             if rows is None:
                 rows = self._stage_load[stage] = ForwardLoads(buffers)
             dtype = buffers[0].dtype
-            if dtype is not rows.dtype or any(b.dtype is not dtype for b in buffers):
-                if dtype not in EXACT_COUNT_DTYPES and not stop:     # the model was cast after watch() began
-                    stop = (f"the routers' load buffers became {str(dtype).replace('torch.', '')}, which rounds "
-                            "counts above 256 (this forward's may be rounded)")
-                buffers = [b.to(rows.dtype) for b in buffers]
-            rows.add(buffers)
+            if dtype is not rows.dtype and not stop:         # the model was cast after watch() began
+                stop = f"the routers' load buffers became {str(dtype).replace('torch.', '')}" + (
+                    "" if dtype in EXACT_COUNT_DTYPES else ", which rounds counts above 256 (this forward's may be rounded)")
+            rows.add([b.to(rows.dtype) for b in buffers] if stop else buffers)
         if stop:
             self._stop_keeping(stop)
 
